@@ -1,0 +1,144 @@
+use std::collections::VecDeque;
+
+use super::IoBuf;
+
+/// An ordered list of [`IoBuf`] views sent as one gather write (`sendmsg` with an iovec each).
+///
+/// Appending reuses the chain's storage once it has grown, so a per-connection chain does not
+/// allocate in steady state. The views (and the pool buffers behind them) stay alive until the
+/// chain drops them, which the send path does only once the kernel is done with them.
+#[derive(Default, Debug)]
+pub struct IoBufChain {
+    bufs: VecDeque<IoBuf>,
+    len: usize,
+}
+
+impl IoBufChain {
+    /// An empty chain.
+    pub fn new() -> IoBufChain {
+        IoBufChain::default()
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the chain holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of views.
+    pub fn segments(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Appends a view (empty views are skipped).
+    pub fn push(&mut self, buf: IoBuf) {
+        if !buf.is_empty() {
+            self.len += buf.len();
+            self.bufs.push_back(buf);
+        }
+    }
+
+    /// Moves all views of `other` to the end of `self`.
+    pub fn append(&mut self, other: &mut IoBufChain) {
+        self.len += other.len;
+        other.len = 0;
+        self.bufs.append(&mut other.bufs);
+    }
+
+    /// The views, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &IoBuf> {
+        self.bufs.iter()
+    }
+
+    /// Fills `out` (cleared first) with one `iovec` per view, at most `max`. Returns the bytes
+    /// covered. The iovecs point into the views: keep the chain unchanged while they are in use.
+    pub fn fill_iovecs(&self, out: &mut Vec<libc::iovec>, max: usize) -> usize {
+        out.clear();
+        let mut bytes = 0;
+        for b in self.bufs.iter().take(max) {
+            out.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
+            bytes += b.len();
+        }
+        bytes
+    }
+
+    /// Drops the first `n` bytes (after a partial send), releasing fully sent views.
+    ///
+    /// # Panics
+    /// If `n > len`.
+    pub fn advance(&mut self, mut n: usize) {
+        assert!(n <= self.len, "advance {n} past chain end {}", self.len);
+        self.len -= n;
+        while n > 0 {
+            let front = self.bufs.front_mut().expect("len accounts for every view");
+            if front.len() <= n {
+                n -= front.len();
+                self.bufs.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Drops every view.
+    pub fn clear(&mut self) {
+        self.bufs.clear();
+        self.len = 0;
+    }
+
+    /// Copies the bytes out into one vector (for tests and slow paths; allocates).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for b in &self.bufs {
+            v.extend_from_slice(b);
+        }
+        v
+    }
+}
+
+impl From<IoBuf> for IoBufChain {
+    fn from(b: IoBuf) -> IoBufChain {
+        let mut c = IoBufChain::new();
+        c.push(b);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_and_partial_advance() {
+        let mut c = IoBufChain::new();
+        c.push(IoBuf::from_static(b"HTTP/1.1 200 OK\r\n"));
+        c.push(IoBuf::from_static(b""));
+        c.push(IoBuf::from(b"body".to_vec()));
+        assert_eq!((c.len(), c.segments()), (21, 2));
+        let mut iov = Vec::new();
+        assert_eq!(c.fill_iovecs(&mut iov, 8), 21);
+        assert_eq!(iov.len(), 2);
+        assert_eq!(iov[1].iov_len, 4);
+        c.advance(15);
+        assert_eq!(c.to_vec(), b"\r\nbody");
+        c.advance(3);
+        assert_eq!((c.to_vec(), c.segments()), (b"ody".to_vec(), 1));
+        let mut d = IoBufChain::from(IoBuf::from_static(b"!"));
+        c.append(&mut d);
+        assert!(d.is_empty());
+        assert_eq!(c.to_vec(), b"ody!");
+        c.clear();
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "past chain end")]
+    fn advance_past_end_panics() {
+        IoBufChain::from(IoBuf::from_static(b"ab")).advance(3);
+    }
+}

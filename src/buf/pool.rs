@@ -1,0 +1,349 @@
+use std::alloc::Layout;
+use std::cell::UnsafeCell;
+use std::io;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use ringstage_sys::{BufRing, Doorbell};
+
+use super::iobuf::{Header, Owner};
+use super::IoBuf;
+use crate::queue::mpsc;
+
+/// A worker's provided buffer ring and the buffers behind it.
+///
+/// Created and used on its home worker only (`!Send`); the [`IoBuf`]s it hands out may go
+/// anywhere. `count` buffers of `buf_size` bytes live in one zeroed, page-aligned region whose
+/// pages become resident only once the kernel writes into them, so idle connections cost no
+/// buffer memory.
+pub struct BufPool {
+    shared: Arc<PoolShared>,
+    _home_only: PhantomData<*const ()>,
+}
+
+/// Counters of a pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers in the pool.
+    pub buffers: usize,
+    /// Buffers handed out as `IoBuf`s and not yet back in the ring.
+    pub outstanding: usize,
+    /// Buffers released on the home worker.
+    pub returned_home: u64,
+    /// Buffers released on other threads (through the return queue).
+    pub returned_remote: u64,
+}
+
+pub(crate) struct PoolShared {
+    owner: usize,
+    region: NonNull<u8>,
+    layout: Layout,
+    buf_size: usize,
+    headers: Box<[Header]>,
+    /// Touched only on the owner thread (checked by `thread_token`).
+    home: UnsafeCell<Home>,
+    returns: mpsc::Queue<u16>,
+    returned_remote: AtomicU64,
+    /// Set by the home worker while receives wait for buffers; a remote release then rings
+    /// `waker` so the worker re-arms them without waiting for its tick.
+    starved: AtomicBool,
+    waker: OnceLock<Arc<Doorbell>>,
+}
+
+struct Home {
+    ring: BufRing,
+    outstanding: usize,
+    returned_home: u64,
+}
+
+// SAFETY: `home` is only accessed on the owner thread; every other field is immutable after
+// construction or atomic. The region is plain memory whose buffers are owned one at a time.
+unsafe impl Send for PoolShared {}
+// SAFETY: as above.
+unsafe impl Sync for PoolShared {}
+
+/// A process-unique id of the calling thread (0 while thread-locals are being torn down).
+fn thread_token() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    thread_local!(static TOKEN: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    TOKEN.try_with(|t| *t).unwrap_or(0)
+}
+
+impl PoolShared {
+    /// Hands buffer `bid` back to its home ring and drops the buffer's reference on the pool.
+    ///
+    /// # Safety
+    /// `pool` must point to a live pool on which the caller owns one strong reference (taken in
+    /// [`BufPool::take`]), and `bid` must be a buffer with no remaining views.
+    pub(crate) unsafe fn release(pool: *const PoolShared, bid: u16) {
+        // SAFETY: the caller's reference keeps the pool alive until the decrement below.
+        let p = unsafe { &*pool };
+        if thread_token() == p.owner {
+            // SAFETY: owner thread, and no `Home` borrow is held across code that drops IoBufs.
+            let home = unsafe { &mut *p.home.get() };
+            // SAFETY: the buffer is in no ring slot (it was taken) and its memory lives as long
+            // as the pool, which outlives the ring registration.
+            unsafe { home.ring.push(p.buf_ptr(bid), p.buf_size as u32, bid) };
+            home.ring.publish();
+            home.outstanding -= 1;
+            home.returned_home += 1;
+        } else {
+            // Capacity equals the buffer count and each buffer is out at most once: never full.
+            if p.returns.push(bid).is_err() {
+                unreachable!("pool return queue overflow: a buffer was released twice");
+            }
+            p.returned_remote.fetch_add(1, Ordering::Relaxed);
+            // Pairs with the fence in the worker's sleep path (`Doorbell::prepare_sleep`) after
+            // it set `starved`: one of the two sides sees the other.
+            fence(Ordering::SeqCst);
+            if p.starved.load(Ordering::Relaxed) {
+                if let Some(w) = p.waker.get() {
+                    w.ring();
+                }
+            }
+        }
+        // SAFETY: gives up the strong count taken in `take`; may free the pool.
+        unsafe { Arc::decrement_strong_count(pool) };
+    }
+
+    fn buf_ptr(&self, bid: u16) -> *mut u8 {
+        // SAFETY: `bid < count`, so the offset stays inside the region.
+        unsafe { self.region.as_ptr().add(bid as usize * self.buf_size) }
+    }
+}
+
+impl Drop for PoolShared {
+    fn drop(&mut self) {
+        // SAFETY: `region` was allocated with `layout` in `BufPool::new`, and no view is left
+        // (each holds a strong count).
+        unsafe { std::alloc::dealloc(self.region.as_ptr(), self.layout) };
+    }
+}
+
+impl BufPool {
+    /// `count` (a power of two, at most 32768) buffers of `buf_size` bytes as buffer group
+    /// `bgid`, all placed in the ring. Call [`BufPool::register`] to hand it to a ring.
+    pub fn new(count: u16, buf_size: usize, bgid: u16) -> io::Result<BufPool> {
+        if buf_size == 0 || buf_size > u32::MAX as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer size must be in 1..=u32::MAX"));
+        }
+        let ring = BufRing::new(count, bgid)?;
+        let size = buf_size
+            .checked_mul(count as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pool size overflows"))?;
+        let layout = Layout::from_size_align(size, 4096).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `size > 0` (count and buf_size are non-zero).
+        let region = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, format!("buffer pool of {size} bytes")))?;
+        let shared = Arc::new_cyclic(|weak| {
+            let pool = weak.as_ptr();
+            let headers = (0..count)
+                .map(|bid| Header {
+                    refs: AtomicUsize::new(0),
+                    // SAFETY: `bid < count`: inside the region.
+                    base: unsafe { region.as_ptr().add(bid as usize * buf_size) },
+                    cap: buf_size,
+                    owner: Owner::Pool { pool, bid },
+                })
+                .collect();
+            PoolShared {
+                owner: thread_token(),
+                region,
+                layout,
+                buf_size,
+                headers,
+                home: UnsafeCell::new(Home { ring, outstanding: 0, returned_home: 0 }),
+                returns: mpsc::Queue::new(count as usize),
+                returned_remote: AtomicU64::new(0),
+                starved: AtomicBool::new(false),
+                waker: OnceLock::new(),
+            }
+        });
+        let pool = BufPool { shared, _home_only: PhantomData };
+        let home = pool.home();
+        for bid in 0..count {
+            // SAFETY: each buffer enters the ring once; the region lives as long as the pool.
+            unsafe { home.ring.push(pool.shared.buf_ptr(bid), buf_size as u32, bid) };
+        }
+        home.ring.publish();
+        Ok(pool)
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn home(&self) -> &mut Home {
+        // SAFETY: `BufPool` is `!Send` and created on the owner thread, so this is the owner
+        // thread; callers hold the borrow only inside one method that drops no IoBuf.
+        unsafe { &mut *self.shared.home.get() }
+    }
+
+    /// Registers the ring with `submitter`'s io_uring.
+    ///
+    /// # Safety
+    /// The pool must outlive the registration: unregister it or close that io_uring before the
+    /// pool is dropped.
+    pub unsafe fn register(&self, submitter: &io_uring::Submitter<'_>) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.home().ring.register(submitter) }
+    }
+
+    /// Unregisters the ring from `submitter`'s io_uring.
+    pub fn unregister(&self, submitter: &io_uring::Submitter<'_>) -> io::Result<()> {
+        self.home().ring.unregister(submitter)
+    }
+
+    /// The buffer group id to put in recv SQEs.
+    pub fn bgid(&self) -> u16 {
+        self.home().ring.bgid()
+    }
+
+    /// Size of each buffer.
+    pub fn buf_size(&self) -> usize {
+        self.shared.buf_size
+    }
+
+    /// Wraps buffer `bid`, which a completion reported holding `len` bytes, as an `IoBuf`.
+    /// Hot path: no allocation; two atomic stores/increments.
+    ///
+    /// # Panics
+    /// If `bid` or `len` is out of range, or the buffer is already out (a kernel or caller bug).
+    #[inline]
+    pub fn take(&self, bid: u16, len: usize) -> IoBuf {
+        let h = &self.shared.headers[bid as usize];
+        assert!(len <= self.shared.buf_size, "completion length {len} exceeds buffer size");
+        let was = h.refs.swap(1, Ordering::Acquire);
+        assert_eq!(was, 0, "buffer {bid} taken while still referenced");
+        // SAFETY: the pool is live (we hold an Arc); the view's release gives this count back.
+        unsafe { Arc::increment_strong_count(Arc::as_ptr(&self.shared)) };
+        self.home().outstanding += 1;
+        // SAFETY: the header is live with the one reference just set, and `len <= cap`.
+        unsafe { IoBuf::from_header(NonNull::from(h), h.base, len) }
+    }
+
+    /// Moves buffers released on other threads back into the ring. Returns how many.
+    pub fn drain_returns(&self) -> usize {
+        let home = self.home();
+        let mut n = 0;
+        // SAFETY: only the owner thread pops, and `BufPool` lives on it.
+        while let Some(bid) = unsafe { self.shared.returns.pop() } {
+            // SAFETY: as in `release`: the buffer is free and its memory outlives the ring.
+            unsafe { home.ring.push(self.shared.buf_ptr(bid), self.shared.buf_size as u32, bid) };
+            n += 1;
+        }
+        if n > 0 {
+            home.ring.publish();
+            home.outstanding -= n;
+        }
+        n
+    }
+
+    /// Doorbell of the home worker, rung by remote releases while the pool is starved.
+    pub fn set_waker(&self, bell: Arc<Doorbell>) {
+        let _ = self.shared.waker.set(bell);
+    }
+
+    /// Marks whether receives are waiting for buffers (see [`BufPool::set_waker`]).
+    pub fn set_starved(&self, starved: bool) {
+        self.shared.starved.store(starved, Ordering::SeqCst);
+    }
+
+    /// Whether buffers released on other threads wait to be drained.
+    pub fn has_returns(&self) -> bool {
+        !self.shared.returns.is_empty()
+    }
+
+    /// Buffers currently in the ring, available to the kernel (counting drained returns only).
+    pub fn available(&self) -> usize {
+        self.shared.headers.len() - self.home().outstanding
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PoolStats {
+        let home = self.home();
+        PoolStats {
+            buffers: self.shared.headers.len(),
+            outstanding: home.outstanding,
+            returned_home: home.returned_home,
+            returned_remote: self.shared.returned_remote.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Debug for BufPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufPool").field("stats", &self.stats()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plays the kernel: fills buffer `bid` with `data` and hands it out as a completion would.
+    fn recv(pool: &BufPool, bid: u16, data: &[u8]) -> IoBuf {
+        // SAFETY: test-only stand-in for the kernel writing into a buffer it owns.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), pool.shared.buf_ptr(bid), data.len()) };
+        pool.take(bid, data.len())
+    }
+
+    #[test]
+    fn last_view_returns_buffer_home() {
+        let pool = BufPool::new(4, 64, 1).unwrap();
+        assert_eq!(pool.available(), 4);
+        let mut b = recv(&pool, 0, b"GET / HTTP/1.1\r\n");
+        let line = b.split_to(5);
+        let c = b.clone();
+        assert_eq!(pool.available(), 3);
+        assert!(line.is_pooled());
+        assert_eq!(&line[..], b"GET /");
+        drop((b, line));
+        assert_eq!(pool.available(), 3, "a view is still alive");
+        drop(c);
+        assert_eq!(pool.available(), 4);
+        assert_eq!(pool.stats().returned_home, 1);
+        // The same buffer can be taken again.
+        let again = recv(&pool, 0, b"x");
+        assert_eq!(&again[..], b"x");
+    }
+
+    #[test]
+    fn remote_drop_goes_through_return_queue() {
+        let pool = BufPool::new(8, 32, 1).unwrap();
+        let bufs: Vec<_> = (0..8).map(|i| recv(&pool, i, &[i as u8; 32])).collect();
+        assert_eq!(pool.available(), 0);
+        let t = std::thread::spawn(move || {
+            let sum: usize = bufs.iter().map(|b| b[0] as usize).sum();
+            drop(bufs);
+            sum
+        });
+        assert_eq!(t.join().unwrap(), 28);
+        assert_eq!(pool.available(), 0, "remote returns wait for the home worker");
+        assert_eq!(pool.drain_returns(), 8);
+        assert_eq!(pool.available(), 8);
+        assert_eq!(pool.stats().returned_remote, 8);
+    }
+
+    #[test]
+    fn views_outlive_the_pool_handle() {
+        let pool = BufPool::new(2, 16, 1).unwrap();
+        let b = recv(&pool, 1, b"survivor");
+        drop(pool);
+        assert_eq!(&b[..], b"survivor");
+        drop(b); // frees the region; Miri checks for leaks and use-after-free
+    }
+
+    #[test]
+    #[should_panic(expected = "still referenced")]
+    fn double_take_is_caught() {
+        let pool = BufPool::new(2, 16, 1).unwrap();
+        let _a = pool.take(0, 1);
+        let _b = pool.take(0, 1);
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        assert!(BufPool::new(3, 16, 1).is_err(), "count must be a power of two");
+        assert!(BufPool::new(4, 0, 1).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! ringstage: the Staged Event-Driven Architecture (SEDA) on io_uring.
+//!
+//! A server is a graph of **stages**. Each stage is a [`Handler`](stage::Handler) plus a bounded
+//! inbound queue; its replicas run on **pinned workers**, one io_uring per worker. Completions
+//! become events for the stage that owns the operation; stages on the same worker hand events
+//! over in plain memory, stages on different workers through SPSC rings with doorbell wakeups
+//! for sleeping workers. Received bytes land in a pool buffer once and travel as
+//! [`IoBuf`](buf::IoBuf) views to handlers, other stages and the send path.
+//!
+//! See the README for a tour and `examples/echo.rs` for a complete server.
+
+#![warn(missing_docs)]
+
+pub mod buf;
+pub mod metrics;
+pub mod net;
+pub mod queue;
+pub mod runtime;
+pub mod stage;
+
+/// The names most servers need.
+pub mod prelude {
+    pub use crate::buf::{IoBuf, IoBufChain};
+    pub use crate::net::{Conn, ListenConfig, ListenerId, NetCmd, NetEvent};
+    pub use crate::runtime::{Builder, Handle, Runtime, Setup};
+    pub use crate::stage::{handler_fn, Context, Handler, Injector, Sink, StageConfig, StageId};
+}

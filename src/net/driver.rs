@@ -1,0 +1,580 @@
+//! The per-worker connection table and its completion handling.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types};
+use slab::Slab;
+
+use super::{Conn, ListenConfig, ListenerId, NetCmd, NetEvent};
+use crate::buf::IoBufChain;
+use crate::runtime::io::{token, Io};
+use crate::stage::Sink;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Most iovecs per send; the rest goes in the next send.
+const MAX_IOV: usize = 64;
+
+fn timespec(d: Duration) -> types::Timespec {
+    types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos())
+}
+
+/// One listening socket on this worker.
+pub(crate) struct Listener {
+    id: ListenerId,
+    fd: Option<OwnedFd>,
+    cfg: Arc<ListenConfig>,
+    sink: Sink<NetEvent>,
+    armed: bool,
+    backing_off: bool,
+    backoff: Duration,
+    open: usize,
+    /// Stable homes for timespecs the kernel reads at submission.
+    backoff_ts: Box<types::Timespec>,
+    send_ts: Option<Box<types::Timespec>>,
+}
+
+impl Listener {
+    pub(crate) fn new(id: usize, fd: OwnedFd, cfg: Arc<ListenConfig>, sink: Sink<NetEvent>) -> Listener {
+        let send_ts = cfg.send_timeout.map(|d| Box::new(timespec(d)));
+        Listener {
+            id: ListenerId(id),
+            fd: Some(fd),
+            cfg,
+            sink,
+            armed: false,
+            backing_off: false,
+            backoff: BACKOFF_MIN,
+            open: 0,
+            backoff_ts: Box::new(timespec(BACKOFF_MIN)),
+            send_ts,
+        }
+    }
+}
+
+/// Gather-send state at a stable heap address: the kernel reads `msg` and `iov` until the
+/// send completes, while the connection slab may move.
+struct SendState {
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+struct ConnState {
+    fd: RawFd,
+    gen: u32,
+    listener: usize,
+    recv_armed: bool,
+    sending: bool,
+    /// Waiting for buffers (recv ended with ENOBUFS).
+    starved: bool,
+    /// Closing: no more reads; `graceful` flushes queued sends first.
+    closing: bool,
+    graceful: bool,
+    close_submitted: bool,
+    out: IoBufChain,
+    send: Option<Box<SendState>>,
+    last_active: Instant,
+}
+
+/// This worker's listeners and connections.
+pub(crate) struct Net {
+    pub(crate) listeners: Vec<Listener>,
+    conns: Slab<ConnState>,
+    next_gen: u32,
+    /// Events the target stage refused; retried in order each loop iteration. Bounded by the
+    /// pool size (data) plus open connections (open/close).
+    stalled: VecDeque<(usize, NetEvent)>,
+    starved: Vec<usize>,
+    last_sweep: Instant,
+}
+
+impl Net {
+    pub(crate) fn new(listeners: Vec<Listener>) -> Net {
+        Net {
+            listeners,
+            conns: Slab::new(),
+            next_gen: 0,
+            stalled: VecDeque::new(),
+            starved: Vec::new(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    /// Events waiting for their stage to accept them.
+    pub(crate) fn has_stalled(&self) -> bool {
+        !self.stalled.is_empty()
+    }
+
+    /// Connections waiting for buffers.
+    pub(crate) fn has_starved(&self) -> bool {
+        !self.starved.is_empty()
+    }
+}
+
+impl Io {
+    fn conn_id(&self, idx: usize, gen: u32) -> Conn {
+        Conn { worker: self.worker as u16, idx: idx as u32, gen }
+    }
+
+    /// Arms multishot accept on every listener of this worker.
+    pub(crate) fn net_start(&mut self) -> std::io::Result<()> {
+        for li in 0..self.net.listeners.len() {
+            self.arm_accept(li)?;
+        }
+        Ok(())
+    }
+
+    fn arm_accept(&mut self, li: usize) -> std::io::Result<()> {
+        let l = &self.net.listeners[li];
+        let Some(fd) = l.fd.as_ref() else { return Ok(()) };
+        if l.armed || self.draining {
+            return Ok(());
+        }
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token::make(token::ACCEPT, li as u32, 0));
+        self.push_plain(sqe)?;
+        self.net.listeners[li].armed = true;
+        self.counters.io_started.add(1);
+        Ok(())
+    }
+
+    /// Routes a network completion.
+    pub(crate) fn net_complete(&mut self, kind: u8, idx: u32, gen: u32, res: i32, flags: u32) {
+        let idx = idx as usize;
+        let r = match kind {
+            token::ACCEPT => self.on_accept(idx, res, flags),
+            token::BACKOFF => {
+                self.net.listeners[idx].backing_off = false;
+                self.arm_accept(idx)
+            }
+            token::RECV => self.on_recv(idx, gen, res, flags),
+            token::SEND => self.on_send(idx, gen, res),
+            token::CLOSE => {
+                self.on_closed(idx, gen);
+                Ok(())
+            }
+            // Cancel results and fired/cancelled linked timeouts need no action: the
+            // operation they target reports its own outcome.
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            // Only a persistently full SQ lands here; the op stays un-armed and the tick retries
+            // the listener, while the connection is closed.
+            eprintln!("ringstage: worker {}: {e}", self.worker);
+        }
+    }
+
+    fn on_accept(&mut self, li: usize, res: i32, flags: u32) -> std::io::Result<()> {
+        let more = cqueue::more(flags);
+        if !more {
+            self.net.listeners[li].armed = false;
+            self.counters.io_finished.add(1);
+        }
+        if res >= 0 {
+            self.net.listeners[li].backoff = BACKOFF_MIN;
+            self.accepted(li, res);
+        } else {
+            match -res {
+                libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
+                    self.counters.accept_backoffs.add(1);
+                    let l = &mut self.net.listeners[li];
+                    l.backing_off = true;
+                    if more {
+                        // Stop the multishot so the kernel does not retry it in a loop either.
+                        let ud = token::make(token::ACCEPT, li as u32, 0);
+                        self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)))?;
+                    }
+                }
+                libc::ECANCELED if self.draining => {
+                    self.net.listeners[li].fd = None;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        if !more && !self.draining {
+            let l = &mut self.net.listeners[li];
+            if l.backing_off {
+                *l.backoff_ts = timespec(l.backoff);
+                l.backoff = (l.backoff * 2).min(BACKOFF_MAX);
+                let sqe = opcode::Timeout::new(&*l.backoff_ts as *const types::Timespec)
+                    .build()
+                    .user_data(token::make(token::BACKOFF, li as u32, 0));
+                // SAFETY: the timespec is boxed in the listener, which lives as long as the ring.
+                unsafe { self.push(&[sqe]) }?;
+            } else {
+                self.arm_accept(li)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn accepted(&mut self, li: usize, fd: RawFd) {
+        let l = &mut self.net.listeners[li];
+        if l.open >= l.cfg.max_connections || self.draining {
+            // SAFETY: `fd` was just accepted and is owned by nobody else.
+            unsafe { libc::close(fd) };
+            return;
+        }
+        if l.cfg.nodelay {
+            // Failure only costs latency; the connection still works.
+            let _ = ringstage_sys::socket::set_nodelay(fd);
+        }
+        l.open += 1;
+        self.net.next_gen = self.net.next_gen.wrapping_add(1);
+        let gen = self.net.next_gen;
+        let idx = self.net.conns.insert(ConnState {
+            fd,
+            gen,
+            listener: li,
+            recv_armed: false,
+            sending: false,
+            starved: false,
+            closing: false,
+            graceful: false,
+            close_submitted: false,
+            out: IoBufChain::new(),
+            send: None,
+            last_active: self.now,
+        });
+        self.counters.accepted.add(1);
+        let conn = self.conn_id(idx, gen);
+        let listener = self.net.listeners[li].id;
+        self.emit(li, NetEvent::Opened { conn, listener });
+        if self.arm_recv(idx).is_err() {
+            self.begin_close(idx, false);
+        }
+    }
+
+    fn arm_recv(&mut self, idx: usize) -> std::io::Result<()> {
+        let c = &self.net.conns[idx];
+        let sqe = opcode::RecvMulti::new(types::Fd(c.fd), self.pool.bgid())
+            .build()
+            .user_data(token::make(token::RECV, idx as u32, c.gen));
+        self.push_plain(sqe)?;
+        self.net.conns[idx].recv_armed = true;
+        self.counters.io_started.add(1);
+        Ok(())
+    }
+
+    fn on_recv(&mut self, idx: usize, gen: u32, res: i32, flags: u32) -> std::io::Result<()> {
+        // A buffer the kernel picked is ours whatever happens next: wrap it so it goes home.
+        let data = cqueue::buffer_select(flags).map(|bid| self.pool.take(bid, res.max(0) as usize));
+        let Some(c) = self.net.conns.get_mut(idx).filter(|c| token::same_gen(c.gen, gen)) else {
+            return Ok(());
+        };
+        let more = cqueue::more(flags);
+        if !more {
+            c.recv_armed = false;
+            self.counters.io_finished.add(1);
+        }
+        c.last_active = self.now;
+        let (closing, li, cgen) = (c.closing, c.listener, c.gen);
+        match res {
+            n if n > 0 => {
+                if !closing {
+                    let data = data.expect("recv with data carries a buffer");
+                    self.emit(li, NetEvent::Data { conn: self.conn_id(idx, cgen), data });
+                }
+                if !more && !closing && !self.draining {
+                    self.arm_recv(idx)?;
+                }
+            }
+            0 => self.begin_close(idx, true), // peer finished sending: flush, then close
+            e if -e == libc::ENOBUFS => {
+                self.counters.enobufs.add(1);
+                if !closing && !self.draining {
+                    self.net.conns[idx].starved = true;
+                    self.net.starved.push(idx);
+                    self.pool.set_starved(true);
+                }
+            }
+            e if -e == libc::ECANCELED => {}
+            _ => self.begin_close(idx, false), // reset or other error: abort
+        }
+        if !more {
+            self.maybe_finish_close(idx);
+        }
+        Ok(())
+    }
+
+    /// Re-arms receives that stopped for lack of buffers, now that some came back.
+    pub(crate) fn net_rearm_starved(&mut self) {
+        if self.net.starved.is_empty() || self.pool.available() == 0 {
+            return;
+        }
+        self.pool.set_starved(false);
+        let starved = std::mem::take(&mut self.net.starved);
+        for &idx in &starved {
+            let Some(c) = self.net.conns.get_mut(idx) else { continue };
+            if !c.starved {
+                continue;
+            }
+            c.starved = false;
+            if !c.closing && !self.draining && self.arm_recv(idx).is_err() {
+                self.begin_close(idx, false);
+            }
+        }
+        let mut starved = starved;
+        starved.clear();
+        if self.net.starved.is_empty() {
+            self.net.starved = starved; // keep the allocation
+        }
+    }
+
+    /// Executes a command from a handler stage.
+    pub(crate) fn net_command(&mut self, cmd: NetCmd) {
+        let conn = cmd.conn();
+        let idx = conn.idx as usize;
+        let live = self.net.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !c.close_submitted && !(c.closing && !c.graceful));
+        if !live || conn.worker() != self.worker {
+            return; // stale id or already aborted: the bytes are dropped with the command
+        }
+        match cmd {
+            NetCmd::Send { data, .. } => self.net.conns[idx].out.push(data),
+            NetCmd::SendChain { mut data, .. } => self.net.conns[idx].out.append(&mut data),
+            NetCmd::Close { .. } => {
+                self.begin_close(idx, true);
+                return;
+            }
+        }
+        if !self.net.conns[idx].sending {
+            self.submit_send(idx);
+        }
+    }
+
+    fn submit_send(&mut self, idx: usize) {
+        let c = &mut self.net.conns[idx];
+        if c.out.is_empty() {
+            return;
+        }
+        let st = c.send.get_or_insert_with(|| {
+            Box::new(SendState {
+                iov: Vec::new(),
+                // SAFETY: msghdr is plain data; all-zero is valid (no name, no control).
+                msg: unsafe { std::mem::zeroed() },
+            })
+        });
+        c.out.fill_iovecs(&mut st.iov, MAX_IOV);
+        st.msg.msg_iov = st.iov.as_mut_ptr();
+        st.msg.msg_iovlen = st.iov.len();
+        let ud = token::make(token::SEND, idx as u32, c.gen);
+        let send = opcode::SendMsg::new(types::Fd(c.fd), &st.msg as *const libc::msghdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(ud);
+        let li = c.listener;
+        c.sending = true;
+        let r = match self.net.listeners[li].send_ts.as_deref() {
+            Some(ts) => {
+                let lt = opcode::LinkTimeout::new(ts as *const types::Timespec)
+                    .build()
+                    .user_data(token::make(token::LINK_TIMEOUT, idx as u32, 0));
+                // SAFETY: msghdr and iovecs live in the boxed SendState and the views in `out`,
+                // both untouched until the send completes; the timespec is boxed in the listener.
+                unsafe { self.push(&[send.flags(squeue::Flags::IO_LINK), lt]) }
+            }
+            // SAFETY: as above.
+            None => unsafe { self.push(&[send]) },
+        };
+        match r {
+            Ok(()) => self.counters.io_started.add(1),
+            Err(_) => {
+                self.net.conns[idx].sending = false;
+                self.begin_close(idx, false);
+            }
+        }
+    }
+
+    fn on_send(&mut self, idx: usize, gen: u32, res: i32) -> std::io::Result<()> {
+        self.counters.io_finished.add(1);
+        let Some(c) = self.net.conns.get_mut(idx).filter(|c| token::same_gen(c.gen, gen)) else {
+            return Ok(());
+        };
+        c.sending = false;
+        c.last_active = self.now;
+        if res < 0 {
+            // EPIPE/ECONNRESET (peer gone) or ECANCELED (send timeout fired): abort.
+            c.out.clear();
+            self.begin_close(idx, false);
+        } else {
+            c.out.advance(res as usize);
+            if !c.out.is_empty() && !(c.closing && !c.graceful) {
+                self.submit_send(idx);
+            } else {
+                c.out.clear();
+            }
+        }
+        self.maybe_finish_close(idx);
+        Ok(())
+    }
+
+    /// Starts closing: no more reads. `graceful` lets queued sends finish first; otherwise
+    /// queued bytes are dropped and an in-flight send is cancelled.
+    fn begin_close(&mut self, idx: usize, graceful: bool) {
+        let Some(c) = self.net.conns.get_mut(idx) else { return };
+        if c.closing && (graceful || !c.graceful) {
+            self.maybe_finish_close(idx);
+            return;
+        }
+        c.closing = true;
+        c.graceful = graceful;
+        let gen = c.gen;
+        let mut cancel = Vec::<u64>::new();
+        if c.recv_armed {
+            cancel.push(token::make(token::RECV, idx as u32, gen));
+        }
+        if !graceful {
+            if c.sending {
+                cancel.push(token::make(token::SEND, idx as u32, gen));
+            } else {
+                c.out.clear();
+            }
+        }
+        for ud in cancel {
+            let sqe = opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0));
+            if self.push_plain(sqe).is_err() {
+                // Could not cancel: the op completes on its own (recv at EOF or close below).
+            }
+        }
+        self.maybe_finish_close(idx);
+    }
+
+    /// Submits the close once nothing is in flight. A multishot recv ends only after the
+    /// cancel took effect, so the fd stays open until then.
+    fn maybe_finish_close(&mut self, idx: usize) {
+        let Some(c) = self.net.conns.get_mut(idx) else { return };
+        if !c.closing || c.close_submitted || c.sending {
+            return;
+        }
+        if c.graceful && !c.out.is_empty() {
+            self.submit_send(idx);
+            return;
+        }
+        if c.recv_armed {
+            // Graceful close of a reading connection: cancel the recv first.
+            return;
+        }
+        c.close_submitted = true;
+        let sqe = opcode::Close::new(types::Fd(c.fd)).build().user_data(token::make(token::CLOSE, idx as u32, c.gen));
+        if self.push_plain(sqe).is_err() {
+            // SAFETY: the fd is owned by this connection and no op is in flight on it.
+            unsafe { libc::close(self.net.conns[idx].fd) };
+            let gen = self.net.conns[idx].gen & 0xff_ffff;
+            self.counters.io_started.add(1);
+            self.on_closed(idx, gen);
+            return;
+        }
+        self.counters.io_started.add(1);
+    }
+
+    fn on_closed(&mut self, idx: usize, gen: u32) {
+        self.counters.io_finished.add(1);
+        if !self.net.conns.get(idx).is_some_and(|c| token::same_gen(c.gen, gen) && c.close_submitted) {
+            return;
+        }
+        let c = self.net.conns.remove(idx);
+        self.net.listeners[c.listener].open -= 1;
+        self.counters.closed.add(1);
+        let conn = self.conn_id(idx, c.gen);
+        self.emit(c.listener, NetEvent::Closed { conn });
+    }
+
+    /// Delivers an event to the listener's stage, or parks it (in order) if refused.
+    fn emit(&mut self, li: usize, ev: NetEvent) {
+        if self.net.stalled.is_empty() {
+            match self.net.listeners[li].sink.try_enqueue(ev) {
+                Ok(()) => return,
+                Err(ev) => {
+                    self.net.stalled.push_back((li, ev));
+                    self.counters.io_started.add(1);
+                    return;
+                }
+            }
+        }
+        self.net.stalled.push_back((li, ev));
+        self.counters.io_started.add(1);
+    }
+
+    /// Retries parked events in order; stops at the first refusal.
+    pub(crate) fn net_flush_stalled(&mut self) {
+        while let Some((li, ev)) = self.net.stalled.pop_front() {
+            if let Err(ev) = self.net.listeners[li].sink.try_enqueue(ev) {
+                self.net.stalled.push_front((li, ev));
+                return;
+            }
+            self.counters.io_finished.add(1);
+        }
+    }
+
+    /// Once per tick: idle timeouts, and listeners whose re-arm failed.
+    pub(crate) fn net_tick(&mut self) {
+        let now = self.now;
+        let since = now.duration_since(self.net.last_sweep);
+        if since < Duration::from_millis(100) {
+            return;
+        }
+        self.net.last_sweep = now;
+        for li in 0..self.net.listeners.len() {
+            let l = &self.net.listeners[li];
+            if !l.armed && !l.backing_off && l.fd.is_some() && self.arm_accept(li).is_err() {
+                break;
+            }
+        }
+        if self.net.listeners.iter().all(|l| l.cfg.idle_timeout.is_none()) {
+            return;
+        }
+        let idle: Vec<usize> = self
+            .net
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                let limit = self.net.listeners[c.listener].cfg.idle_timeout;
+                !c.closing && limit.is_some_and(|d| now.duration_since(c.last_active) >= d)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for idx in idle {
+            self.begin_close(idx, false);
+        }
+    }
+
+    /// Shutdown, phase one: stop accepting and stop reading; queued sends still finish.
+    pub(crate) fn net_begin_drain(&mut self) {
+        for li in 0..self.net.listeners.len() {
+            if self.net.listeners[li].armed {
+                let ud = token::make(token::ACCEPT, li as u32, 0);
+                let _ = self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
+            } else {
+                self.net.listeners[li].fd = None;
+            }
+        }
+        let recvs: Vec<(usize, u32)> =
+            self.net.conns.iter().filter(|(_, c)| c.recv_armed).map(|(i, c)| (i, c.gen)).collect();
+        for (idx, gen) in recvs {
+            let ud = token::make(token::RECV, idx as u32, gen);
+            let _ = self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
+        }
+        self.net.starved.clear();
+    }
+
+    /// Shutdown, last phase: close every remaining socket synchronously.
+    pub(crate) fn net_teardown(&mut self) {
+        for (_, c) in self.net.conns.iter() {
+            if !c.close_submitted {
+                // SAFETY: the connection owns its fd; the ring is about to be torn down.
+                unsafe { libc::close(c.fd) };
+            }
+        }
+        self.net.conns.clear();
+        self.net.stalled.clear();
+        for l in &mut self.net.listeners {
+            l.fd = None;
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Networking on the ring: listeners with multishot accept, connections with multishot recv
+//! into pool buffers, gather sends of `IoBuf` chains, graceful and abortive close, timeouts.
+//!
+//! The network I/O stage (`"net"`, one replica on every worker) owns the sockets of its
+//! worker. It emits [`NetEvent`]s to the stage each listener delivers to and executes the
+//! [`NetCmd`]s sent back to it; commands are routed to the worker that owns the connection.
+//!
+//! Failure behaviour:
+//! - **EMFILE/ENFILE/ENOMEM on accept**: the multishot accept is stopped and re-armed after a
+//!   back-off timer (10 ms doubling to 1 s) on the ring; the loop never spins on it.
+//! - **ENOBUFS on recv** (pool empty): the connection waits, without a pending recv, until its
+//!   worker's pool gets buffers back, then its recv is re-armed. No byte is lost: TCP holds it.
+//! - **Peer reset mid-send / send timeout**: the connection is closed, its queued buffers are
+//!   released, and the handler stage gets [`NetEvent::Closed`].
+
+mod driver;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub(crate) use driver::{Listener, Net};
+
+use crate::buf::{IoBuf, IoBufChain};
+use crate::stage::{Context, Handler};
+
+/// A connection: its worker, slot and generation. `Copy`; stale ids are ignored safely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conn {
+    pub(crate) worker: u16,
+    pub(crate) idx: u32,
+    pub(crate) gen: u32,
+}
+
+impl Conn {
+    /// The worker that owns the socket.
+    pub fn worker(&self) -> usize {
+        self.worker as usize
+    }
+
+    /// A number unique among this worker's open connections (the slot index).
+    pub fn slot(&self) -> usize {
+        self.idx as usize
+    }
+}
+
+/// Identifies a listener declared with [`crate::runtime::Builder::listen`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub(crate) usize);
+
+/// What the network stage tells a handler stage.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A connection was accepted.
+    Opened {
+        /// The connection.
+        conn: Conn,
+        /// The listener that accepted it.
+        listener: ListenerId,
+    },
+    /// Bytes arrived. `data` is a view of the pool buffer the kernel wrote them into.
+    Data {
+        /// The connection.
+        conn: Conn,
+        /// The received bytes.
+        data: IoBuf,
+    },
+    /// The connection is closed and its id is dead.
+    Closed {
+        /// The connection.
+        conn: Conn,
+    },
+}
+
+impl NetEvent {
+    /// The connection the event is about.
+    pub fn conn(&self) -> Conn {
+        match self {
+            NetEvent::Opened { conn, .. } | NetEvent::Data { conn, .. } | NetEvent::Closed { conn } => *conn,
+        }
+    }
+}
+
+/// What a handler stage asks of the network stage.
+#[derive(Debug)]
+pub enum NetCmd {
+    /// Queue `data` for sending.
+    Send {
+        /// The connection.
+        conn: Conn,
+        /// Bytes to send.
+        data: IoBuf,
+    },
+    /// Queue a chain for one gather send.
+    SendChain {
+        /// The connection.
+        conn: Conn,
+        /// Bytes to send.
+        data: IoBufChain,
+    },
+    /// Stop reading, finish queued sends, then close.
+    Close {
+        /// The connection.
+        conn: Conn,
+    },
+}
+
+impl NetCmd {
+    /// The connection the command is for.
+    pub fn conn(&self) -> Conn {
+        match self {
+            NetCmd::Send { conn, .. } | NetCmd::SendChain { conn, .. } | NetCmd::Close { conn } => *conn,
+        }
+    }
+
+    pub(crate) fn route(cmd: &NetCmd) -> usize {
+        cmd.conn().worker()
+    }
+}
+
+/// Options of a listener.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    pub(crate) addr: SocketAddr,
+    pub(crate) workers: Vec<usize>,
+    pub(crate) backlog: i32,
+    pub(crate) nodelay: bool,
+    pub(crate) max_connections: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) send_timeout: Option<Duration>,
+}
+
+impl ListenConfig {
+    /// Listen on `addr` (port 0 picks a free port) on each of `workers`, each with its own
+    /// `SO_REUSEPORT` socket.
+    pub fn new(addr: SocketAddr, workers: impl IntoIterator<Item = usize>) -> ListenConfig {
+        ListenConfig {
+            addr,
+            workers: workers.into_iter().collect(),
+            backlog: 1024,
+            nodelay: true,
+            max_connections: 100_000,
+            idle_timeout: None,
+            send_timeout: None,
+        }
+    }
+
+    /// `listen(2)` backlog (default 1024).
+    pub fn backlog(mut self, n: i32) -> Self {
+        self.backlog = n;
+        self
+    }
+
+    /// Set `TCP_NODELAY` on accepted sockets (default on).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Most open connections per worker; further ones are closed at once (default 100 000).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Close connections with no completed recv or send for this long (swept once per tick).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
+    /// Abort a connection whose send does not complete within `d` (a linked timeout on each
+    /// send, so a peer that stops reading cannot pin buffers forever).
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.send_timeout = Some(d);
+        self
+    }
+}
+
+/// The network I/O stage's handler: executes commands on the worker owning the connection.
+pub(crate) struct NetStage;
+
+impl Handler for NetStage {
+    type Event = NetCmd;
+    fn handle(&mut self, cmd: NetCmd, cx: &mut Context<'_>) {
+        cx.io.net_command(cmd);
+    }
+}

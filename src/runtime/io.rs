@@ -1,0 +1,81 @@
+//! A worker's I/O core: its ring, buffer pool and network state.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use io_uring::{squeue, IoUring};
+
+use crate::buf::BufPool;
+use crate::metrics::WorkerCounters;
+use crate::net::Net;
+
+/// `user_data` layout: `kind:8 | gen:24 | index:32`. The index is a slab key (a connection or
+/// listener slot), the generation guards against a reused slot.
+pub(crate) mod token {
+    pub(crate) const DOORBELL: u8 = 1;
+    pub(crate) const ACCEPT: u8 = 2;
+    pub(crate) const BACKOFF: u8 = 3;
+    pub(crate) const RECV: u8 = 4;
+    pub(crate) const SEND: u8 = 5;
+    pub(crate) const LINK_TIMEOUT: u8 = 6;
+    pub(crate) const CANCEL: u8 = 7;
+    pub(crate) const CLOSE: u8 = 8;
+
+    #[inline]
+    pub(crate) fn make(kind: u8, idx: u32, gen: u32) -> u64 {
+        (kind as u64) << 56 | ((gen as u64) & 0xff_ffff) << 32 | idx as u64
+    }
+
+    #[inline]
+    pub(crate) fn parse(ud: u64) -> (u8, u32, u32) {
+        ((ud >> 56) as u8, ud as u32, ((ud >> 32) & 0xff_ffff) as u32)
+    }
+
+    /// Whether `gen` (full width) matches the 24 bits kept in a token.
+    #[inline]
+    pub(crate) fn same_gen(gen: u32, token_gen: u32) -> bool {
+        gen & 0xff_ffff == token_gen
+    }
+}
+
+/// One worker's I/O state. Lives on the worker thread; handlers reach it through `Context`.
+pub(crate) struct Io {
+    pub(crate) worker: usize,
+    pub(crate) ring: IoUring,
+    pub(crate) features: ringstage_sys::Features,
+    pub(crate) pool: BufPool,
+    pub(crate) net: Net,
+    pub(crate) counters: Arc<WorkerCounters>,
+    pub(crate) draining: bool,
+    /// Refreshed once per loop iteration.
+    pub(crate) now: Instant,
+}
+
+impl Io {
+    /// Queues SQEs as one group; when the submission queue is full it submits first.
+    ///
+    /// # Safety
+    /// Every buffer, `msghdr`, iovec and timespec the entries point to must stay valid and
+    /// unmoved until the kernel has consumed them (until completion for buffers and iovecs).
+    pub(crate) unsafe fn push(&mut self, sqes: &[squeue::Entry]) -> io::Result<()> {
+        for attempt in 0..2 {
+            // SAFETY: forwarded contract.
+            if unsafe { self.ring.submission().push_multiple(sqes) }.is_ok() {
+                return Ok(());
+            }
+            if attempt == 0 {
+                self.counters.enters.add(1);
+                self.ring.submit()?;
+            }
+        }
+        Err(io::Error::other("submission queue stays full after submit"))
+    }
+
+    /// Like [`Io::push`], for SQEs that refer to no user memory (cancel, close, accept, recv
+    /// with provided buffers).
+    pub(crate) fn push_plain(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        // SAFETY: the entry points at no user memory.
+        unsafe { self.push(std::slice::from_ref(&sqe)) }
+    }
+}

@@ -1,0 +1,601 @@
+//! Pinned workers, the stage graph builder, and shutdown.
+//!
+//! ```no_run
+//! use ringstage::prelude::*;
+//!
+//! let mut b = Runtime::builder(2);
+//! let echo = b.stage::<NetEvent>("echo", StageConfig::on([1]));
+//! let (net, _listener) = b.listen(ListenConfig::new("127.0.0.1:7000".parse().unwrap(), [0]), echo);
+//! b.handler(echo, move |s| {
+//!     let net = s.sink(net);
+//!     handler_fn(move |ev: NetEvent, _cx: &mut Context<'_>| {
+//!         if let NetEvent::Data { conn, data } = ev {
+//!             let _ = net.try_enqueue(NetCmd::Send { conn, data }); // same buffer, no copy
+//!         }
+//!     })
+//! });
+//! let rt = b.start().unwrap();
+//! rt.join().unwrap();
+//! ```
+
+pub(crate) mod io;
+mod plumbing;
+mod worker;
+
+use std::any::Any;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ringstage_sys::{Doorbell, RingConfig};
+
+use crate::metrics::{Snapshot, WorkerCounters};
+use crate::net::{ListenConfig, ListenerId, NetCmd, NetEvent, NetStage};
+use crate::stage::injector::{InjectCounters, InjectTarget};
+use crate::stage::{Handler, Injector, LocalQueue, Sink, SinkInner, StageConfig, StageId};
+use plumbing::{Plumbing, TypedPlumbing, WorkerParts};
+pub(crate) use worker::ReplicaDyn;
+
+type Factory = Arc<dyn Fn(&mut Setup<'_>) -> Box<dyn ReplicaDyn> + Send + Sync>;
+
+struct Decl {
+    name: String,
+    cfg: StageConfig,
+    plumbing: Option<Box<dyn Plumbing>>,
+    factory: Option<Factory>,
+}
+
+struct ListenDecl {
+    cfg: Arc<ListenConfig>,
+    deliver: usize,
+}
+
+/// What every worker knows about a stage.
+#[derive(Clone, Debug)]
+pub(crate) struct StageMeta {
+    pub(crate) name: String,
+    pub(crate) workers: Vec<usize>,
+    pub(crate) capacity: usize,
+    pub(crate) batch: usize,
+}
+
+/// Declares stages, their placement and listeners, then starts the workers.
+pub struct Builder {
+    workers: usize,
+    cpus: Option<Vec<usize>>,
+    ring: RingConfig,
+    pool_buffers: u16,
+    buf_size: usize,
+    tick: Duration,
+    drain_timeout: Duration,
+    signals: bool,
+    decls: Vec<Decl>,
+    listeners: Vec<ListenDecl>,
+    net: Option<StageId<NetCmd>>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("workers", &self.workers).field("stages", &self.decls.len()).finish()
+    }
+}
+
+impl Builder {
+    /// Pin worker `i` to CPU `cpus[i]` (by default worker `i` runs on CPU `i` modulo the CPUs
+    /// this process may use). An empty list disables pinning.
+    pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.cpus = Some(cpus.into_iter().collect());
+        self
+    }
+
+    /// Ring setup per worker (entries, DEFER_TASKRUN).
+    pub fn ring(mut self, cfg: RingConfig) -> Self {
+        self.ring = cfg;
+        self
+    }
+
+    /// Receive buffers per worker (a power of two, default 2048) of `size` bytes (default
+    /// 4096). Untouched buffers cost no resident memory.
+    pub fn buffers(mut self, count: u16, size: usize) -> Self {
+        self.pool_buffers = count;
+        self.buf_size = size;
+        self
+    }
+
+    /// Longest a sleeping worker waits before re-checking timers (default 50 ms).
+    pub fn tick(mut self, d: Duration) -> Self {
+        self.tick = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long shutdown waits for in-flight work before closing anyway (default 5 s).
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// Block SIGINT/SIGTERM in the calling thread and every worker, so that
+    /// [`Runtime::wait_for_signal`] can take them. Call `start` from the main thread before
+    /// spawning other threads.
+    pub fn signals(mut self, on: bool) -> Self {
+        self.signals = on;
+        self
+    }
+
+    /// Declares a stage consuming `E` events, placed per `cfg`. Give it code with
+    /// [`Builder::handler`] before `start`.
+    pub fn stage<E: Send + 'static>(&mut self, name: &str, cfg: StageConfig) -> StageId<E> {
+        self.declare(name, cfg, None)
+    }
+
+    /// Like [`Builder::stage`], with a router: `route(&event)` names the worker whose replica
+    /// gets the event (events for a worker without a replica are refused).
+    pub fn stage_routed<E: Send + 'static>(
+        &mut self,
+        name: &str,
+        cfg: StageConfig,
+        route: fn(&E) -> usize,
+    ) -> StageId<E> {
+        self.declare(name, cfg, Some(route))
+    }
+
+    fn declare<E: Send + 'static>(&mut self, name: &str, cfg: StageConfig, route: Option<fn(&E) -> usize>) -> StageId<E> {
+        let plumbing = TypedPlumbing::<E>::new(self.workers, &cfg.workers, cfg.capacity, route);
+        self.decls.push(Decl { name: name.to_string(), cfg, plumbing: Some(Box::new(plumbing)), factory: None });
+        StageId::new(self.decls.len() - 1)
+    }
+
+    /// Sets the code of stage `id`: `make` runs once per replica, on that replica's worker,
+    /// and may take sinks to other stages from the [`Setup`].
+    pub fn handler<H, F>(&mut self, id: StageId<H::Event>, make: F)
+    where
+        H: Handler,
+        F: Fn(&mut Setup<'_>) -> H + Send + Sync + 'static,
+    {
+        let idx = id.idx;
+        let factory: Factory = Arc::new(move |s: &mut Setup<'_>| {
+            let handler = make(s);
+            let (remote, inject) = s.take_consumer::<H::Event>(idx);
+            let local = s.local::<H::Event>(idx);
+            let batch = s.meta[idx].batch;
+            Box::new(worker::Replica { stage: idx, handler, local, remote, inject, batch, next: 0, counters: s.counters.clone() })
+                as Box<dyn ReplicaDyn>
+        });
+        self.decls[idx].factory = Some(factory);
+    }
+
+    /// Adds a listener whose connections' events go to stage `deliver`. Returns the network
+    /// stage (to send [`NetCmd`]s to; one per runtime, with a replica on every worker) and the
+    /// listener's id.
+    pub fn listen(&mut self, cfg: ListenConfig, deliver: StageId<NetEvent>) -> (StageId<NetCmd>, ListenerId) {
+        let net = match self.net {
+            Some(n) => n,
+            None => {
+                let n = self.stage_routed::<NetCmd>("net", StageConfig::on(0..self.workers).capacity(4096), NetCmd::route);
+                self.handler(n, |_| NetStage);
+                self.net = Some(n);
+                n
+            }
+        };
+        self.listeners.push(ListenDecl { cfg: Arc::new(cfg), deliver: deliver.idx });
+        (net, ListenerId(self.listeners.len() - 1))
+    }
+
+    fn validate(&self) -> std::io::Result<()> {
+        let bad = |m: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
+        if self.workers == 0 || self.workers > 64 {
+            return bad(format!("workers must be 1..=64, got {}", self.workers));
+        }
+        for d in &self.decls {
+            if d.factory.is_none() {
+                return bad(format!("stage '{}' has no handler", d.name));
+            }
+            if d.cfg.workers.is_empty() || d.cfg.workers.iter().any(|&w| w >= self.workers) {
+                return bad(format!("stage '{}' placed on workers {:?} of {}", d.name, d.cfg.workers, self.workers));
+            }
+            let mut w = d.cfg.workers.clone();
+            w.sort_unstable();
+            w.dedup();
+            if w.len() != d.cfg.workers.len() {
+                return bad(format!("stage '{}' has two replicas on one worker", d.name));
+            }
+        }
+        for l in &self.listeners {
+            if l.cfg.workers.is_empty() || l.cfg.workers.iter().any(|&w| w >= self.workers) {
+                return bad(format!("listener {} placed on workers {:?} of {}", l.cfg.addr, l.cfg.workers, self.workers));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the sockets, spawns and pins the workers, sets up one ring per worker, and runs.
+    /// Returns once every worker is ready, or the first setup error (e.g. io_uring refused).
+    pub fn start(mut self) -> std::io::Result<Runtime> {
+        self.validate()?;
+        let bells: Vec<Arc<Doorbell>> = (0..self.workers).map(|_| Doorbell::new().map(Arc::new)).collect::<Result<_, _>>()?;
+
+        // Listening sockets, bound here so that errors (EADDRINUSE) surface synchronously.
+        let mut per_worker_listeners: Vec<Vec<(usize, OwnedFd, Arc<ListenConfig>, usize)>> =
+            (0..self.workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for (id, l) in self.listeners.iter().enumerate() {
+            let mut addr = l.cfg.addr;
+            for &w in &l.cfg.workers {
+                let fd = ringstage_sys::socket::listen(addr, l.cfg.backlog, true)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {addr}: {e}")))?;
+                addr = ringstage_sys::socket::local_addr(fd.as_raw_fd())?;
+                per_worker_listeners[w].push((id, fd, l.cfg.clone(), l.deliver));
+            }
+            addrs.push(addr);
+        }
+
+        let meta: Arc<Vec<StageMeta>> = Arc::new(
+            self.decls
+                .iter()
+                .map(|d| StageMeta {
+                    name: d.name.clone(),
+                    workers: d.cfg.workers.clone(),
+                    capacity: d.cfg.capacity,
+                    batch: d.cfg.batch,
+                })
+                .collect(),
+        );
+        let mut parts: Vec<Vec<Option<Box<dyn Any + Send>>>> =
+            (0..self.workers).map(|_| (0..self.decls.len()).map(|_| None).collect()).collect();
+        let mut inject_targets = Vec::new();
+        for (s, d) in self.decls.iter_mut().enumerate() {
+            let plumbing = d.plumbing.take().expect("plumbing split once");
+            let (per_worker, targets) = plumbing.split(&bells);
+            for (w, p) in per_worker.into_iter().enumerate() {
+                parts[w][s] = Some(p);
+            }
+            inject_targets.push(targets);
+        }
+        let factories: Arc<Vec<Factory>> =
+            Arc::new(self.decls.iter().map(|d| d.factory.clone().expect("validated")).collect());
+        let counters: Vec<Arc<WorkerCounters>> =
+            (0..self.workers).map(|_| Arc::new(WorkerCounters::new(self.decls.len()))).collect();
+        let shared = Arc::new(Shared {
+            shutdown: AtomicBool::new(false),
+            bells: bells.clone(),
+            counters: counters.clone(),
+            inject: (0..self.decls.len()).map(|_| Arc::new(InjectCounters::default())).collect(),
+            names: meta.iter().map(|m| m.name.clone()).collect(),
+            drain_timeout: self.drain_timeout,
+        });
+
+        let sigset = if self.signals { Some(block_signals()?) } else { None };
+        let ncpu = ringstage_sys::cpu::available();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for (w, (parts, listeners)) in parts.into_iter().zip(per_worker_listeners).enumerate() {
+            let cpu = match &self.cpus {
+                Some(c) if c.is_empty() => None,
+                Some(c) => Some(c[w % c.len()]),
+                None => Some(w % ncpu),
+            };
+            let plan = worker::Plan {
+                id: w,
+                cpu,
+                ring: self.ring.clone(),
+                pool: (self.pool_buffers, self.buf_size),
+                tick: self.tick,
+                meta: meta.clone(),
+                factories: factories.clone(),
+                parts,
+                listeners,
+                shared: shared.clone(),
+            };
+            let tx = ready_tx.clone();
+            let t = std::thread::Builder::new().name(format!("rs-worker-{w}")).spawn(move || worker::main(plan, tx))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let mut first_err = None;
+        for _ in 0..self.workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(std::io::Error::other("a worker died during setup"));
+                }
+            }
+        }
+        let rt = Runtime { threads, shared, inject_targets, addrs, sigset };
+        if let Some(e) = first_err {
+            rt.shutdown();
+            let _ = rt.join();
+            return Err(e);
+        }
+        Ok(rt)
+    }
+}
+
+fn block_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live, initialised sigset; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
+/// State shared by all workers and the runtime handle.
+pub(crate) struct Shared {
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) bells: Vec<Arc<Doorbell>>,
+    pub(crate) counters: Vec<Arc<WorkerCounters>>,
+    inject: Vec<Arc<InjectCounters>>,
+    names: Vec<String>,
+    pub(crate) drain_timeout: Duration,
+}
+
+impl Shared {
+    /// Whether no event is queued or being handled and no I/O that could produce one is in
+    /// flight, anywhere. All counters are monotone and every "finished" count is incremented
+    /// after the "started" count it matches (and after the events its work produced were
+    /// counted as enqueued), so reading all finished counts before all started counts and
+    /// finding them equal proves a moment of global quiescence; with accepts and reads
+    /// stopped, nothing can start new work after it.
+    pub(crate) fn quiescent(&self) -> bool {
+        let (mut fin, mut done) = (0u64, 0u64);
+        for c in &self.counters {
+            fin += c.io_finished.get();
+            done += c.stages.iter().map(|s| s.processed.get()).sum::<u64>();
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let (mut started, mut queued) = (0u64, 0u64);
+        for c in &self.counters {
+            started += c.io_started.get();
+            queued += c.stages.iter().map(|s| s.enqueued.get()).sum::<u64>();
+        }
+        queued += self.inject.iter().map(|i| i.enqueued.load(Ordering::SeqCst)).sum::<u64>();
+        fin == started && done == queued
+    }
+
+    fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for b in &self.bells {
+            b.ring_always();
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::collect(&self.names, &self.counters);
+        for (st, i) in s.stages.iter_mut().zip(&self.inject) {
+            st.enqueued += i.enqueued.load(Ordering::Relaxed);
+            st.refused += i.refused.load(Ordering::Relaxed);
+        }
+        s
+    }
+}
+
+/// Per-worker setup context: hands out sinks while replicas are constructed.
+pub struct Setup<'a> {
+    worker: usize,
+    workers: usize,
+    meta: &'a [StageMeta],
+    parts: &'a mut [Option<Box<dyn Any + Send>>],
+    sinks: Vec<Option<Rc<dyn Any>>>,
+    locals: Vec<Option<Rc<dyn Any>>>,
+    counters: Arc<WorkerCounters>,
+    wake: Rc<Cell<u64>>,
+}
+
+impl std::fmt::Debug for Setup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup").field("worker", &self.worker).finish()
+    }
+}
+
+impl Setup<'_> {
+    /// The worker being set up.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Number of workers in the runtime.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn parts<E: Send + 'static>(&mut self, idx: usize) -> &mut WorkerParts<E> {
+        let name = &self.meta[idx].name;
+        self.parts[idx]
+            .as_mut()
+            .and_then(|p| p.downcast_mut::<WorkerParts<E>>())
+            .unwrap_or_else(|| panic!("stage '{name}': event type does not match its declaration"))
+    }
+
+    /// A sink into stage `id`, usable on this worker. Sinks to the same stage share queues.
+    ///
+    /// # Panics
+    /// If `id` belongs to another builder (its event type does not match).
+    pub fn sink<E: Send + 'static>(&mut self, id: StageId<E>) -> Sink<E> {
+        let idx = id.idx;
+        if let Some(rc) = &self.sinks[idx] {
+            let inner = rc.clone().downcast::<SinkInner<E>>().expect("sink type matches stage");
+            return Sink { inner };
+        }
+        let local_replica = self.meta[idx].workers.iter().position(|&w| w == self.worker);
+        let local = local_replica.map(|r| (r, self.local::<E>(idx)));
+        let (producers, router) = {
+            let p = self.parts::<E>(idx);
+            (p.producers.take().expect("producers taken once"), p.router)
+        };
+        let replica_workers: Box<[usize]> = self.meta[idx].workers.clone().into();
+        let mut replica_on = vec![None; self.workers];
+        for (r, &w) in replica_workers.iter().enumerate() {
+            replica_on[w] = Some(r);
+        }
+        let inner = Rc::new(SinkInner {
+            stage: idx,
+            local,
+            remote: producers.into_iter().map(|p| p.map(std::cell::RefCell::new)).collect(),
+            replica_workers,
+            replica_on: replica_on.into(),
+            router,
+            rr: Cell::new(self.worker % self.meta[idx].workers.len()),
+            counters: self.counters.clone(),
+            wake: self.wake.clone(),
+        });
+        self.sinks[idx] = Some(inner.clone() as Rc<dyn Any>);
+        Sink { inner }
+    }
+
+    fn local<E: Send + 'static>(&mut self, idx: usize) -> Rc<LocalQueue<E>> {
+        let cap = self.meta[idx].capacity;
+        let rc = self.locals[idx].get_or_insert_with(|| Rc::new(LocalQueue::<E>::new(cap)) as Rc<dyn Any>);
+        rc.clone().downcast::<LocalQueue<E>>().expect("local queue type matches stage")
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn take_consumer<E: Send + 'static>(
+        &mut self,
+        idx: usize,
+    ) -> (Vec<crate::queue::spsc::Consumer<E>>, Arc<crate::queue::mpsc::Queue<E>>) {
+        self.parts::<E>(idx).consumer.take().expect("one replica per worker")
+    }
+}
+
+/// A running set of workers.
+pub struct Runtime {
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+    shared: Arc<Shared>,
+    inject_targets: Vec<Box<dyn Any + Send + Sync>>,
+    addrs: Vec<SocketAddr>,
+    sigset: Option<libc::sigset_t>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("workers", &self.threads.len()).field("addrs", &self.addrs).finish()
+    }
+}
+
+/// A cloneable, `Send` handle to stop a runtime and read its metrics from any thread.
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handle")
+    }
+}
+
+impl Handle {
+    /// Starts graceful shutdown (see [`Runtime::shutdown`]).
+    pub fn shutdown(&self) {
+        self.0.begin_shutdown();
+    }
+
+    /// A snapshot of every counter.
+    pub fn metrics(&self) -> Snapshot {
+        self.0.snapshot()
+    }
+}
+
+impl Runtime {
+    /// A builder for `workers` pinned workers, one io_uring each.
+    pub fn builder(workers: usize) -> Builder {
+        Builder {
+            workers,
+            cpus: None,
+            ring: RingConfig::default(),
+            pool_buffers: 2048,
+            buf_size: 4096,
+            tick: Duration::from_millis(50),
+            drain_timeout: Duration::from_secs(5),
+            signals: false,
+            decls: Vec::new(),
+            listeners: Vec::new(),
+            net: None,
+        }
+    }
+
+    /// The address listener `id` is bound to (with the port chosen for port 0).
+    pub fn local_addr(&self, id: ListenerId) -> SocketAddr {
+        self.addrs[id.0]
+    }
+
+    /// An injector into stage `id` for threads outside the runtime.
+    ///
+    /// # Panics
+    /// If `id` belongs to another runtime.
+    pub fn injector<E: Send + 'static>(&self, id: StageId<E>) -> Injector<E> {
+        let targets = self.inject_targets[id.idx]
+            .downcast_ref::<Arc<[InjectTarget<E>]>>()
+            .expect("injector type matches stage")
+            .clone();
+        Injector { targets, rr: Default::default(), counters: self.shared.inject[id.idx].clone() }
+    }
+
+    /// A snapshot of every counter.
+    pub fn metrics(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> Handle {
+        Handle(self.shared.clone())
+    }
+
+    /// Starts graceful shutdown: workers stop accepting and reading, finish every queued event
+    /// and pending send (up to the drain timeout), close their sockets and exit.
+    pub fn shutdown(&self) {
+        self.shared.begin_shutdown();
+    }
+
+    /// Waits for SIGINT or SIGTERM (requires [`Builder::signals`]) and returns its number.
+    pub fn wait_for_signal(&self) -> std::io::Result<i32> {
+        let set = self
+            .sigset
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "Builder::signals(true) was not set"))?;
+        let mut sig = 0;
+        // SAFETY: `set` is an initialised sigset and `sig` a live local.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(sig)
+    }
+
+    /// Waits for every worker to exit; returns the first worker error.
+    pub fn join(mut self) -> std::io::Result<()> {
+        let mut res = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t.join().unwrap_or_else(|_| Err(std::io::Error::other("a worker panicked")));
+            if res.is_ok() {
+                res = r;
+            }
+        }
+        res
+    }
+}
+
+impl Drop for Runtime {
+    /// Dropping a runtime that was not joined shuts it down and waits for the workers.
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shared.begin_shutdown();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}

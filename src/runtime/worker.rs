@@ -1,0 +1,356 @@
+//! One pinned worker: its ring, its replicas, and the event loop.
+//!
+//! Loop: reap completions in a batch and turn them into events; take back buffers released on
+//! other cores (re-arming receives that ran out); run each replica over up to one batch of its
+//! queued events; ring the doorbells of sleeping workers that got work; submit once; and when
+//! nothing is left, announce sleep, re-check, and block in `io_uring_enter` until a completion,
+//! a doorbell or the tick.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+use ringstage_sys::{Doorbell, RingConfig};
+
+use super::io::{token, Io};
+use super::{Factory, Setup, Shared, StageMeta};
+use crate::buf::BufPool;
+use crate::metrics::WorkerCounters;
+use crate::net::{ListenConfig, Listener, Net, NetEvent};
+use crate::queue::{mpsc, spsc};
+use crate::stage::{Context, Handler, LocalQueue, StageId};
+
+/// Everything a worker thread needs to set itself up.
+pub(crate) struct Plan {
+    pub(crate) id: usize,
+    pub(crate) cpu: Option<usize>,
+    pub(crate) ring: RingConfig,
+    pub(crate) pool: (u16, usize),
+    pub(crate) tick: Duration,
+    pub(crate) meta: Arc<Vec<StageMeta>>,
+    pub(crate) factories: Arc<Vec<Factory>>,
+    pub(crate) parts: Vec<Option<Box<dyn Any + Send>>>,
+    pub(crate) listeners: Vec<(usize, OwnedFd, Arc<ListenConfig>, usize)>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A stage replica with its event type erased.
+pub(crate) trait ReplicaDyn {
+    /// Handles up to one batch of queued events; returns how many.
+    fn run(&mut self, io: &mut Io) -> usize;
+    /// Whether any event is queued.
+    fn has_work(&mut self) -> bool;
+}
+
+pub(crate) struct Replica<H: Handler> {
+    pub(crate) stage: usize,
+    pub(crate) handler: H,
+    pub(crate) local: Rc<LocalQueue<H::Event>>,
+    pub(crate) remote: Vec<spsc::Consumer<H::Event>>,
+    pub(crate) inject: Arc<mpsc::Queue<H::Event>>,
+    pub(crate) batch: usize,
+    /// Source to start from next run, rotated so no inbound edge starves the others.
+    pub(crate) next: usize,
+    pub(crate) counters: Arc<WorkerCounters>,
+}
+
+impl<H: Handler> Replica<H> {
+    fn pop(&mut self, source: usize) -> Option<H::Event> {
+        match source {
+            0 => self.local.pop(),
+            // SAFETY: this replica is the only consumer of its injection queue.
+            1 => unsafe { self.inject.pop() },
+            s => self.remote[s - 2].pop(),
+        }
+    }
+}
+
+impl<H: Handler> ReplicaDyn for Replica<H> {
+    fn run(&mut self, io: &mut Io) -> usize {
+        let sources = 2 + self.remote.len();
+        let mut n = 0;
+        let mut cx = Context { io };
+        for k in 0..sources {
+            let s = (self.next + k) % sources;
+            while n < self.batch {
+                let Some(ev) = self.pop(s) else { break };
+                self.handler.handle(ev, &mut cx);
+                n += 1;
+            }
+        }
+        self.next = (self.next + 1) % sources;
+        let c = &self.counters.stages[self.stage];
+        if n > 0 {
+            // Counted after the handlers ran (and counted what they enqueued): see
+            // `Shared::quiescent`.
+            c.processed.add(n as u64);
+            c.batches.add(1);
+        }
+        let queued = self.local.len() + self.inject.len() + self.remote.iter().map(|r| r.len()).sum::<usize>();
+        c.queued.set(queued as u64);
+        n
+    }
+
+    fn has_work(&mut self) -> bool {
+        self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter_mut().any(|r| !r.is_empty())
+    }
+}
+
+/// `IORING_ENTER_GETEVENTS` (the io-uring crate keeps its constant private).
+const ENTER_GETEVENTS: u32 = 1;
+
+struct Worker {
+    io: Io,
+    replicas: Vec<Box<dyn ReplicaDyn>>,
+    bell: Arc<Doorbell>,
+    bell_buf: Box<u64>,
+    shared: Arc<Shared>,
+    wake: Rc<Cell<u64>>,
+    tick_ts: Box<types::Timespec>,
+    deadline: Option<Instant>,
+}
+
+/// Thread body: set up, report readiness, run.
+pub(crate) fn main(plan: Plan, ready: std_mpsc::Sender<io::Result<()>>) -> io::Result<()> {
+    let id = plan.id;
+    match Worker::new(plan) {
+        Ok(mut w) => {
+            let _ = ready.send(Ok(()));
+            let r = w.run();
+            w.teardown();
+            if let Err(e) = &r {
+                eprintln!("ringstage: worker {id} stopped: {e}");
+            }
+            r
+        }
+        Err(e) => {
+            let msg = format!("worker {id} setup: {e}");
+            let _ = ready.send(Err(io::Error::new(e.kind(), msg)));
+            Err(e)
+        }
+    }
+}
+
+impl Worker {
+    fn new(mut plan: Plan) -> io::Result<Worker> {
+        if let Some(cpu) = plan.cpu {
+            ringstage_sys::cpu::pin_current(cpu)?;
+        }
+        // Ring and pool are made on this thread: SINGLE_ISSUER binds the ring to it, and the
+        // pool recognises its home thread.
+        let (ring, features) = ringstage_sys::ring::setup(&plan.ring)?;
+        let pool = BufPool::new(plan.pool.0, plan.pool.1, 0)?;
+        // SAFETY: `Io` drops the ring before the pool (field order), ending the registration.
+        unsafe { pool.register(&ring.submitter()) }?;
+        let bell = plan.shared.bells[plan.id].clone();
+        pool.set_waker(bell.clone());
+        let counters = plan.shared.counters[plan.id].clone();
+        let wake = Rc::new(Cell::new(0u64));
+        let nstages = plan.meta.len();
+        let mut setup = Setup {
+            worker: plan.id,
+            workers: plan.shared.bells.len(),
+            meta: &plan.meta,
+            parts: &mut plan.parts,
+            sinks: (0..nstages).map(|_| None).collect(),
+            locals: (0..nstages).map(|_| None).collect(),
+            counters: counters.clone(),
+            wake: wake.clone(),
+        };
+        let mut replicas = Vec::new();
+        for (idx, m) in plan.meta.iter().enumerate() {
+            if m.workers.contains(&plan.id) {
+                replicas.push((plan.factories[idx])(&mut setup));
+            }
+        }
+        let listeners = plan
+            .listeners
+            .into_iter()
+            .map(|(id, fd, cfg, deliver)| {
+                let sink = setup.sink(StageId::<NetEvent>::new(deliver));
+                Listener::new(id, fd, cfg, sink)
+            })
+            .collect();
+        let io = Io {
+            worker: plan.id,
+            ring,
+            features,
+            pool,
+            net: Net::new(listeners),
+            counters,
+            draining: false,
+            now: Instant::now(),
+        };
+        let mut w = Worker {
+            io,
+            replicas,
+            bell,
+            bell_buf: Box::new(0),
+            shared: plan.shared,
+            wake,
+            tick_ts: Box::new(types::Timespec::from(plan.tick)),
+            deadline: None,
+        };
+        w.arm_doorbell()?;
+        w.io.net_start()?;
+        Ok(w)
+    }
+
+    fn arm_doorbell(&mut self) -> io::Result<()> {
+        let sqe = opcode::Read::new(types::Fd(self.bell.fd()), (&mut *self.bell_buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(token::make(token::DOORBELL, 0, 0));
+        // SAFETY: `bell_buf` is boxed in the worker and outlives the ring (dropped after it in
+        // `teardown`); nothing else touches it while the read is armed.
+        unsafe { self.io.push(&[sqe]) }
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            self.io.now = Instant::now();
+            self.io.counters.loops.add(1);
+            let reaped = self.reap()?;
+            let returned = self.io.pool.drain_returns();
+            self.io.net_rearm_starved();
+            self.io.net_flush_stalled();
+            let mut handled = 0;
+            for r in &mut self.replicas {
+                handled += r.run(&mut self.io);
+            }
+            self.flush_wakes();
+            self.io.net_tick();
+            if self.check_shutdown() {
+                return Ok(());
+            }
+            if reaped + returned + handled > 0 {
+                self.enter_nowait()?;
+            } else {
+                self.sleep()?;
+            }
+        }
+    }
+
+    /// Reaps completions in batches of up to 64 without allocating.
+    fn reap(&mut self) -> io::Result<usize> {
+        let mut total = 0;
+        let mut batch = [(0u64, 0i32, 0u32); 64];
+        loop {
+            let mut n = 0;
+            {
+                let mut cq = self.io.ring.completion();
+                for cqe in cq.by_ref().take(batch.len()) {
+                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+                    n += 1;
+                }
+                self.io.counters.cq_overflow.set(cq.overflow() as u64);
+            }
+            for &(ud, res, flags) in &batch[..n] {
+                let (kind, idx, gen) = token::parse(ud);
+                if kind == token::DOORBELL {
+                    self.arm_doorbell()?;
+                } else {
+                    self.io.net_complete(kind, idx, gen, res, flags);
+                }
+            }
+            total += n;
+            if n < batch.len() {
+                break;
+            }
+        }
+        self.io.counters.cqes.add(total as u64);
+        Ok(total)
+    }
+
+    fn flush_wakes(&mut self) {
+        let mut bits = self.wake.replace(0);
+        while bits != 0 {
+            let w = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            self.shared.bells[w].ring();
+        }
+    }
+
+    /// Shutdown: on the flag, stop accepting and reading; exit at global quiescence or the
+    /// drain deadline. Returns whether to leave the loop.
+    fn check_shutdown(&mut self) -> bool {
+        if !self.io.draining {
+            if !self.shared.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            self.io.draining = true;
+            self.io.net_begin_drain();
+            self.deadline = Some(self.io.now + self.shared.drain_timeout);
+            return false;
+        }
+        let done = self.shared.quiescent() || self.deadline.is_some_and(|d| self.io.now >= d);
+        if done {
+            for b in &self.shared.bells {
+                b.ring_always(); // let sleeping peers re-check promptly
+            }
+        }
+        done
+    }
+
+    fn has_work(&mut self) -> bool {
+        self.io.net.has_stalled()
+            || !self.io.ring.completion().is_empty()
+            || (self.io.pool.has_returns() && self.io.net.has_starved())
+            || (!self.io.draining && self.shared.shutdown.load(Ordering::Acquire))
+            || self.replicas.iter_mut().any(|r| r.has_work())
+    }
+
+    /// Submits queued SQEs and runs deferred completion work without waiting.
+    fn enter_nowait(&mut self) -> io::Result<()> {
+        let (pending, needs) = {
+            let sq = self.io.ring.submission();
+            (sq.len(), sq.taskrun() || sq.cq_overflow())
+        };
+        // With IORING_SETUP_TASKRUN_FLAG the kernel flags pending deferred work in the SQ ring;
+        // without it we cannot know, so always enter.
+        if pending == 0 && !needs && self.io.features.coop_taskrun {
+            return Ok(());
+        }
+        self.io.counters.enters.add(1);
+        // SAFETY: plain io_uring_enter on our own ring with no argument struct.
+        let r = unsafe {
+            self.io.ring.submitter().enter::<libc::sigset_t>(pending as u32, 0, ENTER_GETEVENTS, None)
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn sleep(&mut self) -> io::Result<()> {
+        self.bell.prepare_sleep();
+        if self.has_work() {
+            self.bell.awake();
+            return self.enter_nowait();
+        }
+        let t0 = Instant::now();
+        self.io.counters.enters.add(1);
+        let args = types::SubmitArgs::new().timespec(&self.tick_ts);
+        let r = self.io.ring.submitter().submit_with_args(1, &args);
+        self.bell.awake();
+        self.io.counters.idle_ns.add(t0.elapsed().as_nanos() as u64);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn teardown(&mut self) {
+        // Handlers may hold buffers: drop them while the pool's home is still this thread.
+        self.replicas.clear();
+        self.io.net_teardown();
+        let _ = self.io.pool.unregister(&self.io.ring.submitter());
+    }
+}

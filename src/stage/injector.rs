@@ -1,0 +1,62 @@
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ringstage_sys::Doorbell;
+
+use crate::queue::mpsc;
+
+pub(crate) struct InjectTarget<E> {
+    pub(crate) queue: Arc<mpsc::Queue<E>>,
+    pub(crate) bell: Arc<Doorbell>,
+}
+
+/// Counters of events injected from outside the runtime, per stage.
+#[derive(Debug, Default)]
+pub(crate) struct InjectCounters {
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) refused: AtomicU64,
+}
+
+/// Puts events into a stage from any thread outside the runtime (`Send + Clone`).
+///
+/// Each replica has one MPSC inbound ring for injected events; injection picks replicas
+/// round-robin, rings the doorbell of a sleeping worker, and hands the event back when the ring
+/// is full.
+pub struct Injector<E> {
+    pub(crate) targets: Arc<[InjectTarget<E>]>,
+    pub(crate) rr: Arc<AtomicUsize>,
+    pub(crate) counters: Arc<InjectCounters>,
+}
+
+impl<E> Clone for Injector<E> {
+    fn clone(&self) -> Self {
+        Injector { targets: self.targets.clone(), rr: self.rr.clone(), counters: self.counters.clone() }
+    }
+}
+
+impl<E> std::fmt::Debug for Injector<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector").field("replicas", &self.targets.len()).finish()
+    }
+}
+
+impl<E: Send + 'static> Injector<E> {
+    /// Puts `event` into the stage, or hands it back if the chosen replica's ring is full.
+    pub fn try_enqueue(&self, event: E) -> Result<(), E> {
+        let r = self.rr.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        let t = &self.targets[r];
+        // Count before the push so the event is never visible as processed-but-not-enqueued.
+        self.counters.enqueued.fetch_add(1, Ordering::SeqCst);
+        match t.queue.push(event) {
+            Ok(()) => {
+                t.bell.ring();
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.enqueued.fetch_sub(1, Ordering::SeqCst);
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}

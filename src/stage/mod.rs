@@ -1,0 +1,141 @@
+//! Stages: a handler, a bounded inbound queue, and the sinks that feed it.
+//!
+//! A stage is declared once ([`crate::runtime::Builder::stage`]) and placed on one or more
+//! workers, its *replicas*. Each replica owns one instance of the handler. Events reach a
+//! replica through its queues:
+//!
+//! - from a stage on the **same worker**: a worker-local ring, no atomics, no cross-core traffic;
+//! - from a stage on **another worker**: an SPSC ring per (producer worker, replica);
+//! - from **outside the runtime**: an MPSC ring fed by [`Injector`]s.
+//!
+//! Every queue is bounded by the stage's capacity. [`Sink::try_enqueue`] hands the event back
+//! (`Err(event)`) when the target queue is full: the queue is the stage's admission point and
+//! the caller decides what refusal means (an HTTP 503, a RESP `-BUSY`, a retry).
+
+pub(crate) mod injector;
+mod sink;
+
+use std::marker::PhantomData;
+
+pub use injector::Injector;
+pub use sink::Sink;
+pub(crate) use sink::{LocalQueue, SinkInner};
+
+use crate::runtime::io::Io;
+
+/// A typed handle to a declared stage. `Copy`; valid for the builder/runtime that made it.
+pub struct StageId<E> {
+    pub(crate) idx: usize,
+    _event: PhantomData<fn(E) -> E>,
+}
+
+impl<E> StageId<E> {
+    pub(crate) fn new(idx: usize) -> StageId<E> {
+        StageId { idx, _event: PhantomData }
+    }
+
+    /// The stage's index (declaration order), as used in metrics snapshots.
+    pub fn index(&self) -> usize {
+        self.idx
+    }
+}
+
+impl<E> Clone for StageId<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for StageId<E> {}
+impl<E> std::fmt::Debug for StageId<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StageId({})", self.idx)
+    }
+}
+
+/// Where a stage runs and how much it may queue.
+#[derive(Clone, Debug)]
+pub struct StageConfig {
+    pub(crate) workers: Vec<usize>,
+    pub(crate) capacity: usize,
+    pub(crate) batch: usize,
+}
+
+impl StageConfig {
+    /// A stage with one replica on each of `workers`.
+    pub fn on(workers: impl IntoIterator<Item = usize>) -> StageConfig {
+        StageConfig { workers: workers.into_iter().collect(), capacity: 1024, batch: 64 }
+    }
+
+    /// Bound of each inbound queue of each replica, rounded up to a power of two (default 1024).
+    pub fn capacity(mut self, n: usize) -> StageConfig {
+        self.capacity = n.max(1).next_power_of_two();
+        self
+    }
+
+    /// Most events a replica handles per visit of its worker's loop (default 64).
+    pub fn batch(mut self, n: usize) -> StageConfig {
+        self.batch = n.clamp(1, 1 << 20);
+        self
+    }
+}
+
+/// What a handler can reach while it runs: its worker and that worker's I/O core.
+pub struct Context<'a> {
+    pub(crate) io: &'a mut Io,
+}
+
+impl Context<'_> {
+    /// Index of the worker running the handler.
+    pub fn worker(&self) -> usize {
+        self.io.worker
+    }
+
+    /// Whether the runtime is draining for shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.io.draining
+    }
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("worker", &self.io.worker).finish()
+    }
+}
+
+/// A stage's code. One instance runs per replica, on that replica's worker only, so a handler
+/// needs no locks and need not be `Send`.
+pub trait Handler: 'static {
+    /// The events this stage consumes.
+    type Event: Send + 'static;
+
+    /// Handles one event. Runs on the worker's thread; must not block.
+    fn handle(&mut self, event: Self::Event, cx: &mut Context<'_>);
+}
+
+/// A [`Handler`] made from a closure; see [`handler_fn`].
+pub struct FnHandler<E, F> {
+    f: F,
+    _event: PhantomData<fn(E)>,
+}
+
+/// Wraps `f` as a handler of `E` events.
+pub fn handler_fn<E, F>(f: F) -> FnHandler<E, F>
+where
+    E: Send + 'static,
+    F: FnMut(E, &mut Context<'_>) + 'static,
+{
+    FnHandler { f, _event: PhantomData }
+}
+
+impl<E: Send + 'static, F: FnMut(E, &mut Context<'_>) + 'static> Handler for FnHandler<E, F> {
+    type Event = E;
+    fn handle(&mut self, event: E, cx: &mut Context<'_>) {
+        (self.f)(event, cx)
+    }
+}
+
+impl<E, F> std::fmt::Debug for FnHandler<E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnHandler")
+    }
+}

@@ -1,0 +1,155 @@
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::metrics::WorkerCounters;
+use crate::queue::spsc;
+
+/// A worker-local bounded queue: the edge between two stages placed on the same worker.
+/// Plain memory, no atomics; never grows past its capacity (storage is reserved up front).
+pub(crate) struct LocalQueue<E> {
+    q: RefCell<VecDeque<E>>,
+    cap: usize,
+}
+
+impl<E> LocalQueue<E> {
+    pub(crate) fn new(cap: usize) -> LocalQueue<E> {
+        LocalQueue { q: RefCell::new(VecDeque::with_capacity(cap)), cap }
+    }
+
+    pub(crate) fn push(&self, ev: E) -> Result<(), E> {
+        let mut q = self.q.borrow_mut();
+        if q.len() >= self.cap {
+            return Err(ev);
+        }
+        q.push_back(ev);
+        Ok(())
+    }
+
+    fn push_all<I: ExactSizeIterator<Item = E>>(&self, evs: I) -> Result<(), I> {
+        let mut q = self.q.borrow_mut();
+        if self.cap - q.len() < evs.len() {
+            return Err(evs);
+        }
+        q.extend(evs);
+        Ok(())
+    }
+
+    /// Takes one event; the borrow ends before the caller runs a handler.
+    pub(crate) fn pop(&self) -> Option<E> {
+        self.q.borrow_mut().pop_front()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.q.borrow().len()
+    }
+}
+
+/// The producer side of one stage, as seen from one worker.
+pub(crate) struct SinkInner<E> {
+    pub(crate) stage: usize,
+    /// Replica index on this worker, and its local queue.
+    pub(crate) local: Option<(usize, Rc<LocalQueue<E>>)>,
+    /// Per replica: the SPSC producer from this worker (`None` for the local replica).
+    pub(crate) remote: Box<[Option<RefCell<spsc::Producer<E>>>]>,
+    /// Per replica: its worker.
+    pub(crate) replica_workers: Box<[usize]>,
+    /// Per worker: the replica placed there, if any.
+    pub(crate) replica_on: Box<[Option<usize>]>,
+    pub(crate) router: Option<fn(&E) -> usize>,
+    pub(crate) rr: Cell<usize>,
+    pub(crate) counters: Arc<WorkerCounters>,
+    /// Bit `w` set: worker `w` got work this loop iteration and may need its doorbell rung.
+    pub(crate) wake: Rc<Cell<u64>>,
+}
+
+/// A handle for putting events into a stage, bound to the worker it was made on (`!Send`).
+///
+/// Get one during setup with [`crate::runtime::Setup::sink`]. Cloning is cheap and clones share
+/// the same queues.
+pub struct Sink<E> {
+    pub(crate) inner: Rc<SinkInner<E>>,
+}
+
+impl<E> Clone for Sink<E> {
+    fn clone(&self) -> Self {
+        Sink { inner: self.inner.clone() }
+    }
+}
+
+impl<E> std::fmt::Debug for Sink<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").field("stage", &self.inner.stage).finish()
+    }
+}
+
+impl<E: Send + 'static> Sink<E> {
+    /// The replica an event goes to: the stage's router if it has one; else the replica on
+    /// this worker (events cross cores only when the graph places the stage elsewhere); else
+    /// round-robin over the stage's replicas.
+    fn target(&self, ev: Option<&E>) -> Option<usize> {
+        let s = &*self.inner;
+        if let (Some(route), Some(ev)) = (s.router, ev) {
+            return s.replica_on.get(route(ev)).copied().flatten();
+        }
+        if let Some((r, _)) = &s.local {
+            return Some(*r);
+        }
+        let n = s.replica_workers.len();
+        let r = s.rr.get();
+        s.rr.set(if r + 1 == n { 0 } else { r + 1 });
+        Some(r)
+    }
+
+    fn account(&self, ok: bool, n: u64, replica: usize) {
+        let s = &*self.inner;
+        let c = &s.counters.stages[s.stage];
+        if ok {
+            c.enqueued.add(n);
+            if s.local.as_ref().map(|l| l.0) != Some(replica) {
+                s.wake.set(s.wake.get() | 1 << s.replica_workers[replica]);
+            }
+        } else {
+            c.refused.add(n);
+        }
+    }
+
+    /// Puts `event` into the stage, or hands it back when the target queue is full.
+    ///
+    /// Hot path: no allocation, no lock; a cross-core push is one SPSC slot write and a release
+    /// store, and the consumer's doorbell is rung (only if it sleeps) at the end of this worker's
+    /// loop iteration.
+    #[inline]
+    pub fn try_enqueue(&self, event: E) -> Result<(), E> {
+        let Some(r) = self.target(Some(&event)) else {
+            self.inner.counters.stages[self.inner.stage].refused.add(1);
+            return Err(event);
+        };
+        let res = match &self.inner.remote[r] {
+            Some(p) => p.borrow_mut().push(event),
+            None => self.inner.local.as_ref().expect("local replica").1.push(event),
+        };
+        self.account(res.is_ok(), 1, r);
+        res
+    }
+
+    /// Puts every event of `events` into one replica, or none of them: if the target queue has
+    /// fewer free slots than `events.len()`, the untouched iterator is handed back. The router
+    /// is not consulted (all events go to the same replica).
+    pub fn enqueue_many<I: ExactSizeIterator<Item = E>>(&self, events: I) -> Result<(), I> {
+        let n = events.len() as u64;
+        let Some(r) = self.target(None) else { return Err(events) };
+        let res = match &self.inner.remote[r] {
+            Some(p) => p.borrow_mut().push_all(events),
+            None => self.inner.local.as_ref().expect("local replica").1.push_all(events),
+        };
+        self.account(res.is_ok(), n, r);
+        res
+    }
+
+    /// Number of replicas of the target stage.
+    pub fn replicas(&self) -> usize {
+        self.inner.replica_workers.len()
+    }
+}

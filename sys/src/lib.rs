@@ -1,0 +1,32 @@
+//! Raw Linux layer of ringstage.
+//!
+//! Everything here is mechanism, not policy: ring setup with a feature probe and clear errors,
+//! sockets, CPU pinning, provided-buffer-ring registration and eventfd doorbells. No threads are
+//! spawned and nothing on a hot path allocates.
+
+#![warn(missing_docs)]
+
+/// Calls a libc function and turns a `-1` return into `Err(io::Error::last_os_error())`.
+#[macro_export]
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: the caller passes arguments valid for this libc call; see each call site.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+pub mod bufring;
+pub mod cpu;
+pub mod doorbell;
+pub mod ring;
+pub mod socket;
+
+pub use bufring::BufRing;
+pub use doorbell::Doorbell;
+pub use ring::{Features, RingConfig};

@@ -1,0 +1,163 @@
+//! Ring setup: flags, the feature probe, and errors that name their cause.
+
+use std::io;
+
+use io_uring::{opcode, IoUring, Probe};
+
+/// How to set up one worker's ring.
+#[derive(Clone, Debug)]
+pub struct RingConfig {
+    /// Submission queue entries (power of two).
+    pub entries: u32,
+    /// Completion queue entries; `0` means `4 * entries`.
+    pub cq_entries: u32,
+    /// `IORING_SETUP_SINGLE_ISSUER` + `DEFER_TASKRUN`: only the creating thread submits, and
+    /// completion work runs when that thread enters the kernel (6.1+). Falls back when refused.
+    pub defer_taskrun: bool,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig { entries: 1024, cq_entries: 0, defer_taskrun: true }
+    }
+}
+
+/// What the kernel granted, found by probing at setup.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// SINGLE_ISSUER + DEFER_TASKRUN are active.
+    pub defer_taskrun: bool,
+    /// COOP_TASKRUN is active (no IPI on completion).
+    pub coop_taskrun: bool,
+    /// `SEND_ZC` is supported (6.0+).
+    pub send_zc: bool,
+    /// `OPENAT2` is supported.
+    pub openat2: bool,
+    /// `STATX` is supported.
+    pub statx: bool,
+    /// `SPLICE` is supported.
+    pub splice: bool,
+}
+
+/// Creates a ring per `cfg`, probing the features ringstage depends on.
+///
+/// Errors name the cause: `kernel.io_uring_disabled`, seccomp, a missing kernel feature, or
+/// `RLIMIT_MEMLOCK`.
+pub fn setup(cfg: &RingConfig) -> io::Result<(IoUring, Features)> {
+    let cq = if cfg.cq_entries == 0 { cfg.entries * 4 } else { cfg.cq_entries };
+    let mut feats = Features::default();
+    let mut attempts: Vec<(bool, bool)> = Vec::new();
+    if cfg.defer_taskrun {
+        attempts.push((true, true));
+    }
+    attempts.extend([(false, true), (false, false)]);
+    let mut last = None;
+    let mut ring = None;
+    for (defer, coop) in attempts {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq).setup_submit_all();
+        if defer {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }
+        if coop {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        match b.build(cfg.entries) {
+            Ok(r) => {
+                feats.defer_taskrun = defer;
+                feats.coop_taskrun = coop;
+                ring = Some(r);
+                break;
+            }
+            // EINVAL: this kernel does not know a flag; try the next, smaller set.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(explain(e)),
+        }
+    }
+    let ring = match ring {
+        Some(r) => r,
+        None => return Err(explain(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))),
+    };
+    let p = ring.params();
+    if !p.is_feature_ext_arg() || !p.is_feature_nodrop() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks IORING_FEAT_EXT_ARG/NODROP: ringstage needs Linux 6.0 or newer",
+        ));
+    }
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(explain)?;
+    feats.send_zc = probe.is_supported(opcode::SendZc::CODE);
+    feats.openat2 = probe.is_supported(opcode::OpenAt2::CODE);
+    feats.statx = probe.is_supported(opcode::Statx::CODE);
+    feats.splice = probe.is_supported(opcode::Splice::CODE);
+    // SEND_ZC arrived in 6.0 together with multishot recv, which the probe cannot see.
+    if !feats.send_zc {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks SEND_ZC, so multishot recv (Linux 6.0) is missing: ringstage needs Linux 6.0 or newer",
+        ));
+    }
+    Ok((ring, feats))
+}
+
+/// Turns an `io_uring_setup`/`register` error into one that says what to change.
+pub fn explain(e: io::Error) -> io::Error {
+    let Some(code) = e.raw_os_error() else { return e };
+    let msg = match code {
+        libc::EPERM => match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            Some(2) => "io_uring is disabled system-wide: sysctl kernel.io_uring_disabled=2 (set it to 0)".to_string(),
+            Some(1) => "io_uring is restricted: sysctl kernel.io_uring_disabled=1 allows only members of \
+                        kernel.io_uring_group (set it to 0, or run in that group)"
+                .to_string(),
+            _ => "io_uring_setup was refused (EPERM) although kernel.io_uring_disabled=0: a seccomp filter \
+                  (container runtime default profile?) blocks it; allow io_uring_setup/enter/register"
+                .to_string(),
+        },
+        libc::ENOSYS => "io_uring_setup is not available (ENOSYS): kernel built without CONFIG_IO_URING, \
+                         or a seccomp filter answers ENOSYS"
+            .to_string(),
+        libc::ENOMEM => {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit writes into the live local `lim`.
+            let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+            let cur = if ok { format!("{} KiB", lim.rlim_cur / 1024) } else { "unknown".into() };
+            format!(
+                "io_uring could not allocate ring memory (ENOMEM): RLIMIT_MEMLOCK is {cur}; raise it \
+                 (ulimit -l, LimitMEMLOCK=) or the memory cgroup limit, or use fewer ring entries"
+            )
+        }
+        libc::EINVAL => "io_uring_setup rejected every flag set (EINVAL): ringstage needs Linux 6.0 or newer".to_string(),
+        _ => return e,
+    };
+    io::Error::new(e.kind(), format!("{msg} [{e}]"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_their_cause() {
+        let e = explain(io::Error::from_raw_os_error(libc::ENOSYS)).to_string();
+        assert!(e.contains("CONFIG_IO_URING") && e.contains("seccomp"), "{e}");
+        let e = explain(io::Error::from_raw_os_error(libc::ENOMEM)).to_string();
+        assert!(e.contains("RLIMIT_MEMLOCK"), "{e}");
+        let e = explain(io::Error::from_raw_os_error(libc::EPERM)).to_string();
+        assert!(e.contains("io_uring_disabled") || e.contains("seccomp"), "{e}");
+        // Unrelated errors pass through untouched.
+        let e = explain(io::Error::from_raw_os_error(libc::EBADF));
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn setup_probes_features() {
+        let (ring, f) = setup(&RingConfig { entries: 8, ..RingConfig::default() }).unwrap();
+        assert!(f.send_zc);
+        assert!(ring.params().sq_entries() >= 8);
+        assert!(ring.params().cq_entries() >= 32);
+    }
+}

@@ -1,0 +1,118 @@
+//! TCP sockets: listeners with `SO_REUSEPORT`, `TCP_NODELAY`, address conversion.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+
+/// Creates a listening TCP socket bound to `addr`.
+///
+/// With `reuseport`, several workers may each bind their own socket to the same address and the
+/// kernel spreads incoming connections across them.
+pub fn listen(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd = syscall!(socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0))?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if reuseport {
+        set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    let (sa, len) = to_raw(&addr);
+    syscall!(bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_storage).cast(), len))?;
+    syscall!(listen(fd.as_raw_fd(), backlog))?;
+    Ok(fd)
+}
+
+/// Disables Nagle's algorithm on `fd`.
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// Sets an integer socket option.
+pub fn set_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    let len = size_of::<i32>() as libc::socklen_t;
+    syscall!(setsockopt(fd, level, name, (&value as *const i32).cast(), len)).map(drop)
+}
+
+/// The address `fd` is bound to.
+pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    syscall!(getsockname(fd, (&mut sa as *mut libc::sockaddr_storage).cast(), &mut len))?;
+    from_raw(&sa)
+}
+
+/// Converts a `SocketAddr` to a `sockaddr_storage` and its length.
+pub fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut sa as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut sa as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (sa, len as libc::socklen_t)
+}
+
+/// Converts a `sockaddr_storage` filled by the kernel back to a `SocketAddr`.
+pub fn from_raw(sa: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+    match sa.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id)))
+        }
+        f => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsupported address family {f}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_listeners_share_a_port() {
+        let a = listen("127.0.0.1:0".parse().unwrap(), 16, true).unwrap();
+        let addr = local_addr(a.as_raw_fd()).unwrap();
+        assert_ne!(addr.port(), 0);
+        let b = listen(addr, 16, true).unwrap();
+        assert_eq!(local_addr(b.as_raw_fd()).unwrap(), addr);
+        // Without SO_REUSEPORT the same bind fails.
+        assert!(listen(addr, 16, false).is_err());
+    }
+
+    #[test]
+    fn address_round_trip() {
+        for s in ["127.0.0.1:8080", "[::1]:443", "[fe80::1%2]:9"] {
+            let a: SocketAddr = s.parse().unwrap();
+            let (raw, _) = to_raw(&a);
+            assert_eq!(from_raw(&raw).unwrap(), a);
+        }
+    }
+}

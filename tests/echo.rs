@@ -1,0 +1,200 @@
+//! Echo server end to end on loopback: many clients, large and split messages, peer reset,
+//! buffer exhaustion, timeouts, one and two workers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringstage::prelude::*;
+
+fn many_clients(workers: usize, echo_worker: usize) {
+    let (rt, addr) = echo_server(Runtime::builder(workers), echo_worker, |c| c);
+    let clients: Vec<_> = (0..32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                for round in 0..20u64 {
+                    let msg = pattern(i * 1000 + round, 1 + ((i * 37 + round * 101) % 3000) as usize);
+                    s.write_all(&msg).unwrap();
+                    let mut got = vec![0; msg.len()];
+                    s.read_exact(&mut got).unwrap();
+                    assert_eq!(got, msg);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let m = rt.metrics();
+    assert_eq!(m.total(|w| w.accepted), 32);
+    let echo = m.stage("echo").unwrap();
+    assert!(echo.processed >= 32 * 20, "every message passed through the echo stage: {echo:?}");
+    assert_eq!(echo.refused, 0);
+    rt.shutdown();
+    rt.join().unwrap();
+}
+
+#[test]
+fn many_clients_one_worker() {
+    many_clients(1, 0);
+}
+
+#[test]
+fn many_clients_split_across_workers() {
+    // The echo stage on worker 1: every buffer crosses cores twice, uncopied.
+    many_clients(2, 1);
+}
+
+#[test]
+fn large_messages_in_small_pieces() {
+    let (rt, addr) = echo_server(Runtime::builder(2), 1, |c| c);
+    roundtrip(addr, pattern(1, 4 << 20), 65536); // 4 MiB: ~1000 pool buffers
+    roundtrip(addr, pattern(2, 100_000), 7); // many tiny writes
+    roundtrip(addr, pattern(3, 1), 1);
+    drop(rt); // drop shuts down and joins
+}
+
+#[test]
+fn buffer_exhaustion_rearms_and_loses_nothing() {
+    // 8 buffers of 512 bytes for 8 clients each streaming 256 KiB: receives run out of buffers
+    // (ENOBUFS) over and over, and every byte still comes back.
+    let b = Runtime::builder(2).buffers(8, 512);
+    let (rt, addr) = echo_server(b, 1, |c| c);
+    let clients: Vec<_> = (0..8).map(|i| std::thread::spawn(move || roundtrip(addr, pattern(i, 256 << 10), 8192))).collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let m = rt.metrics();
+    assert!(m.total(|w| w.enobufs) > 0, "the pool really ran dry: {:?}", m.workers);
+}
+
+#[test]
+fn peer_reset_mid_send_closes_only_that_connection() {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c);
+    {
+        // Push data but never read: the server's sends back up, then the peer resets.
+        let mut s = connect(addr);
+        let chunk = vec![7u8; 1 << 20];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        while Instant::now() < deadline {
+            if s.write_all(&chunk).is_err() {
+                break; // both directions are full
+            }
+        }
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid fd and a live linger struct.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+    } // close with linger 0 sends RST
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.metrics().total(|w| w.closed) < 1 {
+        assert!(Instant::now() < deadline, "reset connection was closed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The server still serves others.
+    roundtrip(addr, pattern(9, 10_000), 1000);
+}
+
+#[test]
+fn idle_connections_time_out() {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c.idle_timeout(Duration::from_millis(200)));
+    let mut idle = connect(addr);
+    let t0 = Instant::now();
+    let mut b = [0u8; 1];
+    assert_eq!(idle.read(&mut b).unwrap(), 0, "server closed the idle connection");
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(150), "not before the timeout: {waited:?}");
+    // An active connection is not cut while it keeps talking.
+    let mut s = connect(addr);
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(&[i]).unwrap();
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], i);
+    }
+    drop(rt);
+}
+
+#[test]
+fn send_timeout_aborts_a_peer_that_stops_reading() {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c.send_timeout(Duration::from_millis(300)));
+    let mut s = connect(addr);
+    s.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
+    let chunk = vec![1u8; 256 << 10];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Keep writing without reading until the server gives up on us.
+    loop {
+        assert!(Instant::now() < deadline, "server aborted the stalled connection");
+        match s.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break, // reset by the server
+        }
+        if rt.metrics().total(|w| w.closed) == 1 {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.metrics().total(|w| w.closed) < 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn connection_limit_closes_excess_at_once() {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c.max_connections(2));
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+    for (i, s) in held.iter_mut().enumerate() {
+        s.write_all(&[i as u8]).unwrap();
+        let mut b = [0u8];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], i as u8);
+    }
+    // The third is accepted by the kernel and closed by the server straight away.
+    let mut third = connect(addr);
+    let _ = third.write_all(b"hello");
+    let mut b = [0u8; 8];
+    match third.read(&mut b) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("over-limit connection got {n} bytes of service"),
+    }
+    // Closing one frees a slot.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.metrics().total(|w| w.closed) < 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    roundtrip(addr, b"again".to_vec(), 5);
+}
+
+#[test]
+fn shutdown_flushes_pending_echo() {
+    let (rt, addr) = echo_server(Runtime::builder(2), 1, |c| c);
+    let mut s = connect(addr);
+    let msg = pattern(5, 1 << 20);
+    s.write_all(&msg[..4096]).unwrap();
+    let mut got = vec![0; 4096];
+    s.read_exact(&mut got).unwrap();
+    rt.shutdown();
+    rt.join().unwrap();
+    // After shutdown the server closed the connection: reads end.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(), "listener closed");
+}
