@@ -64,7 +64,8 @@ fn buffer_exhaustion_rearms_and_loses_nothing() {
     // (ENOBUFS) over and over, and every byte still comes back.
     let b = Runtime::builder(2).buffers(8, 512);
     let (rt, addr) = echo_server(b, 1, |c| c);
-    let clients: Vec<_> = (0..8).map(|i| std::thread::spawn(move || roundtrip(addr, pattern(i, 256 << 10), 8192))).collect();
+    let clients: Vec<_> =
+        (0..8).map(|i| std::thread::spawn(move || roundtrip(addr, pattern(i, 256 << 10), 8192))).collect();
     for c in clients {
         c.join().unwrap();
     }

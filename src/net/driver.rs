@@ -79,6 +79,13 @@ struct ConnState {
     last_active: Instant,
 }
 
+impl ConnState {
+    /// Closing without flushing.
+    fn aborting(&self) -> bool {
+        self.closing && !self.graceful
+    }
+}
+
 /// This worker's listeners and connections.
 pub(crate) struct Net {
     pub(crate) listeners: Vec<Listener>,
@@ -187,7 +194,11 @@ impl Io {
                     if more {
                         // Stop the multishot so the kernel does not retry it in a loop either.
                         let ud = token::make(token::ACCEPT, li as u32, 0);
-                        self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)))?;
+                        self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(
+                            token::CANCEL,
+                            0,
+                            0,
+                        )))?;
                     }
                 }
                 libc::ECANCELED if self.draining => {
@@ -253,9 +264,11 @@ impl Io {
 
     fn arm_recv(&mut self, idx: usize) -> std::io::Result<()> {
         let c = &self.net.conns[idx];
-        let sqe = opcode::RecvMulti::new(types::Fd(c.fd), self.pool.bgid())
-            .build()
-            .user_data(token::make(token::RECV, idx as u32, c.gen));
+        let sqe = opcode::RecvMulti::new(types::Fd(c.fd), self.pool.bgid()).build().user_data(token::make(
+            token::RECV,
+            idx as u32,
+            c.gen,
+        ));
         self.push_plain(sqe)?;
         self.net.conns[idx].recv_armed = true;
         self.counters.io_started.add(1);
@@ -331,7 +344,7 @@ impl Io {
     pub(crate) fn net_command(&mut self, cmd: NetCmd) {
         let conn = cmd.conn();
         let idx = conn.idx as usize;
-        let live = self.net.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !c.close_submitted && !(c.closing && !c.graceful));
+        let live = self.net.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !c.close_submitted && !c.aborting());
         if !live || conn.worker() != self.worker {
             return; // stale id or already aborted: the bytes are dropped with the command
         }
@@ -372,9 +385,11 @@ impl Io {
         c.sending = true;
         let r = match self.net.listeners[li].send_ts.as_deref() {
             Some(ts) => {
-                let lt = opcode::LinkTimeout::new(ts as *const types::Timespec)
-                    .build()
-                    .user_data(token::make(token::LINK_TIMEOUT, idx as u32, 0));
+                let lt = opcode::LinkTimeout::new(ts as *const types::Timespec).build().user_data(token::make(
+                    token::LINK_TIMEOUT,
+                    idx as u32,
+                    0,
+                ));
                 // SAFETY: msghdr and iovecs live in the boxed SendState and the views in `out`,
                 // both untouched until the send completes; the timespec is boxed in the listener.
                 unsafe { self.push(&[send.flags(squeue::Flags::IO_LINK), lt]) }
@@ -404,7 +419,7 @@ impl Io {
             self.begin_close(idx, false);
         } else {
             c.out.advance(res as usize);
-            if !c.out.is_empty() && !(c.closing && !c.graceful) {
+            if !c.out.is_empty() && !c.aborting() {
                 self.submit_send(idx);
             } else {
                 c.out.clear();
@@ -549,7 +564,8 @@ impl Io {
         for li in 0..self.net.listeners.len() {
             if self.net.listeners[li].armed {
                 let ud = token::make(token::ACCEPT, li as u32, 0);
-                let _ = self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
+                let _ =
+                    self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
             } else {
                 self.net.listeners[li].fd = None;
             }

@@ -154,13 +154,9 @@ impl<T> Consumer<T> {
         self.ring.tail.load(Ordering::Acquire).wrapping_sub(self.head)
     }
 
-    /// Whether no value is queued (refreshes the cached producer index).
-    pub fn is_empty(&mut self) -> bool {
-        if self.head != self.tail_cache {
-            return false;
-        }
-        self.tail_cache = self.ring.tail.load(Ordering::Acquire);
-        self.head == self.tail_cache
+    /// Whether no value is queued (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Removes the oldest value. Hot path: no allocation, no lock; one release store, plus one

@@ -25,7 +25,7 @@ mod worker;
 use std::any::Any;
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -144,7 +144,12 @@ impl Builder {
         self.declare(name, cfg, Some(route))
     }
 
-    fn declare<E: Send + 'static>(&mut self, name: &str, cfg: StageConfig, route: Option<fn(&E) -> usize>) -> StageId<E> {
+    fn declare<E: Send + 'static>(
+        &mut self,
+        name: &str,
+        cfg: StageConfig,
+        route: Option<fn(&E) -> usize>,
+    ) -> StageId<E> {
         let plumbing = TypedPlumbing::<E>::new(self.workers, &cfg.workers, cfg.capacity, route);
         self.decls.push(Decl { name: name.to_string(), cfg, plumbing: Some(Box::new(plumbing)), factory: None });
         StageId::new(self.decls.len() - 1)
@@ -163,8 +168,16 @@ impl Builder {
             let (remote, inject) = s.take_consumer::<H::Event>(idx);
             let local = s.local::<H::Event>(idx);
             let batch = s.meta[idx].batch;
-            Box::new(worker::Replica { stage: idx, handler, local, remote, inject, batch, next: 0, counters: s.counters.clone() })
-                as Box<dyn ReplicaDyn>
+            Box::new(worker::Replica {
+                stage: idx,
+                handler,
+                local,
+                remote,
+                inject,
+                batch,
+                next: 0,
+                counters: s.counters.clone(),
+            }) as Box<dyn ReplicaDyn>
         });
         self.decls[idx].factory = Some(factory);
     }
@@ -176,7 +189,8 @@ impl Builder {
         let net = match self.net {
             Some(n) => n,
             None => {
-                let n = self.stage_routed::<NetCmd>("net", StageConfig::on(0..self.workers).capacity(4096), NetCmd::route);
+                let n =
+                    self.stage_routed::<NetCmd>("net", StageConfig::on(0..self.workers).capacity(4096), NetCmd::route);
                 self.handler(n, |_| NetStage);
                 self.net = Some(n);
                 n
@@ -207,7 +221,10 @@ impl Builder {
         }
         for l in &self.listeners {
             if l.cfg.workers.is_empty() || l.cfg.workers.iter().any(|&w| w >= self.workers) {
-                return bad(format!("listener {} placed on workers {:?} of {}", l.cfg.addr, l.cfg.workers, self.workers));
+                return bad(format!(
+                    "listener {} placed on workers {:?} of {}",
+                    l.cfg.addr, l.cfg.workers, self.workers
+                ));
             }
         }
         Ok(())
@@ -217,11 +234,11 @@ impl Builder {
     /// Returns once every worker is ready, or the first setup error (e.g. io_uring refused).
     pub fn start(mut self) -> std::io::Result<Runtime> {
         self.validate()?;
-        let bells: Vec<Arc<Doorbell>> = (0..self.workers).map(|_| Doorbell::new().map(Arc::new)).collect::<Result<_, _>>()?;
+        let bells: Vec<Arc<Doorbell>> =
+            (0..self.workers).map(|_| Doorbell::new().map(Arc::new)).collect::<Result<_, _>>()?;
 
         // Listening sockets, bound here so that errors (EADDRINUSE) surface synchronously.
-        let mut per_worker_listeners: Vec<Vec<(usize, OwnedFd, Arc<ListenConfig>, usize)>> =
-            (0..self.workers).map(|_| Vec::new()).collect();
+        let mut per_worker_listeners: Vec<Vec<worker::ListenerPlan>> = (0..self.workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for (id, l) in self.listeners.iter().enumerate() {
             let mut addr = l.cfg.addr;
@@ -229,7 +246,7 @@ impl Builder {
                 let fd = ringstage_sys::socket::listen(addr, l.cfg.backlog, true)
                     .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {addr}: {e}")))?;
                 addr = ringstage_sys::socket::local_addr(fd.as_raw_fd())?;
-                per_worker_listeners[w].push((id, fd, l.cfg.clone(), l.deliver));
+                per_worker_listeners[w].push(worker::ListenerPlan { id, fd, cfg: l.cfg.clone(), deliver: l.deliver });
             }
             addrs.push(addr);
         }
@@ -563,9 +580,9 @@ impl Runtime {
 
     /// Waits for SIGINT or SIGTERM (requires [`Builder::signals`]) and returns its number.
     pub fn wait_for_signal(&self) -> std::io::Result<i32> {
-        let set = self
-            .sigset
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "Builder::signals(true) was not set"))?;
+        let set = self.sigset.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "Builder::signals(true) was not set")
+        })?;
         let mut sig = 0;
         // SAFETY: `set` is an initialised sigset and `sig` a live local.
         let rc = unsafe { libc::sigwait(&set, &mut sig) };

@@ -36,8 +36,16 @@ pub(crate) struct Plan {
     pub(crate) meta: Arc<Vec<StageMeta>>,
     pub(crate) factories: Arc<Vec<Factory>>,
     pub(crate) parts: Vec<Option<Box<dyn Any + Send>>>,
-    pub(crate) listeners: Vec<(usize, OwnedFd, Arc<ListenConfig>, usize)>,
+    pub(crate) listeners: Vec<ListenerPlan>,
     pub(crate) shared: Arc<Shared>,
+}
+
+/// A listening socket for this worker: listener id, socket, options, stage to deliver to.
+pub(crate) struct ListenerPlan {
+    pub(crate) id: usize,
+    pub(crate) fd: OwnedFd,
+    pub(crate) cfg: Arc<ListenConfig>,
+    pub(crate) deliver: usize,
 }
 
 /// A stage replica with its event type erased.
@@ -98,7 +106,7 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
     }
 
     fn has_work(&mut self) -> bool {
-        self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter_mut().any(|r| !r.is_empty())
+        self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter().any(|r| !r.is_empty())
     }
 }
 
@@ -172,9 +180,9 @@ impl Worker {
         let listeners = plan
             .listeners
             .into_iter()
-            .map(|(id, fd, cfg, deliver)| {
-                let sink = setup.sink(StageId::<NetEvent>::new(deliver));
-                Listener::new(id, fd, cfg, sink)
+            .map(|l| {
+                let sink = setup.sink(StageId::<NetEvent>::new(l.deliver));
+                Listener::new(l.id, l.fd, l.cfg, sink)
             })
             .collect();
         let io = Io {
@@ -318,9 +326,7 @@ impl Worker {
         }
         self.io.counters.enters.add(1);
         // SAFETY: plain io_uring_enter on our own ring with no argument struct.
-        let r = unsafe {
-            self.io.ring.submitter().enter::<libc::sigset_t>(pending as u32, 0, ENTER_GETEVENTS, None)
-        };
+        let r = unsafe { self.io.ring.submitter().enter::<libc::sigset_t>(pending as u32, 0, ENTER_GETEVENTS, None) };
         match r {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
@@ -342,7 +348,9 @@ impl Worker {
         self.io.counters.idle_ns.add(t0.elapsed().as_nanos() as u64);
         match r {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

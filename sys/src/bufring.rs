@@ -33,7 +33,10 @@ impl BufRing {
     /// Allocates zeroed, page-aligned memory for `entries` (a power of two, at most 32768) ring slots for buffer group `bgid`.
     pub fn new(entries: u16, bgid: u16) -> io::Result<BufRing> {
         if !entries.is_power_of_two() || entries > 32768 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer ring entries must be a power of two <= 32768"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer ring entries must be a power of two <= 32768",
+            ));
         }
         let size = entries as usize * std::mem::size_of::<BufRingEntry>();
         let layout = Layout::from_size_align(size.max(PAGE), PAGE).expect("valid layout");

@@ -21,7 +21,8 @@ pub struct Doorbell {
 impl Doorbell {
     /// Creates a non-blocking, close-on-exec eventfd.
     pub fn new() -> io::Result<Doorbell> {
-        let fd = crate::syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+        // SAFETY: eventfd takes no pointers.
+        let fd = unsafe { crate::syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)) }?;
         Ok(Doorbell {
             // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },

@@ -7,12 +7,14 @@
 #![warn(missing_docs)]
 
 /// Calls a libc function and turns a `-1` return into `Err(io::Error::last_os_error())`.
+///
+/// Like mio's helper, it is the one place raw syscalls are made. It expands to an unsafe call,
+/// so each use sits in an `unsafe` block whose `// SAFETY:` comment says why the arguments are
+/// valid for that call.
 #[macro_export]
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
-        #[allow(unused_unsafe)]
-        // SAFETY: the caller passes arguments valid for this libc call; see each call site.
-        let res = unsafe { libc::$fn($($arg, )*) };
+        let res = libc::$fn($($arg, )*);
         if res == -1 {
             Err(std::io::Error::last_os_error())
         } else {

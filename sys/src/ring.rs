@@ -130,7 +130,9 @@ pub fn explain(e: io::Error) -> io::Error {
                  (ulimit -l, LimitMEMLOCK=) or the memory cgroup limit, or use fewer ring entries"
             )
         }
-        libc::EINVAL => "io_uring_setup rejected every flag set (EINVAL): ringstage needs Linux 6.0 or newer".to_string(),
+        libc::EINVAL => {
+            "io_uring_setup rejected every flag set (EINVAL): ringstage needs Linux 6.0 or newer".to_string()
+        }
         _ => return e,
     };
     io::Error::new(e.kind(), format!("{msg} [{e}]"))

@@ -5,14 +5,14 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-
 /// Creates a listening TCP socket bound to `addr`.
 ///
 /// With `reuseport`, several workers may each bind their own socket to the same address and the
 /// kernel spreads incoming connections across them.
 pub fn listen(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let fd = syscall!(socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0))?;
+    // SAFETY: socket takes no pointers.
+    let fd = unsafe { syscall!(socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)) }?;
     // SAFETY: `fd` was just created and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -20,8 +20,10 @@ pub fn listen(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<Own
         set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
     let (sa, len) = to_raw(&addr);
-    syscall!(bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_storage).cast(), len))?;
-    syscall!(listen(fd.as_raw_fd(), backlog))?;
+    // SAFETY: `sa` is a live sockaddr_storage holding an address of length `len`.
+    unsafe { syscall!(bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_storage).cast(), len)) }?;
+    // SAFETY: listen takes no pointers.
+    unsafe { syscall!(listen(fd.as_raw_fd(), backlog)) }?;
     Ok(fd)
 }
 
@@ -33,7 +35,8 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
 /// Sets an integer socket option.
 pub fn set_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     let len = size_of::<i32>() as libc::socklen_t;
-    syscall!(setsockopt(fd, level, name, (&value as *const i32).cast(), len)).map(drop)
+    // SAFETY: `value` is a live i32 and `len` its size.
+    unsafe { syscall!(setsockopt(fd, level, name, (&value as *const i32).cast(), len)) }.map(drop)
 }
 
 /// The address `fd` is bound to.
@@ -41,7 +44,8 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
     let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    syscall!(getsockname(fd, (&mut sa as *mut libc::sockaddr_storage).cast(), &mut len))?;
+    // SAFETY: `sa` is a live sockaddr_storage and `len` holds its size.
+    unsafe { syscall!(getsockname(fd, (&mut sa as *mut libc::sockaddr_storage).cast(), &mut len)) }?;
     from_raw(&sa)
 }
 

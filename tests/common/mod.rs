@@ -23,7 +23,11 @@ impl Handler for Echo {
 }
 
 /// An echo server: the net stage on worker 0 and the echo stage on `echo_worker`.
-pub fn echo_server(b: Builder, echo_worker: usize, cfg: impl FnOnce(ListenConfig) -> ListenConfig) -> (Runtime, SocketAddr) {
+pub fn echo_server(
+    b: Builder,
+    echo_worker: usize,
+    cfg: impl FnOnce(ListenConfig) -> ListenConfig,
+) -> (Runtime, SocketAddr) {
     let mut b = b.cpus([]);
     let echo = b.stage::<NetEvent>("echo", StageConfig::on([echo_worker]));
     let (net, l) = b.listen(cfg(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0])), echo);
