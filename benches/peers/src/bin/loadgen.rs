@@ -1,0 +1,137 @@
+//! Closed-loop echo load client: `--conns` connections, each with one `--size`-byte message in
+//! flight at a time (`--depth` to pipeline more), timed per message into an HDR histogram.
+//! With `--server-pid` it also reads the server's CPU time (all threads, ns, from schedstat)
+//! across exactly the measured window. Prints one JSON line.
+//!
+//! `--idle N`: open N idle connections, print `ready`, hold them until stdin closes.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    addr: String,
+    conns: usize,
+    size: usize,
+    depth: usize,
+    warmup: f64,
+    secs: f64,
+    server_pid: Option<u32>,
+    idle: usize,
+}
+
+fn parse() -> Args {
+    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0 };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--addr" => a.addr = v,
+            "--conns" => a.conns = v.parse().unwrap(),
+            "--size" => a.size = v.parse().unwrap(),
+            "--depth" => a.depth = v.parse().unwrap(),
+            "--warmup" => a.warmup = v.parse().unwrap(),
+            "--secs" => a.secs = v.parse().unwrap(),
+            "--server-pid" => a.server_pid = Some(v.parse().unwrap()),
+            "--idle" => a.idle = v.parse().unwrap(),
+            _ => panic!("unknown flag {k}"),
+        }
+    }
+    a
+}
+
+/// CPU time of every thread of `pid`, in ns.
+fn cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                total += s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn main() {
+    let a = parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        if a.idle > 0 {
+            let mut held = Vec::with_capacity(a.idle);
+            for _ in 0..a.idle {
+                held.push(TcpStream::connect(&a.addr).await.expect("connect"));
+            }
+            // Make sure the server has accepted them all: one round trip on the last one.
+            let last = held.last_mut().unwrap();
+            last.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            last.read_exact(&mut b).await.unwrap();
+            println!("ready {}", held.len());
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            return;
+        }
+        let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(100, 10_000_000_000, 3).unwrap()));
+        let count = Rc::new(Cell::new(0u64));
+        let measuring = Rc::new(Cell::new(false));
+        let stop = Rc::new(Cell::new(false));
+        let mut tasks = Vec::new();
+        for c in 0..a.conns {
+            let (hist, count, measuring, stop) = (hist.clone(), count.clone(), measuring.clone(), stop.clone());
+            let (addr, size, depth) = (a.addr.clone(), a.size, a.depth);
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut s = TcpStream::connect(&addr).await.expect("connect");
+                s.set_nodelay(true).unwrap();
+                let msg: Vec<u8> = (0..size * depth).map(|i| (i + c) as u8).collect();
+                let mut back = vec![0u8; size * depth];
+                while !stop.get() {
+                    let t0 = Instant::now();
+                    s.write_all(&msg).await.expect("write");
+                    s.read_exact(&mut back).await.expect("read");
+                    if back != msg {
+                        panic!("echo mismatch");
+                    }
+                    if measuring.get() {
+                        let ns = t0.elapsed().as_nanos() as u64;
+                        let mut h = hist.borrow_mut();
+                        for _ in 0..depth {
+                            h.record(ns.max(100)).unwrap();
+                        }
+                        count.set(count.get() + depth as u64);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
+        let cpu0 = a.server_pid.map(cpu_ns);
+        measuring.set(true);
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(a.secs)).await;
+        measuring.set(false);
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = a.server_pid.map(|p| cpu_ns(p) - cpu0.unwrap());
+        stop.set(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let h = hist.borrow();
+        let msgs = count.get();
+        println!(
+            "{{\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            msgs,
+            secs,
+            msgs as f64 / secs,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.value_at_quantile(0.999) as f64 / 1000.0,
+            cpu.unwrap_or(0),
+            cpu.map_or(0.0, |c| c as f64 / msgs.max(1) as f64),
+        );
+    });
+}
