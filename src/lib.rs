@@ -25,3 +25,8 @@ pub mod prelude {
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
     pub use crate::stage::{handler_fn, Context, Handler, Injector, Sink, StageConfig, StageId};
 }
+
+/// Compiles the README's examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
