@@ -1,15 +1,16 @@
-use std::collections::VecDeque;
+use smallvec::SmallVec;
 
 use super::IoBuf;
 
 /// An ordered list of [`IoBuf`] views sent as one gather write (`sendmsg` with an iovec each).
 ///
-/// Appending reuses the chain's storage once it has grown, so a per-connection chain does not
-/// allocate in steady state. The views (and the pool buffers behind them) stay alive until the
+/// Up to four views are stored inline (a typical response: head, date line, tail, body), so
+/// building and sending such a chain does not allocate; longer chains spill to the heap once and
+/// keep that storage. The views (and the pool buffers behind them) stay alive until the
 /// chain drops them, which the send path does only once the kernel is done with them.
 #[derive(Default, Debug)]
 pub struct IoBufChain {
-    bufs: VecDeque<IoBuf>,
+    bufs: SmallVec<[IoBuf; 4]>,
     len: usize,
 }
 
@@ -38,7 +39,7 @@ impl IoBufChain {
     pub fn push(&mut self, buf: IoBuf) {
         if !buf.is_empty() {
             self.len += buf.len();
-            self.bufs.push_back(buf);
+            self.bufs.push(buf);
         }
     }
 
@@ -46,7 +47,7 @@ impl IoBufChain {
     pub fn append(&mut self, other: &mut IoBufChain) {
         self.len += other.len;
         other.len = 0;
-        self.bufs.append(&mut other.bufs);
+        self.bufs.extend(other.bufs.drain(..));
     }
 
     /// The views, in order.
@@ -73,16 +74,17 @@ impl IoBufChain {
     pub fn advance(&mut self, mut n: usize) {
         assert!(n <= self.len, "advance {n} past chain end {}", self.len);
         self.len -= n;
-        while n > 0 {
-            let front = self.bufs.front_mut().expect("len accounts for every view");
-            if front.len() <= n {
-                n -= front.len();
-                self.bufs.pop_front();
+        let mut whole = 0;
+        for b in self.bufs.iter_mut() {
+            if b.len() <= n {
+                n -= b.len();
+                whole += 1;
             } else {
-                front.advance(n);
-                n = 0;
+                b.advance(n);
+                break;
             }
         }
+        self.bufs.drain(..whole);
     }
 
     /// Drops every view.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use io_uring::{squeue, IoUring};
 
 use crate::buf::BufPool;
+use crate::fs::OpDone;
 use crate::metrics::WorkerCounters;
 use crate::net::Net;
 
@@ -21,6 +22,7 @@ pub(crate) mod token {
     pub(crate) const LINK_TIMEOUT: u8 = 6;
     pub(crate) const CANCEL: u8 = 7;
     pub(crate) const CLOSE: u8 = 8;
+    pub(crate) const OP: u8 = 9;
 
     #[inline]
     pub(crate) fn make(kind: u8, idx: u32, gen: u32) -> u64 {
@@ -46,6 +48,8 @@ pub(crate) struct Io {
     pub(crate) features: ringstage_sys::Features,
     pub(crate) pool: BufPool,
     pub(crate) net: Net,
+    /// Records of generic ops (file I/O): completion callbacks keyed by `user_data`.
+    pub(crate) ops: slab::Slab<OpDone>,
     pub(crate) counters: Arc<WorkerCounters>,
     pub(crate) draining: bool,
     /// Refreshed once per loop iteration.
@@ -70,6 +74,31 @@ impl Io {
             }
         }
         Err(io::Error::other("submission queue stays full after submit"))
+    }
+
+    /// Submits a generic op whose completion runs `done`.
+    ///
+    /// # Safety
+    /// As [`Io::push`]: whatever the SQE points to must stay valid until completion (keep it in
+    /// `done`'s captures, on the heap).
+    pub(crate) unsafe fn submit_op(&mut self, sqe: squeue::Entry, done: OpDone) {
+        let key = self.ops.insert(done);
+        let sqe = sqe.user_data(token::make(token::OP, key as u32, 0));
+        // SAFETY: forwarded contract.
+        if unsafe { self.push(&[sqe]) }.is_err() {
+            let done = self.ops.remove(key);
+            return done(-libc::EBUSY, self);
+        }
+        self.counters.io_started.add(1);
+    }
+
+    /// Runs the callback of a completed generic op.
+    pub(crate) fn complete_op(&mut self, key: u32, res: i32) {
+        if let Some(done) = self.ops.try_remove(key as usize) {
+            done(res, self);
+            // After the callback enqueued what it produced: see `Shared::quiescent`.
+            self.counters.io_finished.add(1);
+        }
     }
 
     /// Like [`Io::push`], for SQEs that refer to no user memory (cancel, close, accept, recv

@@ -54,6 +54,8 @@ pub(crate) trait ReplicaDyn {
     fn run(&mut self, io: &mut Io) -> usize;
     /// Whether any event is queued.
     fn has_work(&mut self) -> bool;
+    /// Runs the handler's periodic hook.
+    fn tick(&mut self, io: &mut Io);
 }
 
 pub(crate) struct Replica<H: Handler> {
@@ -105,6 +107,10 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
         n
     }
 
+    fn tick(&mut self, io: &mut Io) {
+        self.handler.tick(&mut Context { io });
+    }
+
     fn has_work(&mut self) -> bool {
         self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter().any(|r| !r.is_empty())
     }
@@ -121,6 +127,8 @@ struct Worker {
     shared: Arc<Shared>,
     wake: Rc<Cell<u64>>,
     tick_ts: Box<types::Timespec>,
+    tick: Duration,
+    last_tick: Instant,
     deadline: Option<Instant>,
 }
 
@@ -191,6 +199,7 @@ impl Worker {
             features,
             pool,
             net: Net::new(listeners),
+            ops: slab::Slab::new(),
             counters,
             draining: false,
             now: Instant::now(),
@@ -203,6 +212,8 @@ impl Worker {
             shared: plan.shared,
             wake,
             tick_ts: Box::new(types::Timespec::from(plan.tick)),
+            tick: plan.tick,
+            last_tick: Instant::now(),
             deadline: None,
         };
         w.arm_doorbell()?;
@@ -230,6 +241,12 @@ impl Worker {
             let mut handled = 0;
             for r in &mut self.replicas {
                 handled += r.run(&mut self.io);
+            }
+            if self.io.now.duration_since(self.last_tick) >= self.tick {
+                self.last_tick = self.io.now;
+                for r in &mut self.replicas {
+                    r.tick(&mut self.io);
+                }
             }
             self.flush_wakes();
             self.io.net_tick();
@@ -262,6 +279,8 @@ impl Worker {
                 let (kind, idx, gen) = token::parse(ud);
                 if kind == token::DOORBELL {
                     self.arm_doorbell()?;
+                } else if kind == token::OP {
+                    self.io.complete_op(idx, res);
                 } else {
                     self.io.net_complete(kind, idx, gen, res, flags);
                 }
@@ -359,6 +378,9 @@ impl Worker {
         // Handlers may hold buffers: drop them while the pool's home is still this thread.
         self.replicas.clear();
         self.io.net_teardown();
+        // File ops still in flight (only after a forced drain) may be written by the kernel
+        // until the ring's asynchronous teardown ends: leak their buffers rather than free them.
+        std::mem::forget(std::mem::take(&mut self.io.ops));
         let _ = self.io.pool.unregister(&self.io.ring.submitter());
     }
 }

@@ -90,6 +90,11 @@ impl Context<'_> {
         self.io.worker
     }
 
+    /// The time at the start of this loop iteration (one clock read per iteration).
+    pub fn now(&self) -> std::time::Instant {
+        self.io.now
+    }
+
     /// Whether the runtime is draining for shutdown.
     pub fn is_shutting_down(&self) -> bool {
         self.io.draining
@@ -110,6 +115,10 @@ pub trait Handler: 'static {
 
     /// Handles one event. Runs on the worker's thread; must not block.
     fn handle(&mut self, event: Self::Event, cx: &mut Context<'_>);
+
+    /// Called about once per runtime tick (see [`crate::runtime::Builder::tick`]), for
+    /// deadlines and housekeeping. Does nothing by default.
+    fn tick(&mut self, _cx: &mut Context<'_>) {}
 }
 
 /// A [`Handler`] made from a closure; see [`handler_fn`].

@@ -1,0 +1,337 @@
+//! The page-cache stage: answers requests in order per connection, from a bounded cache of
+//! file contents kept as `IoBuf`s. Entries are shared across connections and cores without
+//! copies: a worker-local index (no lock on a hit) in front of one shared map (a lock on a miss
+//! only), with CLOCK eviction by total bytes.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringstage::prelude::*;
+
+use crate::files::FileReq;
+use crate::parse::{Kind, Request};
+use crate::proto::{self, DateLine, PathError, Range};
+
+/// A cached (or just loaded) file.
+pub struct Entry {
+    pub body: IoBuf,
+    /// Status line and the fixed headers of a 200, ending before `Date:`.
+    pub head200: IoBuf,
+    pub etag: String,
+    pub last_modified: String,
+    pub mtime: i64,
+    pub mime: &'static str,
+    pub loaded: Instant,
+    /// Whether it went into the shared cache (small enough).
+    pub cached: bool,
+    evicted: AtomicBool,
+    referenced: AtomicBool,
+}
+
+impl Entry {
+    /// `path` names the file actually read (for its MIME type).
+    pub fn new(path: &[u8], body: IoBuf, ino: u64, mtime: i64, cached: bool) -> Entry {
+        let etag = format!("\"{ino:x}-{mtime:x}-{:x}\"", body.len());
+        let last_modified = proto::http_date(mtime);
+        let mime = proto::mime(path);
+        let head200 = IoBuf::from(
+            format!(
+                "HTTP/1.1 200 OK\r\nServer: {}\r\nContent-Type: {mime}\r\nContent-Length: {}\r\nLast-Modified: {last_modified}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n",
+                proto::SERVER,
+                body.len()
+            )
+            .into_bytes(),
+        );
+        Entry {
+            body,
+            head200,
+            etag,
+            last_modified,
+            mtime,
+            mime,
+            loaded: Instant::now(),
+            cached,
+            evicted: AtomicBool::new(false),
+            referenced: AtomicBool::new(false),
+        }
+    }
+
+    fn fresh(&self, ttl: Duration, now: Instant) -> bool {
+        !self.evicted.load(Ordering::Relaxed) && now.saturating_duration_since(self.loaded) < ttl
+    }
+
+    fn touch(&self) {
+        // Write the shared line only when the bit is not already set.
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The cross-core cache: one map behind a mutex, touched on misses and fills only.
+pub struct SharedCache {
+    inner: Mutex<Inner>,
+    pub capacity: usize,
+    pub max_file: usize,
+    pub ttl: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Box<[u8]>, Arc<Entry>>,
+    clock: VecDeque<Box<[u8]>>,
+    bytes: usize,
+}
+
+impl SharedCache {
+    pub fn new(capacity: usize, max_file: usize, ttl: Duration) -> SharedCache {
+        SharedCache { inner: Mutex::new(Inner::default()), capacity, max_file: max_file.min(capacity), ttl }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Arc<Entry>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.get(key).cloned()
+    }
+
+    /// Inserts, evicting by CLOCK (second chance) until the bytes fit.
+    pub fn insert(&self, key: &[u8], e: Arc<Entry>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *g;
+        if let Some(old) = inner.map.remove(key) {
+            old.evicted.store(true, Ordering::Relaxed);
+            inner.bytes -= old.body.len();
+            inner.clock.retain(|k| &**k != key);
+        }
+        while inner.bytes + e.body.len() > self.capacity {
+            let Some(k) = inner.clock.pop_front() else { break };
+            let Some(victim) = inner.map.get(&k) else { continue };
+            if victim.referenced.swap(false, Ordering::Relaxed) {
+                inner.clock.push_back(k); // second chance
+            } else if let Some(v) = inner.map.remove(&k) {
+                v.evicted.store(true, Ordering::Relaxed);
+                inner.bytes -= v.body.len();
+            }
+        }
+        inner.bytes += e.body.len();
+        inner.clock.push_back(key.into());
+        inner.map.insert(key.into(), e);
+    }
+}
+
+pub enum CacheEvent {
+    Req(Request),
+    /// The file stage finished loading `key`: the entry, or an HTTP status.
+    Loaded { key: Box<[u8]>, result: Result<Arc<Entry>, u16> },
+}
+
+pub struct Cache {
+    net: Sink<NetCmd>,
+    files: Sink<FileReq>,
+    shared: Arc<SharedCache>,
+    local: HashMap<Box<[u8]>, Arc<Entry>>,
+    /// Requests waiting for a load, by key.
+    waiting: HashMap<Box<[u8]>, Vec<Request>>,
+    /// Connections with a request waiting for a load: their later requests queue here, so
+    /// pipelined responses leave in request order.
+    blocked: HashMap<Conn, VecDeque<Request>>,
+    date: DateLine,
+}
+
+static PLAIN_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: ringstage\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n";
+static PLAIN_BODY: &[u8] = b"Hello, World!";
+static TAIL_KEEP: &[u8] = b"\r\n";
+static TAIL_CLOSE: &[u8] = b"Connection: close\r\n\r\n";
+
+/// Targets that are already a normalised key need no decoding (the common case: no copy).
+fn plain_target(t: &[u8]) -> bool {
+    t.first() == Some(&b'/')
+        && !t.iter().any(|&b| matches!(b, b'%' | b'?' | b'#' | b'\\' | 0))
+        && !t.windows(2).any(|w| w == b"/." || w == b"//")
+}
+
+fn etag_matches(header: &[u8], etag: &str) -> bool {
+    let strip = |t: &[u8]| -> Vec<u8> { t.trim_ascii().strip_prefix(b"W/").unwrap_or(t.trim_ascii()).to_vec() };
+    let mine = strip(etag.as_bytes());
+    header.trim_ascii() == b"*" || header.split(|&b| b == b',').any(|t| strip(t) == mine)
+}
+
+impl Cache {
+    pub fn new(net: Sink<NetCmd>, files: Sink<FileReq>, shared: Arc<SharedCache>) -> Cache {
+        Cache {
+            net,
+            files,
+            shared,
+            local: HashMap::new(),
+            waiting: HashMap::new(),
+            blocked: HashMap::new(),
+            date: DateLine::new(),
+        }
+    }
+
+    fn send(&mut self, conn: Conn, chain: IoBufChain, close: bool) {
+        if self.net.try_enqueue(NetCmd::SendChain { conn, data: chain }).is_err() || close {
+            let _ = self.net.try_enqueue(NetCmd::Close { conn });
+        }
+    }
+
+    fn respond_error(&mut self, req: &Request, status: u16, extra: &str) {
+        let close = !req.keep_alive || status >= 500 && status != 503 || matches!(req.kind, Kind::Error(_));
+        let body = format!("{} {}\n", status, proto::reason(status));
+        let date = self.date.get();
+        let resp = proto::simple(status, if req.head { "" } else { &body }, close, extra, &date);
+        self.send(req.conn, IoBufChain::from(resp), close);
+    }
+
+    /// Serves an entry: 200, 206, 304 or 416. The 200 path is four views and no allocation.
+    fn respond(&mut self, req: &Request, e: &Entry) {
+        let date = self.date.get();
+        let tail = IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE });
+        let not_modified = match (&req.if_none_match, &req.if_modified_since) {
+            (Some(inm), _) => etag_matches(inm, &e.etag),
+            (None, Some(ims)) => proto::parse_http_date(ims).is_some_and(|t| e.mtime <= t),
+            _ => false,
+        };
+        let mut chain = IoBufChain::new();
+        if not_modified {
+            let h = format!(
+                "HTTP/1.1 304 Not Modified\r\nServer: {}\r\nETag: {}\r\nLast-Modified: {}\r\n",
+                proto::SERVER,
+                e.etag,
+                e.last_modified
+            );
+            chain.push(IoBuf::from(h.into_bytes()));
+            chain.push(date);
+            chain.push(tail);
+            return self.send(req.conn, chain, !req.keep_alive);
+        }
+        let len = e.body.len() as u64;
+        match req.range.as_deref().map_or(Range::Full, |r| proto::parse_range(r, len)) {
+            Range::Full => {
+                chain.push(e.head200.clone());
+                chain.push(date);
+                chain.push(tail);
+                if !req.head {
+                    chain.push(e.body.clone());
+                }
+            }
+            Range::Part(a, b) => {
+                let h = format!(
+                    "HTTP/1.1 206 Partial Content\r\nServer: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{len}\r\nLast-Modified: {}\r\nETag: {}\r\n",
+                    proto::SERVER,
+                    e.mime,
+                    b - a + 1,
+                    e.last_modified,
+                    e.etag
+                );
+                chain.push(IoBuf::from(h.into_bytes()));
+                chain.push(date);
+                chain.push(tail);
+                if !req.head {
+                    chain.push(e.body.slice(a as usize..=b as usize));
+                }
+            }
+            Range::Unsatisfiable => {
+                return self.respond_error(req, 416, &format!("Content-Range: bytes */{len}\r\n"));
+            }
+        }
+        self.send(req.conn, chain, !req.keep_alive);
+    }
+
+    fn process(&mut self, req: Request, now: Instant) {
+        let target = match &req.kind {
+            Kind::Plaintext => {
+                let mut c = IoBufChain::new();
+                c.push(IoBuf::from_static(PLAIN_HEAD));
+                c.push(self.date.get());
+                c.push(IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE }));
+                if !req.head {
+                    c.push(IoBuf::from_static(PLAIN_BODY));
+                }
+                return self.send(req.conn, c, !req.keep_alive);
+            }
+            Kind::Error(s) => return self.respond_error(&req, *s, ""),
+            Kind::File(t) => t.clone(),
+        };
+        let key: Cow<'_, [u8]> = if plain_target(&target) {
+            Cow::Borrowed(&target)
+        } else {
+            match proto::decode_path(&target) {
+                Ok(k) => Cow::Owned(k),
+                Err(PathError::Bad) => return self.respond_error(&req, 400, ""),
+                Err(PathError::Forbidden) => return self.respond_error(&req, 403, ""),
+            }
+        };
+        let ttl = self.shared.ttl;
+        if let Some(e) = self.local.get(&*key).filter(|e| e.fresh(ttl, now)).cloned() {
+            e.touch();
+            return self.respond(&req, &e);
+        }
+        if let Some(e) = self.shared.get(&key).filter(|e| e.fresh(ttl, now)) {
+            e.touch();
+            self.local.insert(key.as_ref().into(), e.clone());
+            return self.respond(&req, &e);
+        }
+        // Miss: park the request (and the connection's later ones) until the file stage loads.
+        let key: Box<[u8]> = key.as_ref().into();
+        self.blocked.entry(req.conn).or_default();
+        let first = !self.waiting.contains_key(&key);
+        self.waiting.entry(key.clone()).or_default().push(req);
+        if first {
+            if let Err(FileReq { key }) = self.files.try_enqueue(FileReq { key }) {
+                self.loaded(key, Err(503), now); // file stage full: answer at once
+            }
+        }
+    }
+
+    fn loaded(&mut self, key: Box<[u8]>, result: Result<Arc<Entry>, u16>, now: Instant) {
+        if let Ok(e) = &result {
+            if e.cached {
+                self.local.insert(key.clone(), e.clone());
+            }
+        }
+        for req in self.waiting.remove(&key).unwrap_or_default() {
+            match &result {
+                Ok(e) => self.respond(&req, e),
+                Err(503) => self.respond_error(&req, 503, "Retry-After: 1\r\n"),
+                Err(s) => self.respond_error(&req, *s, ""),
+            }
+            self.unblock(req.conn, now);
+        }
+    }
+
+    /// Serves a connection's queued requests in order until one has to wait again.
+    fn unblock(&mut self, conn: Conn, now: Instant) {
+        let Some(mut q) = self.blocked.remove(&conn) else { return };
+        while let Some(r) = q.pop_front() {
+            self.process(r, now);
+            if let Some(nq) = self.blocked.get_mut(&conn) {
+                nq.extend(q.drain(..));
+                return;
+            }
+        }
+    }
+}
+
+impl Handler for Cache {
+    type Event = CacheEvent;
+
+    fn handle(&mut self, ev: CacheEvent, cx: &mut Context<'_>) {
+        let now = cx.now();
+        match ev {
+            CacheEvent::Req(req) => match self.blocked.get_mut(&req.conn) {
+                Some(q) => q.push_back(req),
+                None => self.process(req, now),
+            },
+            CacheEvent::Loaded { key, result } => self.loaded(key, result, now),
+        }
+    }
+
+    /// Drops local index entries the shared cache evicted or that went stale.
+    fn tick(&mut self, cx: &mut Context<'_>) {
+        let (ttl, now) = (self.shared.ttl, cx.now());
+        self.local.retain(|_, e| e.fresh(ttl, now));
+    }
+}

@@ -1,0 +1,138 @@
+//! Staged HTTP/1.1 static-file server (Haboob, rebuilt on ringstage).
+//!
+//! ```text
+//! cargo run --release --example http -- [--addr 127.0.0.1:8080] [--root DIR] [--workers N]
+//! ```
+//!
+//! Stages, with one replica per worker (a connection's requests stay on its worker):
+//! `net` (accept/recv/send, built in) → `parse` (framing, limits, validation) → `cache`
+//! (in-order responses from the shared page cache) → on a miss, `files` (openat2/statx/read on
+//! the ring) → back to `cache` → `net`. A stage that refuses a request makes it a 503 at once.
+
+mod cache;
+mod files;
+mod parse;
+mod proto;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringstage::fs::Root;
+use ringstage::prelude::*;
+
+use cache::{Cache, CacheEvent, SharedCache};
+use files::{FileReq, Files};
+use parse::{Limits, Parse};
+
+const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/http/www");
+
+struct Opts {
+    addr: SocketAddr,
+    root: String,
+    workers: usize,
+    cpu: usize,
+    limits: Limits,
+    capacity: usize,
+    cache_bytes: usize,
+    cache_file: usize,
+    ttl: Duration,
+    idle: Duration,
+}
+
+const USAGE: &str = "usage: http [--addr HOST:PORT] [--root DIR] [--workers N] [--cpu FIRST]
+  [--max-line BYTES] [--max-head BYTES] [--max-body BYTES] [--header-timeout-ms MS]
+  [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]";
+
+fn opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        addr: "127.0.0.1:8080".parse().unwrap(),
+        root: BUNDLED.into(),
+        workers: 1,
+        cpu: 0,
+        limits: Limits::default(),
+        capacity: 4096,
+        cache_bytes: 64 << 20,
+        cache_file: 4 << 20,
+        ttl: Duration::from_secs(5),
+        idle: Duration::from_secs(60),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        if k == "-h" || k == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let v = it.next().ok_or_else(|| format!("{k} needs a value\n{USAGE}"))?;
+        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v:?}"));
+        match k.as_str() {
+            "--addr" => o.addr = v.parse().map_err(|_| format!("--addr: not HOST:PORT: {v:?}"))?,
+            "--root" => o.root = v,
+            "--workers" => o.workers = num(&v)?.max(1) as usize,
+            "--cpu" => o.cpu = num(&v)? as usize,
+            "--max-line" => o.limits.max_line = num(&v)? as usize,
+            "--max-head" => o.limits.max_head = num(&v)? as usize,
+            "--max-body" => o.limits.max_body = num(&v)?,
+            "--header-timeout-ms" => o.limits.header_timeout = Duration::from_millis(num(&v)?),
+            "--stage-capacity" => o.capacity = num(&v)?.max(1) as usize,
+            "--cache-mb" => o.cache_bytes = (num(&v)? as usize) << 20,
+            "--cache-file-kb" => o.cache_file = (num(&v)? as usize) << 10,
+            "--cache-ttl-ms" => o.ttl = Duration::from_millis(num(&v)?),
+            "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?),
+            _ => return Err(format!("unknown option {k}\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(o) {
+        eprintln!("http: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(o: Opts) -> std::io::Result<()> {
+    let root = Arc::new(Root::open(&o.root)?);
+    let shared = Arc::new(SharedCache::new(o.cache_bytes, o.cache_file, o.ttl));
+    let all: Vec<usize> = (0..o.workers).collect();
+    let mut b = Runtime::builder(o.workers).cpus((0..o.workers).map(|i| o.cpu + i)).signals(true);
+    let cap = o.capacity;
+    let parse = b.stage::<NetEvent>("parse", StageConfig::on(all.clone()).capacity(cap));
+    let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
+    let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
+    let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(Duration::from_secs(30));
+    let (net, listener) = b.listen(listen, parse);
+    let limits = o.limits.clone();
+    b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), limits.clone()));
+    let sh = shared.clone();
+    b.handler(cache, move |s| Cache::new(s.sink(net), s.sink(files), sh.clone()));
+    b.handler(files, move |s| Files {
+        cache: s.sink(cache),
+        root: root.clone(),
+        shared: shared.clone(),
+        undelivered: Rc::new(RefCell::new(VecDeque::new())),
+        max_serve: 1 << 30,
+    });
+    let rt = b.start()?;
+    println!("http listening on {} serving {} ({} worker(s))", rt.local_addr(listener), o.root, o.workers);
+    let sig = rt.wait_for_signal()?;
+    let m = rt.metrics();
+    rt.shutdown();
+    rt.join()?;
+    eprintln!("signal {sig}: shut down");
+    for s in &m.stages {
+        eprintln!("stage {:<6} enqueued {:>9} refused {:>7} processed {:>9}", s.name, s.enqueued, s.refused, s.processed);
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The parse stage: HTTP/1.1 request framing, limits and validation (httparse), per
+//! connection. Complete requests go to the cache stage, which answers them in order.
+
+use std::time::{Duration, Instant};
+
+use ringstage::prelude::*;
+
+use crate::cache::CacheEvent;
+use crate::proto::{self, DateLine};
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest request line (414 beyond).
+    pub max_line: usize,
+    /// Largest request head (431 beyond).
+    pub max_head: usize,
+    /// Largest request body (413 beyond).
+    pub max_body: u64,
+    /// Whole request head must arrive within this (408 after).
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_line: 8 * 1024, max_head: 16 * 1024, max_body: 1 << 20, header_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug)]
+pub enum Kind {
+    Plaintext,
+    /// The raw request target (a view of the received bytes; decoded by the cache stage).
+    File(IoBuf),
+    /// Answer with this status and close.
+    Error(u16),
+}
+
+/// A parsed request. Header values are views of the received buffer, not copies.
+#[derive(Debug)]
+pub struct Request {
+    pub conn: Conn,
+    pub head: bool,
+    pub keep_alive: bool,
+    pub kind: Kind,
+    pub range: Option<IoBuf>,
+    pub if_none_match: Option<IoBuf>,
+    pub if_modified_since: Option<IoBuf>,
+}
+
+impl Request {
+    pub fn error(conn: Conn, status: u16) -> Request {
+        Request {
+            conn,
+            head: false,
+            keep_alive: false,
+            kind: Kind::Error(status),
+            range: None,
+            if_none_match: None,
+            if_modified_since: None,
+        }
+    }
+}
+
+struct HttpConn {
+    conn: Conn,
+    /// Bytes of an incomplete request head (rare: a head split across receives).
+    stash: Vec<u8>,
+    /// When the current incomplete head started (for the 408 deadline).
+    started: Option<Instant>,
+    /// Body bytes still to discard.
+    skip: u64,
+    /// A final response was queued: ignore further input.
+    done: bool,
+}
+
+pub struct Parse {
+    pub net: Sink<NetCmd>,
+    pub cache: Sink<CacheEvent>,
+    pub limits: Limits,
+    conns: Vec<Option<HttpConn>>,
+    date: DateLine,
+}
+
+enum Parsed {
+    Partial,
+    Complete(Request, usize, u64),
+    Error(u16),
+}
+
+impl Parse {
+    pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, limits: Limits) -> Parse {
+        Parse { net, cache, limits, conns: Vec::new(), date: DateLine::new() }
+    }
+
+    fn conn_mut(&mut self, conn: Conn) -> Option<&mut HttpConn> {
+        self.conns.get_mut(conn.slot()).and_then(|c| c.as_mut()).filter(|c| c.conn == conn)
+    }
+
+    /// Hands a request to the cache stage; when that stage is full, answers 503 at once.
+    fn submit(&mut self, req: Request) {
+        let conn = req.conn;
+        if let Err(CacheEvent::Req(req)) = self.cache.try_enqueue(CacheEvent::Req(req)) {
+            let date = self.date.get();
+            let close = !req.keep_alive || matches!(req.kind, Kind::Error(_));
+            let resp = proto::simple(503, "overloaded, retry\n", close, "Retry-After: 1\r\n", &date);
+            if self.net.try_enqueue(NetCmd::Send { conn, data: resp }).is_err() || close {
+                let _ = self.net.try_enqueue(NetCmd::Close { conn });
+            }
+        }
+    }
+
+    fn on_data(&mut self, conn: Conn, mut data: IoBuf, now: Instant) {
+        let limits = self.limits.clone();
+        let Some(st) = self.conn_mut(conn) else { return };
+        if st.done {
+            return;
+        }
+        if st.skip > 0 {
+            let k = (st.skip as usize).min(data.len());
+            data.advance(k);
+            st.skip -= k as u64;
+        }
+        if !st.stash.is_empty() {
+            st.stash.extend_from_slice(&data);
+            data = IoBuf::from(std::mem::take(&mut st.stash));
+        }
+        let mut out = Vec::new();
+        loop {
+            if data.is_empty() {
+                st.started = None;
+                break;
+            }
+            match parse_one(conn, &data, &limits) {
+                Parsed::Partial => {
+                    st.stash.extend_from_slice(&data);
+                    st.started.get_or_insert(now);
+                    break;
+                }
+                Parsed::Error(status) => {
+                    st.done = true;
+                    out.push(Request::error(conn, status));
+                    break;
+                }
+                Parsed::Complete(req, consumed, body) => {
+                    st.started = None;
+                    data.advance(consumed);
+                    let k = (body.min(data.len() as u64)) as usize;
+                    data.advance(k);
+                    st.skip = body - k as u64;
+                    let last = !req.keep_alive || matches!(req.kind, Kind::Error(_));
+                    out.push(req);
+                    if last {
+                        st.done = true;
+                        break;
+                    }
+                }
+            }
+        }
+        for req in out {
+            self.submit(req);
+        }
+    }
+}
+
+/// Parses one request head at the start of `data`.
+fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits) -> Parsed {
+    let line_end = data.windows(2).take(limits.max_line + 2).position(|w| w == b"\r\n");
+    if line_end.is_none() && data.len() > limits.max_line {
+        return Parsed::Error(414);
+    }
+    if line_end.is_some_and(|e| e > limits.max_line) {
+        return Parsed::Error(414);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if data.len() > limits.max_head { Parsed::Error(431) } else { Parsed::Partial };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Error(431),
+        Err(_) => return Parsed::Error(400),
+    };
+    if n > limits.max_head {
+        return Parsed::Error(431);
+    }
+    let sub = |s: &[u8]| {
+        let off = s.as_ptr() as usize - data.as_ptr() as usize;
+        data.slice(off..off + s.len())
+    };
+    let http11 = req.version == Some(1);
+    let mut keep_alive = http11;
+    let (mut cl, mut te, mut host) = (None::<u64>, false, false);
+    let (mut range, mut inm, mut ims) = (None, None, None);
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for tok in h.value.split(|&b| b == b',') {
+                let tok = tok.trim_ascii();
+                if tok.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let v = h.value.trim_ascii();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 18 {
+                return Parsed::Error(400);
+            }
+            let v: u64 = std::str::from_utf8(v).unwrap_or("x").parse().unwrap_or(u64::MAX);
+            if cl.is_some_and(|c| c != v) {
+                return Parsed::Error(400); // conflicting lengths: request smuggling attempt
+            }
+            cl = Some(v);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            host = true;
+        } else if name.eq_ignore_ascii_case(b"range") {
+            range = Some(sub(h.value));
+        } else if name.eq_ignore_ascii_case(b"if-none-match") {
+            inm = Some(sub(h.value));
+        } else if name.eq_ignore_ascii_case(b"if-modified-since") {
+            ims = Some(sub(h.value));
+        }
+    }
+    if te && cl.is_some() {
+        return Parsed::Error(400);
+    }
+    if te {
+        return Parsed::Error(501); // request bodies in chunked encoding are not supported
+    }
+    if http11 && !host {
+        return Parsed::Error(400);
+    }
+    let body = cl.unwrap_or(0);
+    if body > limits.max_body {
+        return Parsed::Error(413);
+    }
+    let method = req.method.unwrap_or("");
+    let head = method == "HEAD";
+    let path = req.path.unwrap_or("");
+    let kind = if method != "GET" && !head {
+        Kind::Error(405)
+    } else if path == "/plaintext" {
+        Kind::Plaintext
+    } else {
+        Kind::File(sub(path.as_bytes()))
+    };
+    let req = Request { conn, head, keep_alive, kind, range, if_none_match: inm, if_modified_since: ims };
+    Parsed::Complete(req, n, body)
+}
+
+impl Handler for Parse {
+    type Event = NetEvent;
+
+    fn handle(&mut self, ev: NetEvent, cx: &mut Context<'_>) {
+        match ev {
+            NetEvent::Opened { conn, .. } => {
+                let slot = conn.slot();
+                if self.conns.len() <= slot {
+                    self.conns.resize_with(slot + 1, || None);
+                }
+                self.conns[slot] = Some(HttpConn { conn, stash: Vec::new(), started: None, skip: 0, done: false });
+            }
+            NetEvent::Data { conn, data } => self.on_data(conn, data, cx.now()),
+            NetEvent::Closed { conn } => {
+                if let Some(c) = self.conns.get_mut(conn.slot()) {
+                    if c.as_ref().is_some_and(|c| c.conn == conn) {
+                        *c = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Enforces the header deadline: a head that started arriving too long ago gets 408.
+    fn tick(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now();
+        let limit = self.limits.header_timeout;
+        let mut late = Vec::new();
+        for c in self.conns.iter_mut().flatten() {
+            if !c.done && c.started.is_some_and(|t| now.duration_since(t) >= limit) {
+                c.done = true;
+                late.push(c.conn);
+            }
+        }
+        for conn in late {
+            self.submit(Request::error(conn, 408));
+        }
+    }
+}

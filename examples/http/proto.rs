@@ -1,0 +1,310 @@
+//! HTTP/1.1 details: dates, MIME types, status lines, path decoding, ranges.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ringstage::buf::IoBuf;
+
+pub const SERVER: &str = "ringstage";
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+pub fn mime(path: &[u8]) -> &'static str {
+    let ext = path.rsplit(|&b| b == b'.').next().filter(|e| e.len() < path.len()).unwrap_or(b"");
+    match ext.to_ascii_lowercase().as_slice() {
+        b"html" | b"htm" => "text/html; charset=utf-8",
+        b"css" => "text/css; charset=utf-8",
+        b"js" | b"mjs" => "text/javascript; charset=utf-8",
+        b"json" => "application/json",
+        b"txt" => "text/plain; charset=utf-8",
+        b"svg" => "image/svg+xml",
+        b"png" => "image/png",
+        b"jpg" | b"jpeg" => "image/jpeg",
+        b"gif" => "image/gif",
+        b"ico" => "image/x-icon",
+        b"wasm" => "application/wasm",
+        b"pdf" => "application/pdf",
+        b"xml" => "application/xml",
+        _ => "application/octet-stream",
+    }
+}
+
+const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, usize, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m as usize, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil(days);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[m - 1],
+        y,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Parses an IMF-fixdate; `None` for anything else (then the header is ignored, as RFC 9110 asks).
+pub fn parse_http_date(s: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(s).ok()?;
+    let mut it = s.split_ascii_whitespace();
+    let (_wd, d, mon, y, hms, gmt) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+    if gmt != "GMT" || it.next().is_some() {
+        return None;
+    }
+    let m = MONTHS.iter().position(|&x| x == mon)? as i64 + 1;
+    let d: i64 = d.parse().ok()?;
+    let y: i64 = y.parse().ok()?;
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+pub fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A per-worker `Date:` header line, rebuilt at most once a second and shared as an `IoBuf`.
+pub struct DateLine {
+    secs: i64,
+    line: IoBuf,
+}
+
+impl DateLine {
+    pub fn new() -> DateLine {
+        let mut d = DateLine { secs: -1, line: IoBuf::from_static(b"") };
+        d.get();
+        d
+    }
+
+    /// The current line (`Date: ...\r\n`); allocates only when the second changed.
+    pub fn get(&mut self) -> IoBuf {
+        let now = unix_secs(SystemTime::now());
+        if now != self.secs {
+            self.secs = now;
+            self.line = IoBuf::from(format!("Date: {}\r\n", http_date(now)).into_bytes());
+        }
+        self.line.clone()
+    }
+}
+
+/// Why a request target cannot name a file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// Malformed: bad escape, NUL, not absolute.
+    Bad,
+    /// Would leave the root (`..`) or hides a separator (`%2f`).
+    Forbidden,
+}
+
+/// Decodes a request target's path into a normalised, root-relative key starting with `/`.
+/// The query is dropped. `.` segments and empty segments are removed; `..` is refused outright
+/// rather than resolved, and so is an encoded `/` or `\`, so no spelling reaches outside.
+pub fn decode_path(target: &[u8]) -> Result<Vec<u8>, PathError> {
+    let path = target.split(|&b| b == b'?' || b == b'#').next().unwrap_or(b"");
+    if path.first() != Some(&b'/') {
+        return Err(PathError::Bad);
+    }
+    let mut out = Vec::with_capacity(path.len());
+    let mut seg: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let flush = |seg: &mut Vec<u8>, out: &mut Vec<u8>| -> Result<(), PathError> {
+        match seg.as_slice() {
+            b"" | b"." => {}
+            b".." => return Err(PathError::Forbidden),
+            s => {
+                out.push(b'/');
+                out.extend_from_slice(s);
+            }
+        }
+        seg.clear();
+        Ok(())
+    };
+    while i < path.len() {
+        let c = path[i];
+        match c {
+            b'/' => flush(&mut seg, &mut out)?,
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16).map(|v| v as u8);
+                let v = path.get(i + 1).and_then(|&h| hex(h)).zip(path.get(i + 2).and_then(|&l| hex(l)));
+                let Some((h, l)) = v else { return Err(PathError::Bad) };
+                match h * 16 + l {
+                    0 => return Err(PathError::Bad),
+                    b'/' | b'\\' => return Err(PathError::Forbidden),
+                    b => seg.push(b),
+                }
+                i += 2;
+            }
+            0 => return Err(PathError::Bad),
+            b'\\' => return Err(PathError::Forbidden),
+            _ => seg.push(c),
+        }
+        i += 1;
+    }
+    let trailing = path.ends_with(b"/");
+    flush(&mut seg, &mut out)?;
+    if out.is_empty() || trailing {
+        out.push(b'/');
+    }
+    Ok(out)
+}
+
+/// A parsed single `Range: bytes=` request against a body of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Range {
+    /// No usable range: serve the whole body (absent, malformed, or several ranges).
+    Full,
+    /// `start..=end`.
+    Part(u64, u64),
+    /// Syntactically valid but outside the body: 416.
+    Unsatisfiable,
+}
+
+pub fn parse_range(h: &[u8], len: u64) -> Range {
+    let Some(spec) = h.strip_prefix(b"bytes=") else { return Range::Full };
+    if spec.contains(&b',') {
+        return Range::Full; // multipart ranges are not served; the whole body is valid too
+    }
+    let s = match std::str::from_utf8(spec) {
+        Ok(s) => s.trim(),
+        Err(_) => return Range::Full,
+    };
+    let Some((a, b)) = s.split_once('-') else { return Range::Full };
+    let num = |x: &str| if x.bytes().all(|c| c.is_ascii_digit()) && !x.is_empty() { x.parse::<u64>().ok() } else { None };
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            Some(0) => Range::Unsatisfiable,
+            Some(n) if len > 0 => Range::Part(len.saturating_sub(n), len - 1),
+            Some(_) => Range::Unsatisfiable,
+            None => Range::Full,
+        },
+        (false, _) => {
+            let Some(start) = num(a) else { return Range::Full };
+            let end = if b.is_empty() { Some(u64::MAX) } else { num(b) };
+            let Some(end) = end else { return Range::Full };
+            if end < start {
+                return Range::Full;
+            }
+            if start >= len {
+                return Range::Unsatisfiable;
+            }
+            Range::Part(start, end.min(len - 1))
+        }
+        _ => Range::Full,
+    }
+}
+
+/// A complete small response with a body (errors, 503): one allocation, rare path.
+pub fn simple(status: u16, body: &str, close: bool, extra: &str, date: &IoBuf) -> IoBuf {
+    let mut v = format!("HTTP/1.1 {status} {}\r\nServer: {SERVER}\r\n", reason(status)).into_bytes();
+    v.extend_from_slice(date);
+    v.extend_from_slice(
+        format!(
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        )
+        .as_bytes(),
+    );
+    IoBuf::from(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        for t in [0, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            assert_eq!(parse_http_date(http_date(t).as_bytes()), Some(t));
+        }
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
+    }
+
+    #[test]
+    fn paths_never_leave_the_root() {
+        assert_eq!(decode_path(b"/a/./b//c?x=1").unwrap(), b"/a/b/c");
+        assert_eq!(decode_path(b"/").unwrap(), b"/");
+        assert_eq!(decode_path(b"/dir/").unwrap(), b"/dir/");
+        assert_eq!(decode_path(b"/h%20i").unwrap(), b"/h i");
+        assert_eq!(decode_path(b"/../etc/passwd"), Err(PathError::Forbidden));
+        assert_eq!(decode_path(b"/%2e%2e/etc/passwd"), Err(PathError::Forbidden));
+        assert_eq!(decode_path(b"/a/%2E%2E/%2e%2e/x"), Err(PathError::Forbidden));
+        assert_eq!(decode_path(b"/a%2f..%2fb"), Err(PathError::Forbidden));
+        assert_eq!(decode_path(b"/a%5c..%5cb"), Err(PathError::Forbidden));
+        assert_eq!(decode_path(b"/a%00b"), Err(PathError::Bad));
+        assert_eq!(decode_path(b"/a%zz"), Err(PathError::Bad));
+        assert_eq!(decode_path(b"relative"), Err(PathError::Bad));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(b"bytes=0-9", 100), Range::Part(0, 9));
+        assert_eq!(parse_range(b"bytes=90-", 100), Range::Part(90, 99));
+        assert_eq!(parse_range(b"bytes=-10", 100), Range::Part(90, 99));
+        assert_eq!(parse_range(b"bytes=50-1000", 100), Range::Part(50, 99));
+        assert_eq!(parse_range(b"bytes=100-", 100), Range::Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=-0", 100), Range::Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-1,5-6", 100), Range::Full);
+        assert_eq!(parse_range(b"items=0-1", 100), Range::Full);
+        assert_eq!(parse_range(b"bytes=9-1", 100), Range::Full);
+    }
+
+    #[test]
+    fn mime_by_extension() {
+        assert!(mime(b"/index.html").starts_with("text/html"));
+        assert_eq!(mime(b"/x.PNG"), "image/png");
+        assert_eq!(mime(b"/noext"), "application/octet-stream");
+    }
+}
