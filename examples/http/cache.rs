@@ -123,7 +123,10 @@ impl SharedCache {
 pub enum CacheEvent {
     Req(Request),
     /// The file stage finished loading `key`: the entry, or an HTTP status.
-    Loaded { key: Box<[u8]>, result: Result<Arc<Entry>, u16> },
+    Loaded {
+        key: Box<[u8]>,
+        result: Result<Arc<Entry>, u16>,
+    },
 }
 
 pub struct Cache {

@@ -132,7 +132,10 @@ fn run(o: Opts) -> std::io::Result<()> {
     rt.join()?;
     eprintln!("signal {sig}: shut down");
     for s in &m.stages {
-        eprintln!("stage {:<6} enqueued {:>9} refused {:>7} processed {:>9}", s.name, s.enqueued, s.refused, s.processed);
+        eprintln!(
+            "stage {:<6} enqueued {:>9} refused {:>7} processed {:>9}",
+            s.name, s.enqueued, s.refused, s.processed
+        );
     }
     Ok(())
 }

@@ -219,7 +219,8 @@ pub fn parse_range(h: &[u8], len: u64) -> Range {
         Err(_) => return Range::Full,
     };
     let Some((a, b)) = s.split_once('-') else { return Range::Full };
-    let num = |x: &str| if x.bytes().all(|c| c.is_ascii_digit()) && !x.is_empty() { x.parse::<u64>().ok() } else { None };
+    let num =
+        |x: &str| if x.bytes().all(|c| c.is_ascii_digit()) && !x.is_empty() { x.parse::<u64>().ok() } else { None };
     match (a.is_empty(), b.is_empty()) {
         (true, false) => match num(b) {
             Some(0) => Range::Unsatisfiable,

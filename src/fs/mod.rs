@@ -96,7 +96,7 @@ impl Context<'_> {
         let sqe = opcode::OpenAt2::new(types::Fd(root.fd()), c.as_ptr(), &*how as *const types::OpenHow).build();
         let rec: OpDone = Box::new(move |res, io| {
             drop((c, how)); // kept alive until the kernel is done with them
-            // SAFETY: a successful openat2 returns a new descriptor owned by nobody else.
+                            // SAFETY: a successful openat2 returns a new descriptor owned by nobody else.
             let r = result(res).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
             done(r, &mut Context { io })
         });
@@ -118,8 +118,8 @@ impl Context<'_> {
         let rec: OpDone = Box::new(move |res, io| {
             let r = result(res).map(|_| {
                 let kind = buf.stx_mode as u32 & libc::S_IFMT;
-                let mtime = SystemTime::UNIX_EPOCH
-                    + Duration::new(buf.stx_mtime.tv_sec.max(0) as u64, buf.stx_mtime.tv_nsec);
+                let mtime =
+                    SystemTime::UNIX_EPOCH + Duration::new(buf.stx_mtime.tv_sec.max(0) as u64, buf.stx_mtime.tv_nsec);
                 FileStat {
                     size: buf.stx_size,
                     modified: mtime,
@@ -145,9 +145,8 @@ impl Context<'_> {
         done: impl FnOnce(io::Result<IoBuf>, &mut Context<'_>) + 'static,
     ) {
         let mut v: Vec<u8> = Vec::with_capacity(len);
-        let sqe = opcode::Read::new(types::Fd(fd), v.as_mut_ptr(), len.min(u32::MAX as usize) as u32)
-            .offset(offset)
-            .build();
+        let sqe =
+            opcode::Read::new(types::Fd(fd), v.as_mut_ptr(), len.min(u32::MAX as usize) as u32).offset(offset).build();
         let rec: OpDone = Box::new(move |res, io| {
             let r = result(res).map(|n| {
                 // SAFETY: the kernel initialised the first `n <= capacity` bytes.

@@ -1,0 +1,345 @@
+//! The staged HTTP example end to end on loopback: the real binary, real sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn example_binary() -> PathBuf {
+    // target/<profile>/deps/http-<hash> -> target/<profile>/examples/http
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("examples").join("http");
+    assert!(p.exists(), "{} missing: `cargo test` builds the examples first", p.display());
+    p
+}
+
+fn bundled() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/http/www")
+}
+
+fn server(args: &[&str]) -> Server {
+    let mut child = Command::new(example_binary())
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start http example");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr =
+        line.split_whitespace().nth(3).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("banner: {line:?}"));
+    Server { child, addr }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    BufReader::new(s)
+}
+
+/// Reads one response; `head` says whether it answers a HEAD request (no body).
+fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> Option<Response> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut resp = Response { status, headers, body: Vec::new() };
+    let len: usize = resp.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if !head && status != 304 {
+        resp.body = vec![0; len];
+        r.read_exact(&mut resp.body).ok()?;
+    }
+    Some(resp)
+}
+
+fn request(addr: SocketAddr, raw: &str) -> Response {
+    let mut c = connect(addr);
+    c.get_mut().write_all(raw.as_bytes()).unwrap();
+    read_response(&mut c, raw.starts_with("HEAD")).expect("a response")
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+}
+
+/// The connection is closed by the server (EOF or reset) within the read timeout.
+fn closed_by_server(c: &mut BufReader<TcpStream>) -> bool {
+    let mut b = [0u8; 1];
+    matches!(c.read(&mut b), Ok(0) | Err(_))
+}
+
+#[test]
+fn serves_bundled_files_with_headers() {
+    let s = server(&[]);
+    let r = get(s.addr, "/");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&r.body).contains("<h1>ringstage</h1>"));
+    for f in ["files/1k.txt", "files/100k.bin", "style.css"] {
+        let r = get(s.addr, &format!("/{f}"));
+        assert_eq!(r.status, 200, "{f}");
+        assert_eq!(r.body, std::fs::read(bundled().join(f)).unwrap(), "{f} byte for byte");
+        assert!(r.header("etag").is_some() && r.header("last-modified").is_some() && r.header("date").is_some());
+    }
+    assert_eq!(get(s.addr, "/files/1k.txt").header("content-type"), Some("text/plain; charset=utf-8"));
+    let p = get(s.addr, "/plaintext");
+    assert_eq!((p.status, p.body.as_slice()), (200, &b"Hello, World!"[..]));
+    assert_eq!(get(s.addr, "/missing.html").status, 404);
+}
+
+#[test]
+fn head_keep_alive_and_pipelining() {
+    let s = server(&[]);
+    let mut c = connect(s.addr);
+    // HEAD: the GET's headers, no body.
+    c.get_mut().write_all(b"HEAD /files/1k.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let h = read_response(&mut c, true).unwrap();
+    assert_eq!((h.status, h.header("content-length")), (200, Some("1024")));
+    // Keep-alive on the same connection, then three pipelined requests in one write, with a
+    // cache miss first so later hits must wait their turn.
+    c.get_mut().write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().body, b"Hello, World!");
+    c.get_mut()
+        .write_all(b"GET /style.css HTTP/1.1\r\nHost: t\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\nGET /files/1k.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let a = read_response(&mut c, false).unwrap();
+    let b = read_response(&mut c, false).unwrap();
+    let d = read_response(&mut c, false).unwrap();
+    assert!(a.header("content-type").unwrap().starts_with("text/css"), "in order: css first");
+    assert_eq!(b.body, b"Hello, World!");
+    assert_eq!(d.body.len(), 1024);
+    assert_eq!(d.header("connection"), Some("close"));
+    assert!(closed_by_server(&mut c), "Connection: close is honoured");
+    // HTTP/1.0 closes by default.
+    let mut c = connect(s.addr);
+    c.get_mut().write_all(b"GET /plaintext HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().status, 200);
+    assert!(closed_by_server(&mut c));
+}
+
+#[test]
+fn validators_give_304() {
+    let s = server(&[]);
+    let r = get(s.addr, "/files/1k.txt");
+    let etag = r.header("etag").unwrap().to_string();
+    let lm = r.header("last-modified").unwrap().to_string();
+    let inm = request(
+        s.addr,
+        &format!("GET /files/1k.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(inm.status, 304);
+    assert!(inm.body.is_empty());
+    assert_eq!(inm.header("etag"), Some(etag.as_str()));
+    let weak = request(
+        s.addr,
+        &format!(
+            "GET /files/1k.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"x\", W/{etag}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(weak.status, 304);
+    let other = request(
+        s.addr,
+        "GET /files/1k.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"nope\"\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(other.status, 200);
+    let ims = request(
+        s.addr,
+        &format!("GET /files/1k.txt HTTP/1.1\r\nHost: t\r\nIf-Modified-Since: {lm}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(ims.status, 304);
+    let old = request(s.addr, "GET /files/1k.txt HTTP/1.1\r\nHost: t\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n");
+    assert_eq!(old.status, 200);
+}
+
+#[test]
+fn single_ranges() {
+    let s = server(&[]);
+    let file = std::fs::read(bundled().join("files/100k.bin")).unwrap();
+    let r = |range: &str| {
+        request(
+            s.addr,
+            &format!("GET /files/100k.bin HTTP/1.1\r\nHost: t\r\nRange: {range}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let a = r("bytes=0-9");
+    assert_eq!((a.status, a.header("content-range")), (206, Some("bytes 0-9/102400")));
+    assert_eq!(a.body, file[..10]);
+    let b = r("bytes=-100");
+    assert_eq!(b.body, file[file.len() - 100..]);
+    let c = r("bytes=102000-");
+    assert_eq!(c.body, file[102000..]);
+    let d = r("bytes=200000-");
+    assert_eq!((d.status, d.header("content-range")), (416, Some("bytes */102400")));
+    let e = r("bytes=0-1,5-6");
+    assert_eq!((e.status, e.body.len()), (200, file.len()), "multiple ranges: the whole file");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_no_panic() {
+    let s = server(&["--max-line", "512", "--max-head", "2048", "--max-body", "1000", "--header-timeout-ms", "300"]);
+    assert_eq!(request(s.addr, "BLAH\r\n\r\n").status, 400);
+    assert_eq!(request(s.addr, "GET / HTTP/1.1\r\n\r\n").status, 400, "HTTP/1.1 without Host");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(600));
+    assert_eq!(request(s.addr, &long).status, 414);
+    let fat = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Fill: {}\r\n\r\n", "b".repeat(3000));
+    assert_eq!(request(s.addr, &fat).status, 431);
+    let many: String = (0..80).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert_eq!(request(s.addr, &format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n")).status, 431);
+    let both = "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello";
+    assert_eq!(request(s.addr, both).status, 400, "CL + TE: refused, not guessed");
+    let two = "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello";
+    assert_eq!(request(s.addr, two).status, 400);
+    assert_eq!(request(s.addr, "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n").status, 413);
+    assert_eq!(request(s.addr, "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n").status, 405);
+    // A body within the limit is skipped and the next request on the connection is served.
+    let mut c = connect(s.addr);
+    c.get_mut().write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbodyGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().status, 200);
+    assert_eq!(read_response(&mut c, false).unwrap().body, b"Hello, World!");
+    // A slow client that never finishes its head gets 408 after the deadline.
+    let mut c = connect(s.addr);
+    let t0 = Instant::now();
+    c.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let r = read_response(&mut c, false).unwrap();
+    assert_eq!(r.status, 408);
+    assert!(t0.elapsed() >= Duration::from_millis(250));
+    assert!(closed_by_server(&mut c));
+    // A head split across many small writes still parses.
+    let mut c = connect(s.addr);
+    for b in b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".chunks(3) {
+        c.get_mut().write_all(b).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(read_response(&mut c, false).unwrap().status, 200);
+    // Binary garbage.
+    let mut c = connect(s.addr);
+    c.get_mut().write_all(&[0u8, 159, 146, 150, 13, 10, 13, 10]).unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().status, 400);
+    // The server is still healthy.
+    assert_eq!(get(s.addr, "/plaintext").status, 200);
+}
+
+#[test]
+fn nothing_outside_the_root_is_reachable() {
+    let dir = std::env::temp_dir().join(format!("ringstage-root-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/ok.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../", dir.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink("ok.txt", dir.join("sub/alias.txt")).unwrap();
+    let secret = std::env::temp_dir().join(format!("ringstage-secret-{}", std::process::id()));
+    std::fs::write(&secret, b"SECRET").unwrap();
+    let s = server(&["--root", dir.to_str().unwrap()]);
+    assert_eq!(get(s.addr, "/sub/ok.txt").body, b"inside");
+    assert_eq!(get(s.addr, "/sub/alias.txt").body, b"inside", "symlinks within the root work");
+    let secret_name = secret.file_name().unwrap().to_str().unwrap();
+    for (path, want) in [
+        ("/../etc/passwd", 403),
+        ("/%2e%2e/etc/passwd", 403),
+        ("/sub/%2E%2E/%2e%2e/etc/passwd", 403),
+        ("/sub%2f..%2f..%2fetc/passwd", 403),
+        ("/sub/..%5c..%5cetc/passwd", 403),
+        ("/ok.txt%00.html", 400),
+        ("/escape", 403),
+        ("/sub/up/sub/ok.txt", 200), // ../ from sub is the root itself: still inside
+        (&format!("/sub/up/../{secret_name}"), 403),
+    ] {
+        let r = request(s.addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        assert_eq!(r.status, want, "{path}");
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("root:") && !r.body.windows(6).any(|w| w == b"SECRET"),
+            "{path}"
+        );
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&secret);
+}
+
+#[test]
+fn refused_requests_get_503_at_once() {
+    // Stage queues of 2: a burst of pipelined misses overflows the cache and file stages.
+    let s = server(&["--stage-capacity", "2", "--cache-ttl-ms", "0"]);
+    let mut conns: Vec<_> = (0..16).map(|_| connect(s.addr)).collect();
+    let burst: String = (0..16).map(|_| "GET /files/1k.txt HTTP/1.1\r\nHost: t\r\n\r\n").collect();
+    for c in &mut conns {
+        c.get_mut().write_all(burst.as_bytes()).unwrap();
+    }
+    let (mut ok, mut busy) = (0, 0);
+    let t0 = Instant::now();
+    for c in &mut conns {
+        for _ in 0..16 {
+            let r = read_response(c, false).expect("every request gets an answer");
+            match r.status {
+                200 => ok += 1,
+                503 => {
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                    busy += 1;
+                }
+                other => panic!("unexpected status {other}"),
+            }
+            if r.header("connection") == Some("close") {
+                break;
+            }
+        }
+    }
+    assert!(busy > 0, "overload produced 503s (ok {ok})");
+    assert!(ok > 0, "and still served some");
+    assert!(t0.elapsed() < Duration::from_secs(10), "refusals are answered at once, not hung");
+}
+
+#[test]
+fn curl_fetches_a_file() {
+    let Ok(out) = Command::new("curl").arg("--version").output() else {
+        panic!("curl is required (ci/test installs it)");
+    };
+    assert!(out.status.success());
+    let s = server(&["--workers", "2"]);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code} %{size_download}"])
+        .arg(format!("http://{}/files/100k.bin", s.addr))
+        .output()
+        .unwrap();
+    let tail = String::from_utf8_lossy(&out.stdout[out.stdout.len().saturating_sub(20)..]).to_string();
+    assert!(tail.ends_with("200 102400"), "{tail}");
+    assert_eq!(&out.stdout[..102400], std::fs::read(bundled().join("files/100k.bin")).unwrap().as_slice());
+}
