@@ -6,6 +6,9 @@ echo:  64-byte echo, 64 connections, closed loop; server pinned to CPU 0, load c
        Rounds are interleaved (A B C D A B C D ...) and medians reported, because absolute
        numbers on a shared VM drift by tens of percent between runs.
        Then process memory per idle connection at 10k idle connections.
+http:  the staged HTTP example vs nginx (one worker each, both pinned to CPU 0, wrk on CPU 1):
+       plaintext, 1 KiB and 100 KiB files with 64 connections; then throughput, p99 and Jain's
+       fairness versus connections (16..1024) with the project's load client.
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -190,6 +193,200 @@ def plot_echo(rows, a):
     print(f"wrote {path}")
 
 
+WWW = os.path.join(ROOT, "examples", "http", "www")
+
+
+def nginx_conf(port):
+    tmp = os.path.join(OUT, "nginx")
+    os.makedirs(tmp, exist_ok=True)
+    conf = f"""
+worker_processes 1;
+master_process off;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout 65; keepalive_requests 100000000;
+  open_file_cache max=1000 inactive=60s; open_file_cache_valid 5s;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  types {{ text/html html; text/css css; text/plain txt; application/octet-stream bin; }}
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    root {WWW};
+    location = /plaintext {{ default_type text/plain; return 200 "Hello, World!"; }}
+  }}
+}}
+"""
+    path = os.path.join(tmp, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def wait_port(port, proc, timeout=10):
+    import socket
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def start_http(name):
+    if name == "ringstage":
+        port = 8200
+        argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0"]
+    else:
+        port = 8201
+        argv = ["nginx", "-e", "stderr", "-c", nginx_conf(port)]
+    proc = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
+def cpu_ns(pid):
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def wrk(port, path, conns, secs, pid=None):
+    c0 = cpu_ns(pid) if pid else 0
+    r = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(secs))}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+                       capture_output=True, text=True, timeout=secs + 60)
+    cpu = cpu_ns(pid) - c0 if pid else 0
+    rate, p99, errors, total = 0.0, float("nan"), 0, 0
+    unit = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+    for line in r.stdout.splitlines():
+        t = line.split()
+        if "requests in" in line:
+            total = int(t[0])
+        elif line.startswith("Requests/sec:"):
+            rate = float(t[1])
+        elif t[:1] == ["99%"]:
+            v = t[1]
+            num = v.rstrip("usm")
+            p99 = float(num) * unit[v[len(num):]]
+        elif "Non-2xx" in line or "Socket errors" in line:
+            errors += 1
+    return {"rate": rate, "p99_us": p99, "errors": errors, "cpu_us_per_req": cpu / 1000 / total if total else float("nan")}
+
+
+def bench_http(a):
+    sh(["cargo", "build", "--release", "--quiet", "--example", "http"])
+    sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    names = ["ringstage", "nginx"]
+    cases = [("plaintext", "/plaintext"), ("1 KiB file", "/files/1k.txt"), ("100 KiB file", "/files/100k.bin")]
+    fixed = {(n, c): [] for n in names for c, _ in cases}
+    for r in range(a.rounds):
+        for n in names:
+            proc, port = start_http(n)
+            try:
+                for c, path in cases:
+                    wrk(port, path, 64, 1)  # warm caches and connections
+                    res = wrk(port, path, 64, a.secs, proc.pid)
+                    fixed[(n, c)].append(res)
+                    print(f"round {r + 1} {n:<10} {c:<13} {res['rate']:>10.0f} req/s  p99 {res['p99_us']:>9.1f} us  "
+                          f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
+            finally:
+                stop_server(proc)
+    sweep_conns = [16, 64, 256, 1024]
+    sweep = {n: [] for n in names}
+    for n in names:
+        proc, port = start_http(n)
+        try:
+            for c in sweep_conns:
+                res = loadgen(["--addr", f"127.0.0.1:{port}", "--http", "/files/1k.txt", "--conns", str(c),
+                               "--warmup", "1", "--secs", str(a.secs)])
+                res["conns"] = c
+                sweep[n].append(res)
+                print(f"sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  p99 {res['p99_us']:>9.1f} us  "
+                      f"jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
+        finally:
+            stop_server(proc)
+    lines = [f"http: one server core each (CPU 0), wrk -t1 -c64 on CPU 1; median of {a.rounds} interleaved rounds of {a.secs}s"]
+    lines.append("req/s is capped by the single wrk core when a server is faster than the client; 'capacity' is")
+    lines.append("nginx's server CPU per request over ringstage's: the throughput ratio with the client out of the way.")
+    lines.append(f"{'case':<14}{'ringstage req/s':>16}{'nginx req/s':>13}{'ratio':>8}{'capacity':>10}{'target':>8}"
+                 f"{'rs us/req':>11}{'ngx us/req':>11}{'rs p99 us':>11}{'nginx p99':>11}")
+    targets = {"plaintext": 1.2, "1 KiB file": 1.0, "100 KiB file": 1.0}
+    summary = {}
+    for c, _ in cases:
+        rs = median([x["rate"] for x in fixed[("ringstage", c)]])
+        ng = median([x["rate"] for x in fixed[("nginx", c)]])
+        rp = median([x["p99_us"] for x in fixed[("ringstage", c)]])
+        np_ = median([x["p99_us"] for x in fixed[("nginx", c)]])
+        rc = median([x["cpu_us_per_req"] for x in fixed[("ringstage", c)]])
+        nc = median([x["cpu_us_per_req"] for x in fixed[("nginx", c)]])
+        ratio = rs / ng if ng else float("nan")
+        summary[c] = {"ringstage": rs, "nginx": ng, "ratio": ratio, "capacity": nc / rc if rc else float("nan"),
+                      "rs_cpu_us": rc, "nginx_cpu_us": nc, "rs_p99": rp, "nginx_p99": np_}
+        lines.append(f"{c:<14}{rs:>16.0f}{ng:>13.0f}{ratio:>8.3f}{nc / rc:>10.3f}{'>=' + str(targets[c]):>8}"
+                     f"{rc:>11.2f}{nc:>11.2f}{rp:>11.1f}{np_:>11.1f}")
+    lines.append("")
+    lines.append("connections sweep, 1 KiB file (project load client, closed loop):")
+    lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}" for n in names))
+    for i, c in enumerate(sweep_conns):
+        lines.append(f"{c:>6}" + "".join(f"{sweep[n][i]['rate']:>17.0f}{sweep[n][i]['p99_us']:>10.1f}{sweep[n][i]['jain']:>8.4f}" for n in names))
+    for n in names:
+        rates = [x["rate"] for x in sweep[n]]
+        lines.append(f"{n}: throughput at 1024 conns / peak = {rates[-1] / max(rates):.3f} (flat: >= 0.90); "
+                     f"min Jain {min(x['jain'] for x in sweep[n]):.4f} (>= 0.99)")
+    report = "\n".join(lines)
+    print("\n" + report)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "http.json"), "w") as f:
+        json.dump({"fixed": {f"{k[0]}|{k[1]}": v for k, v in fixed.items()}, "sweep": sweep, "summary": summary}, f, indent=1)
+    with open(os.path.join(OUT, "http.md"), "w") as f:
+        f.write("```\n" + report + "\n```\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: skipped plots")
+        return
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    xs = range(len(cases))
+    w = 0.38
+    for k, n in enumerate(names):
+        ax[0].bar([x + (k - 0.5) * w for x in xs], [summary[c][n] for c, _ in cases], w, label=n,
+                  color="#d62728" if n == "ringstage" else "#7f7f7f")
+    ax[0].set_xticks(list(xs), [c for c, _ in cases])
+    ax[0].set_title("requests/s, 64 connections (higher is better)", fontsize=9)
+    ax[0].legend()
+    for n in names:
+        style = dict(color="#d62728" if n == "ringstage" else "#7f7f7f", marker="o", label=n)
+        ax[1].plot(sweep_conns, [x["rate"] for x in sweep[n]], **style)
+        ax[2].plot(sweep_conns, [x["p99_us"] for x in sweep[n]], **style)
+    for axis, t in ((ax[1], "throughput vs connections (1 KiB file)"), (ax[2], "p99 latency (us) vs connections")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("connections")
+        axis.set_title(t, fontsize=9)
+        axis.legend()
+    fig.suptitle("staged HTTP server vs nginx, one core each")
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "http.png"), dpi=90)
+    print(f"wrote {os.path.join(OUT, 'http.png')}")
+
+
 def bench_queue(a):
     r = subprocess.run(["cargo", "bench", "--quiet", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
     cases = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -214,7 +411,7 @@ def bench_queue(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["echo", "queue", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "queue", "all"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
@@ -226,6 +423,8 @@ def main():
         bench_queue(a)
     if a.what in ("echo", "all"):
         bench_echo(a)
+    if a.what in ("http", "all"):
+        bench_http(a)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,29 @@ pub struct Cache {
     /// pipelined responses leave in request order.
     blocked: HashMap<Conn, VecDeque<Request>>,
     date: DateLine,
+    plain: PlainResponse,
+}
+
+/// The complete keep-alive `/plaintext` response, rebuilt when the `Date:` line changes.
+struct PlainResponse {
+    date: IoBuf,
+    full: IoBuf,
+}
+
+impl PlainResponse {
+    fn get(&mut self, date: &mut DateLine) -> IoBuf {
+        let d = date.get();
+        if d.as_ptr() != self.date.as_ptr() {
+            let mut v = Vec::with_capacity(160);
+            v.extend_from_slice(PLAIN_HEAD);
+            v.extend_from_slice(&d);
+            v.extend_from_slice(TAIL_KEEP);
+            v.extend_from_slice(PLAIN_BODY);
+            self.full = IoBuf::from(v);
+            self.date = d;
+        }
+        self.full.clone()
+    }
 }
 
 static PLAIN_HEAD: &[u8] =
@@ -171,6 +194,7 @@ impl Cache {
             waiting: HashMap::new(),
             blocked: HashMap::new(),
             date: DateLine::new(),
+            plain: PlainResponse { date: IoBuf::from_static(b""), full: IoBuf::from_static(b"") },
         }
     }
 
@@ -245,6 +269,11 @@ impl Cache {
 
     fn process(&mut self, req: Request, now: Instant) {
         let target = match &req.kind {
+            Kind::Plaintext if req.keep_alive && !req.head => {
+                // The common case as one segment: the whole response, rebuilt once a second.
+                let resp = self.plain.get(&mut self.date);
+                return self.send(req.conn, IoBufChain::from(resp), false);
+            }
             Kind::Plaintext => {
                 let mut c = IoBufChain::new();
                 c.push(IoBuf::from_static(PLAIN_HEAD));

@@ -22,10 +22,12 @@ struct Args {
     secs: f64,
     server_pid: Option<u32>,
     idle: usize,
+    /// HTTP mode: keep-alive GETs of this path; per-connection counts give Jain's fairness.
+    http: Option<String>,
 }
 
 fn parse() -> Args {
-    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0 };
+    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0, http: None };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -38,6 +40,7 @@ fn parse() -> Args {
             "--secs" => a.secs = v.parse().unwrap(),
             "--server-pid" => a.server_pid = Some(v.parse().unwrap()),
             "--idle" => a.idle = v.parse().unwrap(),
+            "--http" => a.http = Some(v),
             _ => panic!("unknown flag {k}"),
         }
     }
@@ -82,7 +85,66 @@ fn main() {
         let measuring = Rc::new(Cell::new(false));
         let stop = Rc::new(Cell::new(false));
         let mut tasks = Vec::new();
-        for c in 0..a.conns {
+        let per_conn: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(vec![0; a.conns]));
+        let errors = Rc::new(Cell::new(0u64));
+        if let Some(path) = a.http.clone() {
+            for c in 0..a.conns {
+                let (hist, count, measuring, stop) = (hist.clone(), count.clone(), measuring.clone(), stop.clone());
+                let (per_conn, errors) = (per_conn.clone(), errors.clone());
+                let addr = a.addr.clone();
+                let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
+                tasks.push(tokio::task::spawn_local(async move {
+                    let Ok(mut s) = TcpStream::connect(&addr).await else {
+                        errors.set(errors.get() + 1);
+                        return;
+                    };
+                    s.set_nodelay(true).unwrap();
+                    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+                    let mut tmp = vec![0u8; 256 * 1024];
+                    while !stop.get() {
+                        let t0 = Instant::now();
+                        if s.write_all(&req).await.is_err() {
+                            errors.set(errors.get() + 1);
+                            return;
+                        }
+                        // Read one response: head, then Content-Length bytes of body.
+                        let total = loop {
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+                                let ok = head.starts_with("HTTP/1.1 200");
+                                let len = head
+                                    .lines()
+                                    .find_map(|l| {
+                                        let (k, v) = l.split_once(':')?;
+                                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                                    })
+                                    .unwrap_or(0);
+                                if !ok {
+                                    errors.set(errors.get() + 1);
+                                }
+                                if buf.len() >= end + 4 + len {
+                                    break end + 4 + len;
+                                }
+                            }
+                            match s.read(&mut tmp).await {
+                                Ok(0) | Err(_) => {
+                                    errors.set(errors.get() + 1);
+                                    return;
+                                }
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        };
+                        buf.drain(..total);
+                        if measuring.get() {
+                            hist.borrow_mut().record((t0.elapsed().as_nanos() as u64).max(100)).unwrap();
+                            count.set(count.get() + 1);
+                            per_conn.borrow_mut()[c] += 1;
+                        }
+                    }
+                }));
+            }
+        }
+        for c in 0..if a.http.is_some() { 0 } else { a.conns } {
             let (hist, count, measuring, stop) = (hist.clone(), count.clone(), measuring.clone(), stop.clone());
             let (addr, size, depth) = (a.addr.clone(), a.size, a.depth);
             tasks.push(tokio::task::spawn_local(async move {
@@ -122,8 +184,13 @@ fn main() {
         }
         let h = hist.borrow();
         let msgs = count.get();
+        let pc = per_conn.borrow();
+        let (sum, sq) = pc.iter().fold((0f64, 0f64), |(s, q), &x| (s + x as f64, q + (x as f64) * (x as f64)));
+        let jain = if sq > 0.0 { sum * sum / (pc.len() as f64 * sq) } else { 0.0 };
         println!(
-            "{{\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            "{{\"jain\":{:.4},\"errors\":{},\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            jain,
+            errors.get(),
             msgs,
             secs,
             msgs as f64 / secs,
