@@ -19,12 +19,29 @@ impl Drop for Server {
     }
 }
 
+/// The example's binary, built on first use (`cargo test` builds the example only as a test
+/// harness, so a fresh checkout does not have it yet).
 fn example_binary() -> PathBuf {
-    // target/<profile>/deps/http-<hash> -> target/<profile>/examples/http
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("examples").join("http");
-    assert!(p.exists(), "{} missing: `cargo test` builds the examples first", p.display());
-    p
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // target/<profile>/deps/http-<hash> -> target/<profile>/examples/http
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().unwrap().parent().unwrap();
+            let bin = profile_dir.join("examples").join("http");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "--example", "http", "--manifest-path"])
+                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo to build the http example");
+            assert!(status.success(), "building the http example failed");
+            assert!(bin.exists(), "{} missing after build", bin.display());
+            bin
+        })
+        .clone()
 }
 
 fn bundled() -> PathBuf {
