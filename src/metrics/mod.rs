@@ -3,9 +3,13 @@
 //! Every counter has a single writer (the worker that owns it), so updates are a relaxed load
 //! and store, not a locked read-modify-write; readers on any thread sum the per-worker values.
 
+mod histogram;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
+
+pub use histogram::{HistSnapshot, Histogram};
 
 /// A single-writer monotone counter (or gauge) readable from any thread.
 #[derive(Debug, Default)]
@@ -44,6 +48,12 @@ pub struct StageCounters {
     pub queued: Counter,
     /// Batches run by this replica (non-empty runs).
     pub batches: Counter,
+    /// Size of this replica's last non-empty batch (gauge).
+    pub batch_size: Counter,
+    /// Handler time per event, µs (a batch's time spread over its events).
+    pub service_us: Histogram,
+    /// Time from enqueue to dequeue, µs.
+    pub wait_us: Histogram,
 }
 
 /// One worker's counters.
@@ -109,6 +119,12 @@ pub struct StageSnapshot {
     pub queued: u64,
     /// Non-empty batches run.
     pub batches: u64,
+    /// Largest last batch size among the replicas.
+    pub batch_size: u64,
+    /// Handler time per event, µs.
+    pub service_us: HistSnapshot,
+    /// Queue wait per event, µs.
+    pub wait_us: HistSnapshot,
 }
 
 /// A worker's counters.
@@ -159,6 +175,9 @@ impl Snapshot {
                     s.processed += c.processed.get();
                     s.queued += c.queued.get();
                     s.batches += c.batches.get();
+                    s.batch_size = s.batch_size.max(c.batch_size.get());
+                    s.service_us.merge(&c.service_us.snapshot());
+                    s.wait_us.merge(&c.wait_us.snapshot());
                 }
                 s
             })
@@ -185,6 +204,75 @@ impl Snapshot {
     /// The stage called `name`.
     pub fn stage(&self, name: &str) -> Option<&StageSnapshot> {
         self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The Prometheus text exposition (version 0.0.4) of every counter.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::with_capacity(4096);
+        let stage_counters: [(&str, &str, fn(&StageSnapshot) -> u64); 5] = [
+            ("ringstage_stage_enqueued_total", "Events accepted into the stage's queues.", |s| s.enqueued),
+            ("ringstage_stage_refused_total", "Events refused by a full queue or admission control.", |s| s.refused),
+            ("ringstage_stage_processed_total", "Events handled.", |s| s.processed),
+            ("ringstage_stage_batches_total", "Non-empty batches run.", |s| s.batches),
+            ("ringstage_stage_queue_length", "Events waiting.", |s| s.queued),
+        ];
+        for (name, help, f) in stage_counters {
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for s in &self.stages {
+                let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", s.name, f(s));
+            }
+        }
+        let _ =
+            writeln!(o, "# HELP ringstage_stage_batch_size Last batch size.\n# TYPE ringstage_stage_batch_size gauge");
+        for s in &self.stages {
+            let _ = writeln!(o, "ringstage_stage_batch_size{{stage=\"{}\"}} {}", s.name, s.batch_size);
+        }
+        for (name, help, pick) in [
+            ("ringstage_stage_service_seconds", "Handler time per event.", 0),
+            ("ringstage_stage_queue_wait_seconds", "Time from enqueue to dequeue.", 1),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} summary");
+            for s in &self.stages {
+                let h = if pick == 0 { &s.service_us } else { &s.wait_us };
+                for q in [0.5, 0.9, 0.99] {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{stage=\"{}\",quantile=\"{q}\"}} {:.6}",
+                        s.name,
+                        h.quantile(q) as f64 / 1e6
+                    );
+                }
+                let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
+            }
+        }
+        let worker_counters: [(&str, &str, fn(&WorkerSnapshot) -> u64); 9] = [
+            ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
+            ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
+            ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
+            ("ringstage_worker_idle_seconds_total", "", |w| w.idle_ns),
+            ("ringstage_worker_enobufs_total", "Receives that found the buffer pool empty.", |w| w.enobufs),
+            ("ringstage_worker_cq_overflow_total", "Completions the kernel had to hold back.", |w| w.cq_overflow),
+            ("ringstage_worker_accept_backoffs_total", "Accept back-offs on EMFILE/ENFILE/ENOMEM.", |w| {
+                w.accept_backoffs
+            }),
+            ("ringstage_worker_accepted_total", "Connections accepted.", |w| w.accepted),
+            ("ringstage_worker_closed_total", "Connections closed.", |w| w.closed),
+        ];
+        for (name, help, f) in worker_counters {
+            let help = if help.is_empty() { "Time blocked waiting for completions." } else { help };
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for w in &self.workers {
+                let v = f(w);
+                if name.contains("seconds") {
+                    let _ = writeln!(o, "{name}{{worker=\"{}\"}} {:.6}", w.worker, v as f64 / 1e9);
+                } else {
+                    let _ = writeln!(o, "{name}{{worker=\"{}\"}} {v}", w.worker);
+                }
+            }
+        }
+        o
     }
 
     /// Sum of a worker counter over all workers.

@@ -54,6 +54,8 @@ pub(crate) struct Io {
     pub(crate) draining: bool,
     /// Refreshed once per loop iteration.
     pub(crate) now: Instant,
+    /// `now` in µs since the runtime's epoch (wrapping), the unit of queue stamps.
+    pub(crate) now_us: u32,
 }
 
 impl Io {

@@ -37,7 +37,7 @@ use ringstage_sys::{Doorbell, RingConfig};
 use crate::metrics::{Snapshot, WorkerCounters};
 use crate::net::{ListenConfig, ListenerId, NetCmd, NetEvent, NetStage};
 use crate::stage::injector::{InjectCounters, InjectTarget};
-use crate::stage::{Handler, Injector, LocalQueue, Sink, SinkInner, StageConfig, StageId};
+use crate::stage::{Handler, Injector, LocalQueue, Sink, SinkInner, StageConfig, StageId, Stamped};
 use plumbing::{Plumbing, TypedPlumbing, WorkerParts};
 pub(crate) use worker::ReplicaDyn;
 
@@ -284,6 +284,7 @@ impl Builder {
             inject: (0..self.decls.len()).map(|_| Arc::new(InjectCounters::default())).collect(),
             names: meta.iter().map(|m| m.name.clone()).collect(),
             drain_timeout: self.drain_timeout,
+            epoch: std::time::Instant::now(),
         });
 
         let sigset = if self.signals { Some(block_signals()?) } else { None };
@@ -360,6 +361,8 @@ pub(crate) struct Shared {
     inject: Vec<Arc<InjectCounters>>,
     names: Vec<String>,
     pub(crate) drain_timeout: Duration,
+    /// Origin of the µs stamps on queued events.
+    pub(crate) epoch: std::time::Instant,
 }
 
 impl Shared {
@@ -412,6 +415,8 @@ pub struct Setup<'a> {
     locals: Vec<Option<Rc<dyn Any>>>,
     counters: Arc<WorkerCounters>,
     wake: Rc<Cell<u64>>,
+    clock: Rc<Cell<u32>>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Setup<'_> {
@@ -429,6 +434,11 @@ impl Setup<'_> {
     /// Number of workers in the runtime.
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// A handle to the runtime being built (metrics, shutdown), e.g. for a stats endpoint.
+    pub fn handle(&self) -> Handle {
+        Handle(self.shared.clone())
     }
 
     fn parts<E: Send + 'static>(&mut self, idx: usize) -> &mut WorkerParts<E> {
@@ -470,6 +480,7 @@ impl Setup<'_> {
             rr: Cell::new(self.worker % self.meta[idx].workers.len()),
             counters: self.counters.clone(),
             wake: self.wake.clone(),
+            clock: self.clock.clone(),
         });
         self.sinks[idx] = Some(inner.clone() as Rc<dyn Any>);
         Sink { inner }
@@ -485,7 +496,7 @@ impl Setup<'_> {
     fn take_consumer<E: Send + 'static>(
         &mut self,
         idx: usize,
-    ) -> (Vec<crate::queue::spsc::Consumer<E>>, Arc<crate::queue::mpsc::Queue<E>>) {
+    ) -> (Vec<crate::queue::spsc::Consumer<Stamped<E>>>, Arc<crate::queue::mpsc::Queue<Stamped<E>>>) {
         self.parts::<E>(idx).consumer.take().expect("one replica per worker")
     }
 }
@@ -559,7 +570,12 @@ impl Runtime {
             .downcast_ref::<Arc<[InjectTarget<E>]>>()
             .expect("injector type matches stage")
             .clone();
-        Injector { targets, rr: Default::default(), counters: self.shared.inject[id.idx].clone() }
+        Injector {
+            targets,
+            rr: Default::default(),
+            counters: self.shared.inject[id.idx].clone(),
+            epoch: self.shared.epoch,
+        }
     }
 
     /// A snapshot of every counter.

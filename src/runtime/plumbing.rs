@@ -7,6 +7,7 @@ use ringstage_sys::Doorbell;
 
 use crate::queue::{mpsc, spsc};
 use crate::stage::injector::InjectTarget;
+use crate::stage::Stamped;
 
 /// Type-erased plumbing, so the builder can hold stages of different event types.
 pub(crate) trait Plumbing: Send {
@@ -17,19 +18,19 @@ pub(crate) trait Plumbing: Send {
 /// What one worker gets of one stage.
 pub(crate) struct WorkerParts<E> {
     /// Per replica: the SPSC producer from this worker (`None` for a replica on this worker).
-    pub(crate) producers: Option<Vec<Option<spsc::Producer<E>>>>,
+    pub(crate) producers: Option<Vec<Option<spsc::Producer<Stamped<E>>>>>,
     /// If a replica lives here: its consumers (one per other worker) and its injection queue.
     #[allow(clippy::type_complexity)]
-    pub(crate) consumer: Option<(Vec<spsc::Consumer<E>>, Arc<mpsc::Queue<E>>)>,
+    pub(crate) consumer: Option<(Vec<spsc::Consumer<Stamped<E>>>, Arc<mpsc::Queue<Stamped<E>>>)>,
     pub(crate) router: Option<fn(&E) -> usize>,
 }
 
 pub(crate) struct TypedPlumbing<E> {
     /// `[worker][replica]`.
-    producers: Vec<Vec<Option<spsc::Producer<E>>>>,
+    producers: Vec<Vec<Option<spsc::Producer<Stamped<E>>>>>,
     /// `[replica]`.
-    consumers: Vec<Vec<spsc::Consumer<E>>>,
-    inject: Vec<Arc<mpsc::Queue<E>>>,
+    consumers: Vec<Vec<spsc::Consumer<Stamped<E>>>>,
+    inject: Vec<Arc<mpsc::Queue<Stamped<E>>>>,
     replica_workers: Vec<usize>,
     router: Option<fn(&E) -> usize>,
 }
@@ -38,7 +39,7 @@ impl<E: Send + 'static> TypedPlumbing<E> {
     /// One SPSC ring per (producer worker, replica) for every producer worker other than the
     /// replica's own, plus one injection ring per replica.
     pub(crate) fn new(workers: usize, replicas: &[usize], capacity: usize, router: Option<fn(&E) -> usize>) -> Self {
-        let mut producers: Vec<Vec<Option<spsc::Producer<E>>>> =
+        let mut producers: Vec<Vec<Option<spsc::Producer<Stamped<E>>>>> =
             (0..workers).map(|_| (0..replicas.len()).map(|_| None).collect()).collect();
         let mut consumers = Vec::new();
         for (r, &home) in replicas.iter().enumerate() {
@@ -65,7 +66,7 @@ impl<E: Send + 'static> Plumbing for TypedPlumbing<E> {
             .zip(&replica_workers)
             .map(|(q, &w)| InjectTarget { queue: q.clone(), bell: bells[w].clone() })
             .collect();
-        let mut consumers: Vec<Option<Vec<spsc::Consumer<E>>>> = consumers.into_iter().map(Some).collect();
+        let mut consumers: Vec<Option<Vec<spsc::Consumer<Stamped<E>>>>> = consumers.into_iter().map(Some).collect();
         let per_worker = producers
             .into_iter()
             .enumerate()

@@ -24,7 +24,7 @@ use crate::buf::BufPool;
 use crate::metrics::WorkerCounters;
 use crate::net::{ListenConfig, Listener, Net, NetEvent};
 use crate::queue::{mpsc, spsc};
-use crate::stage::{Context, Handler, LocalQueue, StageId};
+use crate::stage::{Context, Handler, LocalQueue, StageId, Stamped};
 
 /// Everything a worker thread needs to set itself up.
 pub(crate) struct Plan {
@@ -62,8 +62,8 @@ pub(crate) struct Replica<H: Handler> {
     pub(crate) stage: usize,
     pub(crate) handler: H,
     pub(crate) local: Rc<LocalQueue<H::Event>>,
-    pub(crate) remote: Vec<spsc::Consumer<H::Event>>,
-    pub(crate) inject: Arc<mpsc::Queue<H::Event>>,
+    pub(crate) remote: Vec<spsc::Consumer<Stamped<H::Event>>>,
+    pub(crate) inject: Arc<mpsc::Queue<Stamped<H::Event>>>,
     pub(crate) batch: usize,
     /// Source to start from next run, rotated so no inbound edge starves the others.
     pub(crate) next: usize,
@@ -71,7 +71,7 @@ pub(crate) struct Replica<H: Handler> {
 }
 
 impl<H: Handler> Replica<H> {
-    fn pop(&mut self, source: usize) -> Option<H::Event> {
+    fn pop(&mut self, source: usize) -> Option<Stamped<H::Event>> {
         match source {
             0 => self.local.pop(),
             // SAFETY: this replica is the only consumer of its injection queue.
@@ -85,22 +85,32 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
     fn run(&mut self, io: &mut Io) -> usize {
         let sources = 2 + self.remote.len();
         let mut n = 0;
+        let now_us = io.now_us;
+        let counters = self.counters.clone();
+        let c = &counters.stages[self.stage];
         let mut cx = Context { io };
+        let mut t0 = None;
         for k in 0..sources {
             let s = (self.next + k) % sources;
             while n < self.batch {
-                let Some(ev) = self.pop(s) else { break };
-                self.handler.handle(ev, &mut cx);
+                let Some(st) = self.pop(s) else { break };
+                t0.get_or_insert_with(Instant::now);
+                // Clocks of different workers may differ by an iteration: clamp at zero.
+                c.wait_us.record((now_us.wrapping_sub(st.at) as i32).max(0) as u64, 1);
+                self.handler.handle(st.ev, &mut cx);
                 n += 1;
             }
         }
         self.next = (self.next + 1) % sources;
-        let c = &self.counters.stages[self.stage];
-        if n > 0 {
+        if let Some(t0) = t0 {
+            // One clock read per batch: the batch's time is spread over its events.
+            let per = t0.elapsed().as_micros() as u64 / n as u64;
+            c.service_us.record(per, n as u64);
             // Counted after the handlers ran (and counted what they enqueued): see
             // `Shared::quiescent`.
             c.processed.add(n as u64);
             c.batches.add(1);
+            c.batch_size.set(n as u64);
         }
         let queued = self.local.len() + self.inject.len() + self.remote.iter().map(|r| r.len()).sum::<usize>();
         c.queued.set(queued as u64);
@@ -126,6 +136,7 @@ struct Worker {
     bell_buf: Box<u64>,
     shared: Arc<Shared>,
     wake: Rc<Cell<u64>>,
+    clock: Rc<Cell<u32>>,
     tick_ts: Box<types::Timespec>,
     tick: Duration,
     last_tick: Instant,
@@ -168,6 +179,7 @@ impl Worker {
         pool.set_waker(bell.clone());
         let counters = plan.shared.counters[plan.id].clone();
         let wake = Rc::new(Cell::new(0u64));
+        let clock = Rc::new(Cell::new(0u32));
         let nstages = plan.meta.len();
         let mut setup = Setup {
             worker: plan.id,
@@ -178,6 +190,8 @@ impl Worker {
             locals: (0..nstages).map(|_| None).collect(),
             counters: counters.clone(),
             wake: wake.clone(),
+            clock: clock.clone(),
+            shared: plan.shared.clone(),
         };
         let mut replicas = Vec::new();
         for (idx, m) in plan.meta.iter().enumerate() {
@@ -203,6 +217,7 @@ impl Worker {
             counters,
             draining: false,
             now: Instant::now(),
+            now_us: 0,
         };
         let mut w = Worker {
             io,
@@ -211,6 +226,7 @@ impl Worker {
             bell_buf: Box::new(0),
             shared: plan.shared,
             wake,
+            clock,
             tick_ts: Box::new(types::Timespec::from(plan.tick)),
             tick: plan.tick,
             last_tick: Instant::now(),
@@ -233,6 +249,8 @@ impl Worker {
     fn run(&mut self) -> io::Result<()> {
         loop {
             self.io.now = Instant::now();
+            self.io.now_us = self.io.now.duration_since(self.shared.epoch).as_micros() as u32;
+            self.clock.set(self.io.now_us);
             self.io.counters.loops.add(1);
             let reaped = self.reap()?;
             let returned = self.io.pool.drain_returns();

@@ -1,12 +1,15 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ringstage_sys::Doorbell;
+
+use super::Stamped;
 
 use crate::queue::mpsc;
 
 pub(crate) struct InjectTarget<E> {
-    pub(crate) queue: Arc<mpsc::Queue<E>>,
+    pub(crate) queue: Arc<mpsc::Queue<Stamped<E>>>,
     pub(crate) bell: Arc<Doorbell>,
 }
 
@@ -26,11 +29,17 @@ pub struct Injector<E> {
     pub(crate) targets: Arc<[InjectTarget<E>]>,
     pub(crate) rr: Arc<AtomicUsize>,
     pub(crate) counters: Arc<InjectCounters>,
+    pub(crate) epoch: Instant,
 }
 
 impl<E> Clone for Injector<E> {
     fn clone(&self) -> Self {
-        Injector { targets: self.targets.clone(), rr: self.rr.clone(), counters: self.counters.clone() }
+        Injector {
+            targets: self.targets.clone(),
+            rr: self.rr.clone(),
+            counters: self.counters.clone(),
+            epoch: self.epoch,
+        }
     }
 }
 
@@ -47,7 +56,8 @@ impl<E: Send + 'static> Injector<E> {
         let t = &self.targets[r];
         // Count before the push so the event is never visible as processed-but-not-enqueued.
         self.counters.enqueued.fetch_add(1, Ordering::SeqCst);
-        match t.queue.push(event) {
+        let at = self.epoch.elapsed().as_micros() as u32;
+        match t.queue.push(Stamped { at, ev: event }) {
             Ok(()) => {
                 t.bell.ring();
                 Ok(())
@@ -55,7 +65,7 @@ impl<E: Send + 'static> Injector<E> {
             Err(e) => {
                 self.counters.enqueued.fetch_sub(1, Ordering::SeqCst);
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                Err(e)
+                Err(e.ev)
             }
         }
     }

@@ -23,6 +23,13 @@ pub(crate) use sink::{LocalQueue, SinkInner};
 
 use crate::runtime::io::Io;
 
+/// An event with the time it was enqueued (µs since the runtime's epoch, wrapping), so the
+/// consumer can measure queue wait without a clock read per event on either side.
+pub(crate) struct Stamped<E> {
+    pub(crate) at: u32,
+    pub(crate) ev: E,
+}
+
 /// A typed handle to a declared stage. `Copy`; valid for the builder/runtime that made it.
 pub struct StageId<E> {
     pub(crate) idx: usize,

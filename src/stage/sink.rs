@@ -3,13 +3,14 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::Stamped;
 use crate::metrics::WorkerCounters;
 use crate::queue::spsc;
 
 /// A worker-local bounded queue: the edge between two stages placed on the same worker.
 /// Plain memory, no atomics; never grows past its capacity (storage is reserved up front).
 pub(crate) struct LocalQueue<E> {
-    q: RefCell<VecDeque<E>>,
+    q: RefCell<VecDeque<Stamped<E>>>,
     cap: usize,
 }
 
@@ -18,7 +19,7 @@ impl<E> LocalQueue<E> {
         LocalQueue { q: RefCell::new(VecDeque::with_capacity(cap)), cap }
     }
 
-    pub(crate) fn push(&self, ev: E) -> Result<(), E> {
+    pub(crate) fn push(&self, ev: Stamped<E>) -> Result<(), Stamped<E>> {
         let mut q = self.q.borrow_mut();
         if q.len() >= self.cap {
             return Err(ev);
@@ -27,17 +28,16 @@ impl<E> LocalQueue<E> {
         Ok(())
     }
 
-    fn push_all<I: ExactSizeIterator<Item = E>>(&self, evs: I) -> Result<(), I> {
-        let mut q = self.q.borrow_mut();
-        if self.cap - q.len() < evs.len() {
-            return Err(evs);
-        }
-        q.extend(evs);
-        Ok(())
+    fn free(&self) -> usize {
+        self.cap - self.q.borrow().len()
+    }
+
+    fn extend(&self, evs: impl Iterator<Item = Stamped<E>>) {
+        self.q.borrow_mut().extend(evs);
     }
 
     /// Takes one event; the borrow ends before the caller runs a handler.
-    pub(crate) fn pop(&self) -> Option<E> {
+    pub(crate) fn pop(&self) -> Option<Stamped<E>> {
         self.q.borrow_mut().pop_front()
     }
 
@@ -52,7 +52,7 @@ pub(crate) struct SinkInner<E> {
     /// Replica index on this worker, and its local queue.
     pub(crate) local: Option<(usize, Rc<LocalQueue<E>>)>,
     /// Per replica: the SPSC producer from this worker (`None` for the local replica).
-    pub(crate) remote: Box<[Option<RefCell<spsc::Producer<E>>>]>,
+    pub(crate) remote: Box<[Option<RefCell<spsc::Producer<Stamped<E>>>>]>,
     /// Per replica: its worker.
     pub(crate) replica_workers: Box<[usize]>,
     /// Per worker: the replica placed there, if any.
@@ -62,6 +62,8 @@ pub(crate) struct SinkInner<E> {
     pub(crate) counters: Arc<WorkerCounters>,
     /// Bit `w` set: worker `w` got work this loop iteration and may need its doorbell rung.
     pub(crate) wake: Rc<Cell<u64>>,
+    /// This worker's loop clock, µs since the runtime's epoch (stamped on enqueued events).
+    pub(crate) clock: Rc<Cell<u32>>,
 }
 
 /// A handle for putting events into a stage, bound to the worker it was made on (`!Send`).
@@ -126,26 +128,42 @@ impl<E: Send + 'static> Sink<E> {
             self.inner.counters.stages[self.inner.stage].refused.add(1);
             return Err(event);
         };
+        let ev = Stamped { at: self.inner.clock.get(), ev: event };
         let res = match &self.inner.remote[r] {
-            Some(p) => p.borrow_mut().push(event),
-            None => self.inner.local.as_ref().expect("local replica").1.push(event),
+            Some(p) => p.borrow_mut().push(ev),
+            None => self.inner.local.as_ref().expect("local replica").1.push(ev),
         };
         self.account(res.is_ok(), 1, r);
-        res
+        res.map_err(|s| s.ev)
     }
 
     /// Puts every event of `events` into one replica, or none of them: if the target queue has
     /// fewer free slots than `events.len()`, the untouched iterator is handed back. The router
     /// is not consulted (all events go to the same replica).
     pub fn enqueue_many<I: ExactSizeIterator<Item = E>>(&self, events: I) -> Result<(), I> {
-        let n = events.len() as u64;
+        let n = events.len();
         let Some(r) = self.target(None) else { return Err(events) };
-        let res = match &self.inner.remote[r] {
-            Some(p) => p.borrow_mut().push_all(events),
-            None => self.inner.local.as_ref().expect("local replica").1.push_all(events),
+        let free = match &self.inner.remote[r] {
+            Some(p) => p.borrow_mut().free(),
+            None => self.inner.local.as_ref().expect("local replica").1.free(),
         };
-        self.account(res.is_ok(), n, r);
-        res
+        if free < n {
+            self.account(false, n as u64, r);
+            return Err(events);
+        }
+        // Only this side adds to the queue, so the free slots seen above are still free.
+        let at = self.inner.clock.get();
+        let stamped = events.map(|ev| Stamped { at, ev });
+        match &self.inner.remote[r] {
+            Some(p) => {
+                if p.borrow_mut().push_all(stamped).is_err() {
+                    unreachable!("free slots vanished");
+                }
+            }
+            None => self.inner.local.as_ref().expect("local replica").1.extend(stamped),
+        }
+        self.account(true, n as u64, r);
+        Ok(())
     }
 
     /// Number of replicas of the target stage.
