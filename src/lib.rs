@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod buf;
+pub mod control;
 pub mod fs;
 pub mod metrics;
 pub mod net;

@@ -360,3 +360,66 @@ fn curl_fetches_a_file() {
     assert!(tail.ends_with("200 102400"), "{tail}");
     assert_eq!(&out.stdout[..102400], std::fs::read(bundled().join("files/100k.bin")).unwrap().as_slice());
 }
+
+#[test]
+fn stats_endpoint_serves_prometheus_text() {
+    let s = server(&[]);
+    assert_eq!(get(s.addr, "/files/1k.txt").status, 200);
+    let r = get(s.addr, "/stats");
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    for needle in [
+        "# TYPE ringstage_stage_processed_total counter",
+        "ringstage_stage_processed_total{stage=\"parse\"}",
+        "ringstage_stage_service_seconds{stage=\"cache\",quantile=\"0.9\"}",
+        "ringstage_stage_queue_wait_seconds_count{stage=\"files\"}",
+        "ringstage_worker_completions_total{worker=\"0\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let parse_done: u64 = text
+        .lines()
+        .find(|l| l.starts_with("ringstage_stage_processed_total{stage=\"parse\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(parse_done >= 3, "counts are live: {parse_done}");
+}
+
+#[test]
+fn overload_control_sheds_dynamic_load_with_503() {
+    // 2 ms of work per page, a 5 ms target, and 32 clients each keeping 4 requests in flight:
+    // far beyond one core. The controller must refuse part of it at once.
+    let s = server(&["--dynamic-us", "2000", "--overload-target-ms", "5"]);
+    assert_eq!(get(s.addr, "/dynamic").status, 200);
+    let addr = s.addr;
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                let (mut ok, mut busy) = (0u32, 0u32);
+                for _ in 0..4 {
+                    let burst = "GET /dynamic HTTP/1.1\r\nHost: t\r\n\r\n".repeat(4);
+                    c.get_mut().write_all(burst.as_bytes()).unwrap();
+                    for _ in 0..4 {
+                        match read_response(&mut c, false).expect("answered").status {
+                            200 => ok += 1,
+                            503 => busy += 1,
+                            s => panic!("status {s}"),
+                        }
+                    }
+                }
+                (ok, busy)
+            })
+        })
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for c in clients {
+        let (o, b) = c.join().unwrap();
+        ok += o;
+        busy += b;
+    }
+    assert!(busy > 0, "the controller refused some of the overload (ok {ok})");
+    assert!(ok > 0, "and admitted some");
+    let text = String::from_utf8(get(s.addr, "/stats").body).unwrap();
+    assert!(text.contains("ringstage_stage_refused_total{stage=\"dynamic\"}"), "{text}");
+}

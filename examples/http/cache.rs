@@ -122,6 +122,11 @@ impl SharedCache {
 
 pub enum CacheEvent {
     Req(Request),
+    /// The dynamic stage rendered a page for `req`.
+    Rendered {
+        req: Request,
+        body: IoBuf,
+    },
     /// The file stage finished loading `key`: the entry, or an HTTP status.
     Loaded {
         key: Box<[u8]>,
@@ -132,6 +137,8 @@ pub enum CacheEvent {
 pub struct Cache {
     net: Sink<NetCmd>,
     files: Sink<FileReq>,
+    dynamic: Sink<Request>,
+    handle: Handle,
     shared: Arc<SharedCache>,
     local: HashMap<Box<[u8]>, Arc<Entry>>,
     /// Requests waiting for a load, by key.
@@ -185,10 +192,18 @@ fn etag_matches(header: &[u8], etag: &str) -> bool {
 }
 
 impl Cache {
-    pub fn new(net: Sink<NetCmd>, files: Sink<FileReq>, shared: Arc<SharedCache>) -> Cache {
+    pub fn new(
+        net: Sink<NetCmd>,
+        files: Sink<FileReq>,
+        dynamic: Sink<Request>,
+        handle: Handle,
+        shared: Arc<SharedCache>,
+    ) -> Cache {
         Cache {
             net,
             files,
+            dynamic,
+            handle,
             shared,
             local: HashMap::new(),
             waiting: HashMap::new(),
@@ -210,6 +225,23 @@ impl Cache {
         let date = self.date.get();
         let resp = proto::simple(status, if req.head { "" } else { &body }, close, extra, &date);
         self.send(req.conn, IoBufChain::from(resp), close);
+    }
+
+    /// A 200 with a freshly made body (stats, dynamic pages).
+    fn respond_body(&mut self, req: &Request, content_type: &str, body: IoBuf) {
+        let h = format!(
+            "HTTP/1.1 200 OK\r\nServer: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+            proto::SERVER,
+            body.len()
+        );
+        let mut chain = IoBufChain::new();
+        chain.push(IoBuf::from(h.into_bytes()));
+        chain.push(self.date.get());
+        chain.push(IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE }));
+        if !req.head {
+            chain.push(body);
+        }
+        self.send(req.conn, chain, !req.keep_alive);
     }
 
     /// Serves an entry: 200, 206, 304 or 416. The 200 path is four views and no allocation.
@@ -285,6 +317,21 @@ impl Cache {
                 return self.send(req.conn, c, !req.keep_alive);
             }
             Kind::Error(s) => return self.respond_error(&req, *s, ""),
+            Kind::Stats => {
+                let body = IoBuf::from(self.handle.metrics().prometheus().into_bytes());
+                return self.respond_body(&req, "text/plain; version=0.0.4", body);
+            }
+            Kind::Dynamic => {
+                // Park the connection (ordering) and offer the request to the dynamic stage,
+                // whose admission controller may refuse it: then 503 at once.
+                let conn = req.conn;
+                self.blocked.entry(conn).or_default();
+                if let Err(req) = self.dynamic.try_enqueue_class(req, 0) {
+                    self.respond_error(&req, 503, "Retry-After: 1\r\n");
+                    self.unblock(conn, now);
+                }
+                return;
+            }
             Kind::File(t) => t.clone(),
         };
         let key: Cow<'_, [u8]> = if plain_target(&target) {
@@ -358,6 +405,10 @@ impl Handler for Cache {
                 None => self.process(req, now),
             },
             CacheEvent::Loaded { key, result } => self.loaded(key, result, now),
+            CacheEvent::Rendered { req, body } => {
+                self.respond_body(&req, "text/html; charset=utf-8", body);
+                self.unblock(req.conn, now);
+            }
         }
     }
 

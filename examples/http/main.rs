@@ -10,6 +10,7 @@
 //! the ring) → back to `cache` → `net`. A stage that refuses a request makes it a 503 at once.
 
 mod cache;
+mod dynamic;
 mod files;
 mod parse;
 mod proto;
@@ -21,6 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringstage::control::OverloadConfig;
 use ringstage::fs::Root;
 use ringstage::prelude::*;
 
@@ -41,11 +43,14 @@ struct Opts {
     cache_file: usize,
     ttl: Duration,
     idle: Duration,
+    work: Duration,
+    overload_target: Option<Duration>,
 }
 
 const USAGE: &str = "usage: http [--addr HOST:PORT] [--root DIR] [--workers N] [--cpu FIRST]
   [--max-line BYTES] [--max-head BYTES] [--max-body BYTES] [--header-timeout-ms MS]
-  [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]";
+  [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]
+  [--dynamic-us US] [--overload-target-ms MS (0: no admission control)]";
 
 fn opts() -> Result<Opts, String> {
     let mut o = Opts {
@@ -59,6 +64,8 @@ fn opts() -> Result<Opts, String> {
         cache_file: 4 << 20,
         ttl: Duration::from_secs(5),
         idle: Duration::from_secs(60),
+        work: Duration::from_micros(200),
+        overload_target: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -82,6 +89,11 @@ fn opts() -> Result<Opts, String> {
             "--cache-file-kb" => o.cache_file = (num(&v)? as usize) << 10,
             "--cache-ttl-ms" => o.ttl = Duration::from_millis(num(&v)?),
             "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?),
+            "--dynamic-us" => o.work = Duration::from_micros(num(&v)?),
+            "--overload-target-ms" => {
+                let ms = num(&v)?;
+                o.overload_target = (ms > 0).then(|| Duration::from_millis(ms));
+            }
             _ => return Err(format!("unknown option {k}\n{USAGE}")),
         }
     }
@@ -111,12 +123,19 @@ fn run(o: Opts) -> std::io::Result<()> {
     let parse = b.stage::<NetEvent>("parse", StageConfig::on(all.clone()).capacity(cap));
     let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
     let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
+    let mut dyn_cfg = StageConfig::on(all.clone()).capacity(cap).batch(8);
+    if let Some(target) = o.overload_target {
+        dyn_cfg = dyn_cfg.overload(OverloadConfig::new(target));
+    }
+    let dynamic = b.stage::<parse::Request>("dynamic", dyn_cfg);
     let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(Duration::from_secs(30));
     let (net, listener) = b.listen(listen, parse);
     let limits = o.limits.clone();
     b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), limits.clone()));
     let sh = shared.clone();
-    b.handler(cache, move |s| Cache::new(s.sink(net), s.sink(files), sh.clone()));
+    b.handler(cache, move |s| Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone()));
+    let work = o.work;
+    b.handler(dynamic, move |s| dynamic::Dynamic { cache: s.sink(cache), net: s.sink(net), work, rendered: 0 });
     b.handler(files, move |s| Files {
         cache: s.sink(cache),
         root: root.clone(),

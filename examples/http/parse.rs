@@ -30,6 +30,10 @@ impl Default for Limits {
 #[derive(Debug)]
 pub enum Kind {
     Plaintext,
+    /// Prometheus text exposition of the runtime's metrics.
+    Stats,
+    /// A page rendered with a configurable amount of CPU work (the overload demo).
+    Dynamic,
     /// The raw request target (a view of the received bytes; decoded by the cache stage).
     File(IoBuf),
     /// Answer with this status and close.
@@ -246,6 +250,10 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits) -> Parsed {
         Kind::Error(405)
     } else if path == "/plaintext" {
         Kind::Plaintext
+    } else if path == "/stats" {
+        Kind::Stats
+    } else if path == "/dynamic" || path.starts_with("/dynamic?") {
+        Kind::Dynamic
     } else {
         Kind::File(sub(path.as_bytes()))
     };

@@ -152,6 +152,9 @@ pub struct WorkerSnapshot {
     pub closed: u64,
 }
 
+/// An exposition entry: metric name, help text, and how to read it from a snapshot.
+type Metric<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 /// A point-in-time copy of every counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -210,7 +213,7 @@ impl Snapshot {
     pub fn prometheus(&self) -> String {
         use std::fmt::Write;
         let mut o = String::with_capacity(4096);
-        let stage_counters: [(&str, &str, fn(&StageSnapshot) -> u64); 5] = [
+        let stage_counters: [Metric<StageSnapshot>; 5] = [
             ("ringstage_stage_enqueued_total", "Events accepted into the stage's queues.", |s| s.enqueued),
             ("ringstage_stage_refused_total", "Events refused by a full queue or admission control.", |s| s.refused),
             ("ringstage_stage_processed_total", "Events handled.", |s| s.processed),
@@ -247,7 +250,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [(&str, &str, fn(&WorkerSnapshot) -> u64); 9] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 9] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),

@@ -62,6 +62,7 @@ pub(crate) struct StageMeta {
     pub(crate) workers: Vec<usize>,
     pub(crate) capacity: usize,
     pub(crate) batch: usize,
+    pub(crate) overload: Option<crate::control::OverloadConfig>,
 }
 
 /// Declares stages, their placement and listeners, then starts the workers.
@@ -168,6 +169,7 @@ impl Builder {
             let (remote, inject) = s.take_consumer::<H::Event>(idx);
             let local = s.local::<H::Event>(idx);
             let batch = s.meta[idx].batch;
+            let admission = s.controller(idx);
             Box::new(worker::Replica {
                 stage: idx,
                 handler,
@@ -177,6 +179,8 @@ impl Builder {
                 batch,
                 next: 0,
                 counters: s.counters.clone(),
+                admission,
+                last_service_us: 0,
             }) as Box<dyn ReplicaDyn>
         });
         self.decls[idx].factory = Some(factory);
@@ -259,6 +263,7 @@ impl Builder {
                     workers: d.cfg.workers.clone(),
                     capacity: d.cfg.capacity,
                     batch: d.cfg.batch,
+                    overload: d.cfg.overload.clone(),
                 })
                 .collect(),
         );
@@ -416,6 +421,8 @@ pub struct Setup<'a> {
     counters: Arc<WorkerCounters>,
     wake: Rc<Cell<u64>>,
     clock: Rc<Cell<u32>>,
+    now: Rc<Cell<std::time::Instant>>,
+    controllers: Vec<Option<Rc<std::cell::RefCell<crate::control::OverloadController>>>>,
     shared: Arc<Shared>,
 }
 
@@ -481,9 +488,21 @@ impl Setup<'_> {
             counters: self.counters.clone(),
             wake: self.wake.clone(),
             clock: self.clock.clone(),
+            admission: self.controller(idx).map(|c| (c, self.now.clone())),
         });
         self.sinks[idx] = Some(inner.clone() as Rc<dyn Any>);
         Sink { inner }
+    }
+
+    /// The admission controller of stage `idx`'s replica on this worker, if it has one.
+    fn controller(&mut self, idx: usize) -> Option<Rc<std::cell::RefCell<crate::control::OverloadController>>> {
+        let cfg = self.meta[idx].overload.clone()?;
+        if !self.meta[idx].workers.contains(&self.worker) {
+            return None;
+        }
+        let c = self.controllers[idx]
+            .get_or_insert_with(|| Rc::new(std::cell::RefCell::new(crate::control::OverloadController::new(cfg))));
+        Some(c.clone())
     }
 
     fn local<E: Send + 'static>(&mut self, idx: usize) -> Rc<LocalQueue<E>> {

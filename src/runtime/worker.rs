@@ -68,6 +68,10 @@ pub(crate) struct Replica<H: Handler> {
     /// Source to start from next run, rotated so no inbound edge starves the others.
     pub(crate) next: usize,
     pub(crate) counters: Arc<WorkerCounters>,
+    /// Adaptive admission control, fed with each event's response time.
+    pub(crate) admission: Option<Rc<std::cell::RefCell<crate::control::OverloadController>>>,
+    /// Per-event service time of the last batch (the estimate for this batch's responses).
+    pub(crate) last_service_us: u64,
 }
 
 impl<H: Handler> Replica<H> {
@@ -96,7 +100,12 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
                 let Some(st) = self.pop(s) else { break };
                 t0.get_or_insert_with(Instant::now);
                 // Clocks of different workers may differ by an iteration: clamp at zero.
-                c.wait_us.record((now_us.wrapping_sub(st.at) as i32).max(0) as u64, 1);
+                let wait = (now_us.wrapping_sub(st.at) as i32).max(0) as u64;
+                c.wait_us.record(wait, 1);
+                if let Some(ctl) = &self.admission {
+                    let resp = std::time::Duration::from_micros(wait + self.last_service_us);
+                    ctl.borrow_mut().observe(resp, cx.io.now);
+                }
                 self.handler.handle(st.ev, &mut cx);
                 n += 1;
             }
@@ -106,6 +115,7 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
             // One clock read per batch: the batch's time is spread over its events.
             let per = t0.elapsed().as_micros() as u64 / n as u64;
             c.service_us.record(per, n as u64);
+            self.last_service_us = per;
             // Counted after the handlers ran (and counted what they enqueued): see
             // `Shared::quiescent`.
             c.processed.add(n as u64);
@@ -118,6 +128,9 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
     }
 
     fn tick(&mut self, io: &mut Io) {
+        if let Some(ctl) = &self.admission {
+            ctl.borrow_mut().tick(io.now);
+        }
         self.handler.tick(&mut Context { io });
     }
 
@@ -137,6 +150,7 @@ struct Worker {
     shared: Arc<Shared>,
     wake: Rc<Cell<u64>>,
     clock: Rc<Cell<u32>>,
+    now_cell: Rc<Cell<Instant>>,
     tick_ts: Box<types::Timespec>,
     tick: Duration,
     last_tick: Instant,
@@ -180,6 +194,7 @@ impl Worker {
         let counters = plan.shared.counters[plan.id].clone();
         let wake = Rc::new(Cell::new(0u64));
         let clock = Rc::new(Cell::new(0u32));
+        let now_cell = Rc::new(Cell::new(Instant::now()));
         let nstages = plan.meta.len();
         let mut setup = Setup {
             worker: plan.id,
@@ -191,6 +206,8 @@ impl Worker {
             counters: counters.clone(),
             wake: wake.clone(),
             clock: clock.clone(),
+            now: now_cell.clone(),
+            controllers: (0..nstages).map(|_| None).collect(),
             shared: plan.shared.clone(),
         };
         let mut replicas = Vec::new();
@@ -227,6 +244,7 @@ impl Worker {
             shared: plan.shared,
             wake,
             clock,
+            now_cell,
             tick_ts: Box::new(types::Timespec::from(plan.tick)),
             tick: plan.tick,
             last_tick: Instant::now(),
@@ -251,6 +269,7 @@ impl Worker {
             self.io.now = Instant::now();
             self.io.now_us = self.io.now.duration_since(self.shared.epoch).as_micros() as u32;
             self.clock.set(self.io.now_us);
+            self.now_cell.set(self.io.now);
             self.io.counters.loops.add(1);
             let reaped = self.reap()?;
             let returned = self.io.pool.drain_returns();

@@ -65,17 +65,28 @@ pub struct StageConfig {
     pub(crate) workers: Vec<usize>,
     pub(crate) capacity: usize,
     pub(crate) batch: usize,
+    pub(crate) overload: Option<crate::control::OverloadConfig>,
 }
 
 impl StageConfig {
     /// A stage with one replica on each of `workers`.
     pub fn on(workers: impl IntoIterator<Item = usize>) -> StageConfig {
-        StageConfig { workers: workers.into_iter().collect(), capacity: 1024, batch: 64 }
+        StageConfig { workers: workers.into_iter().collect(), capacity: 1024, batch: 64, overload: None }
     }
 
     /// Bound of each inbound queue of each replica, rounded up to a power of two (default 1024).
     pub fn capacity(mut self, n: usize) -> StageConfig {
         self.capacity = n.max(1).next_power_of_two();
+        self
+    }
+
+    /// Adaptive admission control: each replica runs an
+    /// [`OverloadController`](crate::control::OverloadController) fed with its events' response
+    /// times (queue wait + service), and sinks on the same worker consult it before enqueueing
+    /// (see [`Sink::try_enqueue_class`]). Producers on other workers are bounded by the queue
+    /// capacity only.
+    pub fn overload(mut self, cfg: crate::control::OverloadConfig) -> StageConfig {
+        self.overload = Some(cfg);
         self
     }
 

@@ -3,7 +3,10 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use super::Stamped;
+use crate::control::OverloadController;
 use crate::metrics::WorkerCounters;
 use crate::queue::spsc;
 
@@ -46,13 +49,19 @@ impl<E> LocalQueue<E> {
     }
 }
 
+/// The producer end of a cross-core edge.
+pub(crate) type Edge<E> = spsc::Producer<Stamped<E>>;
+
+/// A local replica's admission controller and the worker's loop clock.
+pub(crate) type Admission = (Rc<RefCell<OverloadController>>, Rc<Cell<Instant>>);
+
 /// The producer side of one stage, as seen from one worker.
 pub(crate) struct SinkInner<E> {
     pub(crate) stage: usize,
     /// Replica index on this worker, and its local queue.
     pub(crate) local: Option<(usize, Rc<LocalQueue<E>>)>,
     /// Per replica: the SPSC producer from this worker (`None` for the local replica).
-    pub(crate) remote: Box<[Option<RefCell<spsc::Producer<Stamped<E>>>>]>,
+    pub(crate) remote: Box<[Option<RefCell<Edge<E>>>]>,
     /// Per replica: its worker.
     pub(crate) replica_workers: Box<[usize]>,
     /// Per worker: the replica placed there, if any.
@@ -64,6 +73,8 @@ pub(crate) struct SinkInner<E> {
     pub(crate) wake: Rc<Cell<u64>>,
     /// This worker's loop clock, µs since the runtime's epoch (stamped on enqueued events).
     pub(crate) clock: Rc<Cell<u32>>,
+    /// The local replica's admission controller, if the stage has one.
+    pub(crate) admission: Option<Admission>,
 }
 
 /// A handle for putting events into a stage, bound to the worker it was made on (`!Send`).
@@ -124,10 +135,24 @@ impl<E: Send + 'static> Sink<E> {
     /// loop iteration.
     #[inline]
     pub fn try_enqueue(&self, event: E) -> Result<(), E> {
+        self.try_enqueue_class(event, u8::MAX)
+    }
+
+    /// Like [`Sink::try_enqueue`], for an event of priority `class` (0 is the lowest): when the
+    /// target stage runs adaptive overload control on this worker, its controller may refuse
+    /// the event, lower classes first. [`Sink::try_enqueue`] uses the highest class.
+    #[inline]
+    pub fn try_enqueue_class(&self, event: E, class: u8) -> Result<(), E> {
         let Some(r) = self.target(Some(&event)) else {
             self.inner.counters.stages[self.inner.stage].refused.add(1);
             return Err(event);
         };
+        if let (Some((ctl, now)), Some((local, _))) = (&self.inner.admission, &self.inner.local) {
+            if *local == r && !ctl.borrow_mut().admit(class, now.get()) {
+                self.inner.counters.stages[self.inner.stage].refused.add(1);
+                return Err(event);
+            }
+        }
         let ev = Stamped { at: self.inner.clock.get(), ev: event };
         let res = match &self.inner.remote[r] {
             Some(p) => p.borrow_mut().push(ev),

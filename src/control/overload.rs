@@ -1,0 +1,338 @@
+//! Adaptive overload control (Welsh & Culler, "Adaptive Overload Control for Busy Internet
+//! Servers", USITS 2003), as a token bucket in front of a stage.
+//!
+//! Every window the controller takes the 90th percentile of the response times observed
+//! (queue wait plus service) and moves the admission rate: above the target it first drops to
+//! the completion rate measured in that window (the stage's capacity; this makes convergence
+//! from a far too high rate take one window, not dozens), then is divided by up to `decrease` (1.2)
+//! when the percentile exceeds the target (the full factor from 1.5 x target, proportionally
+//! less below that), raised by `increase` when it is below
+//! `headroom * target` (5% per window while the queue is empty and the rate is well under the
+//! completion rate measured in the last congested window — the stage's capacity — and 1% near
+//! it, as TCP climbs to its threshold); the window right after a decrease is not judged, since its responses
+//! were queued before the decrease took effect (without this, stale backlog drives the rate
+//! down several times in a row and goodput collapses). Admission draws a token from a bucket refilled at that rate; a class
+//! `c` of `classes` (0 the lowest) is admitted only while the bucket holds more than its
+//! reserve, so as tokens run short the lowest class is refused first.
+//!
+//! All methods take the time as an argument, so the controller can be driven by a simulated
+//! clock in tests; none allocates or locks.
+
+use std::time::{Duration, Instant};
+
+use crate::metrics::Histogram;
+
+/// Tuning of an [`OverloadController`].
+#[derive(Clone, Debug)]
+pub struct OverloadConfig {
+    /// The 90th-percentile response time to hold.
+    pub target: Duration,
+    /// Length of a measurement window.
+    pub window: Duration,
+    /// Fewest samples for a window to count (a quieter window extends).
+    pub min_samples: u64,
+    /// Starting admission rate, per second.
+    pub initial_rate: f64,
+    /// Bounds of the admission rate, per second.
+    pub min_rate: f64,
+    /// Upper bound of the admission rate, per second.
+    pub max_rate: f64,
+    /// Multiplicative decrease factor when above target.
+    pub decrease: f64,
+    /// Additive increase per window, as a fraction of the current rate (at least `min_rate`).
+    pub increase: f64,
+    /// Increase only when the percentile is below `headroom * target`.
+    pub headroom: f64,
+    /// Bucket depth in seconds of the current rate (burst allowance).
+    pub burst: f64,
+    /// Number of priority classes (class 0 is shed first).
+    pub classes: u8,
+}
+
+impl OverloadConfig {
+    /// Defaults from the paper: /1.2 above target, additive increase below 0.9 x target.
+    pub fn new(target: Duration) -> OverloadConfig {
+        OverloadConfig {
+            target,
+            window: Duration::from_millis(100),
+            min_samples: 20,
+            initial_rate: 10_000.0,
+            min_rate: 10.0,
+            max_rate: 10_000_000.0,
+            decrease: 1.2,
+            increase: 0.02,
+            headroom: 0.9,
+            burst: 0.01,
+            classes: 1,
+        }
+    }
+}
+
+/// One stage's admission controller (one per replica; single-threaded).
+#[derive(Debug)]
+pub struct OverloadController {
+    cfg: OverloadConfig,
+    rate: f64,
+    tokens: f64,
+    last_refill: Option<Instant>,
+    window_start: Option<Instant>,
+    window: Histogram,
+    window_base: crate::metrics::HistSnapshot,
+    admitted: u64,
+    refused: u64,
+    last_p90: Duration,
+    /// Skip judging the window after a decrease: its responses were queued before it.
+    hold: bool,
+    /// Completion rate measured in the last window that triggered a decrease: the capacity.
+    ceiling: f64,
+}
+
+impl OverloadController {
+    /// A controller starting at `cfg.initial_rate`.
+    pub fn new(cfg: OverloadConfig) -> OverloadController {
+        let rate = cfg.initial_rate.clamp(cfg.min_rate, cfg.max_rate);
+        OverloadController {
+            tokens: (rate * cfg.burst).max(1.0),
+            rate,
+            last_refill: None,
+            window_start: None,
+            window: Histogram::default(),
+            window_base: Default::default(),
+            admitted: 0,
+            refused: 0,
+            last_p90: Duration::ZERO,
+            hold: false,
+            ceiling: f64::INFINITY,
+            cfg,
+        }
+    }
+
+    fn depth(&self) -> f64 {
+        (self.rate * self.cfg.burst).max(1.0)
+    }
+
+    /// Decides whether to admit an event of `class` (clamped to `classes - 1`) at `now`.
+    #[inline]
+    pub fn admit(&mut self, class: u8, now: Instant) -> bool {
+        let depth = self.depth();
+        if let Some(last) = self.last_refill {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate).min(depth);
+        }
+        self.last_refill = Some(now);
+        let classes = self.cfg.classes.max(1);
+        let c = class.min(classes - 1);
+        // Lower classes must leave a reserve for the higher ones.
+        let reserve = depth * f64::from(classes - 1 - c) / f64::from(classes);
+        if self.tokens >= 1.0 + reserve {
+            self.tokens -= 1.0;
+            self.admitted += 1;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// Records one response time and, at the end of a window, adapts the rate.
+    #[inline]
+    pub fn observe(&mut self, response: Duration, now: Instant) {
+        self.window.record(response.as_micros() as u64, 1);
+        self.tick(now);
+    }
+
+    /// Closes the window if it is over: the adaptation step.
+    pub fn tick(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        if now.saturating_duration_since(start) < self.cfg.window {
+            return;
+        }
+        let snap = self.window.snapshot();
+        let w = snap.since(&self.window_base);
+        if w.count() < self.cfg.min_samples {
+            return; // too few samples: extend the window
+        }
+        let p90 = Duration::from_micros(w.quantile(0.9));
+        let prev = std::mem::replace(&mut self.last_p90, p90);
+        let draining = p90.as_secs_f64() < prev.as_secs_f64() * 0.9;
+        if std::mem::take(&mut self.hold) || (p90 > self.cfg.target && draining) {
+            // After a decrease, or while the percentile is already falling, the backlog that
+            // caused it is draining: cutting again would act on stale measurements.
+        } else if p90 > self.cfg.target {
+            // Full `decrease` from 1.5 x target up; proportionally less for a slight overshoot,
+            // so the rate settles just under capacity instead of see-sawing 20% below it.
+            let over = (p90.as_secs_f64() / self.cfg.target.as_secs_f64() - 1.0) * 2.0;
+            // While congested, the stage completes events at its capacity.
+            let secs = now.saturating_duration_since(start).as_secs_f64().max(1e-6);
+            self.ceiling = w.count() as f64 / secs;
+            // Never keep admitting faster than the stage was just seen to complete.
+            self.rate = self.rate.min(self.ceiling) / (1.0 + (self.cfg.decrease - 1.0) * over.min(1.0));
+            self.hold = true;
+        } else if p90.as_secs_f64() < self.cfg.headroom * self.cfg.target.as_secs_f64() {
+            // Far below the rate of the last cut with no queue to speak of: climb faster; near
+            // that ceiling (where capacity was last found), slowly.
+            let fast = p90 * 4 < self.cfg.target && self.rate < 0.95 * self.ceiling;
+            let step = if fast { self.cfg.increase * 2.5 } else { self.cfg.increase / 2.0 };
+            self.rate += (self.rate * step).max(self.cfg.min_rate);
+        }
+        self.rate = self.rate.clamp(self.cfg.min_rate, self.cfg.max_rate);
+        self.window_base = snap;
+        self.window_start = Some(now);
+    }
+
+    /// Current admission rate, per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The last window's 90th-percentile response time.
+    pub fn last_p90(&self) -> Duration {
+        self.last_p90
+    }
+
+    /// Admitted and refused counts.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.admitted, self.refused)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OverloadConfig {
+        &self.cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A stage that serves `capacity` events per second in FIFO order, offered `offered`
+    /// events per second in `classes` round-robin classes, simulated in 100 µs steps.
+    /// Returns (admitted per class, refused per class, p90 of admitted response times in the
+    /// last `measure` seconds, goodput/s in that period, controller).
+    fn simulate(
+        capacity: f64,
+        offered: f64,
+        classes: u8,
+        secs: f64,
+        measure: f64,
+        ctl: Option<OverloadController>,
+    ) -> (Vec<u64>, Vec<u64>, Duration, f64) {
+        let t0 = Instant::now();
+        let step = Duration::from_micros(100);
+        let mut ctl = ctl;
+        let mut queue: VecDeque<Duration> = VecDeque::new();
+        let (mut arr_acc, mut srv_acc) = (0.0, 0.0);
+        let mut admitted = vec![0u64; classes as usize];
+        let mut refused = vec![0u64; classes as usize];
+        let mut lat = Vec::new();
+        let mut served_measured = 0u64;
+        let mut k = 0u64;
+        let steps = (secs / step.as_secs_f64()) as u64;
+        let measure_from = Duration::from_secs_f64(secs - measure);
+        for i in 0..steps {
+            let t = step * i as u32;
+            let now = t0 + t;
+            arr_acc += offered * step.as_secs_f64();
+            while arr_acc >= 1.0 {
+                arr_acc -= 1.0;
+                let class = (k % classes as u64) as u8;
+                k += 1;
+                let ok = ctl.as_mut().is_none_or(|c| c.admit(class, now));
+                if ok {
+                    admitted[class as usize] += 1;
+                    queue.push_back(t);
+                } else {
+                    refused[class as usize] += 1;
+                }
+            }
+            srv_acc += capacity * step.as_secs_f64();
+            while srv_acc >= 1.0 {
+                srv_acc -= 1.0;
+                let Some(arrived) = queue.pop_front() else {
+                    srv_acc = 0.0; // idle capacity is not banked
+                    break;
+                };
+                let resp = t + step - arrived;
+                if let Some(c) = ctl.as_mut() {
+                    c.observe(resp, now);
+                }
+                if t >= measure_from {
+                    lat.push(resp);
+                    served_measured += 1;
+                }
+            }
+            if let Some(c) = ctl.as_mut() {
+                c.tick(now);
+            }
+        }
+        lat.sort();
+        let p90 = lat.get(lat.len() * 9 / 10).copied().unwrap_or_default();
+        (admitted, refused, p90, served_measured as f64 / measure)
+    }
+
+    #[test]
+    fn holds_the_target_under_2x_and_4x_overload() {
+        let target = Duration::from_millis(5);
+        for factor in [2.0, 4.0] {
+            let ctl = OverloadController::new(OverloadConfig { initial_rate: 20_000.0, ..OverloadConfig::new(target) });
+            let (_, refused, p90, goodput) = simulate(10_000.0, 10_000.0 * factor, 1, 8.0, 4.0, Some(ctl));
+            assert!(refused[0] > 0, "{factor}x: excess is refused");
+            assert!(p90 <= target.mul_f64(1.2), "{factor}x: p90 {p90:?} within 1.2 x target");
+            assert!(goodput >= 9_000.0, "{factor}x: goodput {goodput:.0}/s >= 90% of capacity");
+        }
+    }
+
+    #[test]
+    fn without_control_latency_grows_without_bound() {
+        let (_, refused, p90, _) = simulate(10_000.0, 20_000.0, 1, 4.0, 2.0, None);
+        assert_eq!(refused[0], 0);
+        assert!(p90 > Duration::from_secs(1), "uncontrolled p90 {p90:?}");
+    }
+
+    #[test]
+    fn admits_everything_below_capacity() {
+        let ctl = OverloadController::new(OverloadConfig::new(Duration::from_millis(5)));
+        let (admitted, refused, _, goodput) = simulate(10_000.0, 5_000.0, 1, 6.0, 3.0, Some(ctl));
+        let refused_share = refused[0] as f64 / (admitted[0] + refused[0]) as f64;
+        assert!(refused_share < 0.01, "refused {refused_share:.3} at half load");
+        assert!(goodput > 4_900.0);
+    }
+
+    #[test]
+    fn lower_classes_are_shed_first() {
+        let mut cfg = OverloadConfig::new(Duration::from_millis(5));
+        cfg.classes = 2;
+        cfg.initial_rate = 20_000.0;
+        let (admitted, refused, p90, _) =
+            simulate(10_000.0, 20_000.0, 2, 12.0, 4.0, Some(OverloadController::new(cfg)));
+        assert!(refused[0] > refused[1] * 2, "class 0 refused {} vs class 1 {}", refused[0], refused[1]);
+        assert!(admitted[1] > admitted[0], "class 1 got more through");
+        assert!(p90 <= Duration::from_millis(6), "p90 {p90:?}");
+    }
+
+    #[test]
+    fn rate_moves_by_the_rules() {
+        let t0 = Instant::now();
+        let mut c = OverloadController::new(OverloadConfig {
+            initial_rate: 1200.0,
+            min_samples: 1,
+            ..OverloadConfig::new(Duration::from_millis(10))
+        });
+        for _ in 0..150 {
+            c.observe(Duration::from_millis(50), t0);
+        }
+        c.observe(Duration::from_millis(50), t0 + Duration::from_millis(100));
+        assert!((c.rate() - 1000.0).abs() < 1e-6, "far above target: 1200 / 1.2 = {}", c.rate());
+        c.observe(Duration::from_millis(50), t0 + Duration::from_millis(200));
+        assert!((c.rate() - 1000.0).abs() < 1e-6, "the window after a decrease is not judged");
+        c.observe(Duration::from_millis(4), t0 + Duration::from_millis(300));
+        assert!((c.rate() - 1010.0).abs() < 1e-6, "a short queue: +1%: {}", c.rate());
+        c.observe(Duration::from_millis(1), t0 + Duration::from_millis(400));
+        assert!((c.rate() - 1060.5).abs() < 1e-6, "queue empty, well below the 1510/s measured: +5%: {}", c.rate());
+        // 8.6 ms lands in the bucket bounded by 9.2 ms: between 0.9x and 1x target.
+        c.observe(Duration::from_micros(8_600), t0 + Duration::from_millis(500));
+        assert!((c.rate() - 1060.5).abs() < 1e-6, "between 0.9x and 1x target: hold");
+    }
+}
