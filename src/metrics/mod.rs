@@ -121,6 +121,8 @@ pub struct StageSnapshot {
     pub batches: u64,
     /// Largest last batch size among the replicas.
     pub batch_size: u64,
+    /// Replicas taking new events (elastic stages; 0 for fixed ones: all of them).
+    pub active_replicas: u64,
     /// Handler time per event, µs.
     pub service_us: HistSnapshot,
     /// Queue wait per event, µs.

@@ -63,6 +63,10 @@ pub(crate) struct StageMeta {
     pub(crate) capacity: usize,
     pub(crate) batch: usize,
     pub(crate) overload: Option<crate::control::OverloadConfig>,
+    pub(crate) batching: Option<crate::control::BatchConfig>,
+    pub(crate) elastic: Option<crate::control::CoreConfig>,
+    /// Elastic stages: bit `r` set while replica `r` takes new events.
+    pub(crate) active: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Declares stages, their placement and listeners, then starts the workers.
@@ -170,6 +174,7 @@ impl Builder {
             let local = s.local::<H::Event>(idx);
             let batch = s.meta[idx].batch;
             let admission = s.controller(idx);
+            let batcher = s.meta[idx].batching.clone().map(crate::control::BatchController::new);
             Box::new(worker::Replica {
                 stage: idx,
                 handler,
@@ -181,6 +186,7 @@ impl Builder {
                 counters: s.counters.clone(),
                 admission,
                 last_service_us: 0,
+                batcher,
             }) as Box<dyn ReplicaDyn>
         });
         self.decls[idx].factory = Some(factory);
@@ -264,6 +270,12 @@ impl Builder {
                     capacity: d.cfg.capacity,
                     batch: d.cfg.batch,
                     overload: d.cfg.overload.clone(),
+                    batching: d.cfg.batching.clone(),
+                    elastic: d.cfg.elastic.clone(),
+                    active: d.cfg.elastic.as_ref().map(|c| {
+                        let on = c.min.clamp(1, d.cfg.workers.len());
+                        Arc::new(std::sync::atomic::AtomicU64::new((1u64 << on) - 1))
+                    }),
                 })
                 .collect(),
         );
@@ -290,6 +302,7 @@ impl Builder {
             names: meta.iter().map(|m| m.name.clone()).collect(),
             drain_timeout: self.drain_timeout,
             epoch: std::time::Instant::now(),
+            active: meta.iter().map(|m| m.active.clone()).collect(),
         });
 
         let sigset = if self.signals { Some(block_signals()?) } else { None };
@@ -368,6 +381,8 @@ pub(crate) struct Shared {
     pub(crate) drain_timeout: Duration,
     /// Origin of the µs stamps on queued events.
     pub(crate) epoch: std::time::Instant,
+    /// Per stage: the active-replica mask of elastic stages.
+    pub(crate) active: Vec<Option<Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 impl Shared {
@@ -402,9 +417,12 @@ impl Shared {
 
     fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot::collect(&self.names, &self.counters);
-        for (st, i) in s.stages.iter_mut().zip(&self.inject) {
+        for ((st, i), a) in s.stages.iter_mut().zip(&self.inject).zip(&self.active) {
             st.enqueued += i.enqueued.load(Ordering::Relaxed);
             st.refused += i.refused.load(Ordering::Relaxed);
+            if let Some(a) = a {
+                st.active_replicas = a.load(Ordering::Relaxed).count_ones() as u64;
+            }
         }
         s
     }
@@ -489,6 +507,7 @@ impl Setup<'_> {
             wake: self.wake.clone(),
             clock: self.clock.clone(),
             admission: self.controller(idx).map(|c| (c, self.now.clone())),
+            active: self.meta[idx].active.clone(),
         });
         self.sinks[idx] = Some(inner.clone() as Rc<dyn Any>);
         Sink { inner }
@@ -594,6 +613,7 @@ impl Runtime {
             rr: Default::default(),
             counters: self.shared.inject[id.idx].clone(),
             epoch: self.shared.epoch,
+            active: self.shared.active[id.idx].clone(),
         }
     }
 

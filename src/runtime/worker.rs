@@ -72,6 +72,8 @@ pub(crate) struct Replica<H: Handler> {
     pub(crate) admission: Option<Rc<std::cell::RefCell<crate::control::OverloadController>>>,
     /// Per-event service time of the last batch (the estimate for this batch's responses).
     pub(crate) last_service_us: u64,
+    /// Adaptive batching.
+    pub(crate) batcher: Option<crate::control::BatchController>,
 }
 
 impl<H: Handler> Replica<H> {
@@ -111,6 +113,15 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
             }
         }
         self.next = (self.next + 1) % sources;
+        if n > 0 {
+            self.handler.batch_done(n, &mut cx);
+        }
+        if let Some(b) = &mut self.batcher {
+            if n > 0 {
+                b.record(n, cx.io.now);
+                self.batch = b.batch();
+            }
+        }
         if let Some(t0) = t0 {
             // One clock read per batch: the batch's time is spread over its events.
             let per = t0.elapsed().as_micros() as u64 / n as u64;
@@ -155,6 +166,8 @@ struct Worker {
     tick: Duration,
     last_tick: Instant,
     deadline: Option<Instant>,
+    /// Core controllers of the elastic stages whose first replica lives here.
+    elastic: Vec<(usize, crate::control::CoreController, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 /// Thread body: set up, report readiness, run.
@@ -248,6 +261,17 @@ impl Worker {
             tick_ts: Box::new(types::Timespec::from(plan.tick)),
             tick: plan.tick,
             last_tick: Instant::now(),
+            elastic: plan
+                .meta
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.workers.first() == Some(&plan.id))
+                .filter_map(|(i, m)| {
+                    let cfg = m.elastic.clone()?;
+                    let ctl = crate::control::CoreController::new(cfg, m.workers.len());
+                    Some((i, ctl, m.active.clone()?))
+                })
+                .collect(),
             deadline: None,
         };
         w.arm_doorbell()?;
@@ -283,6 +307,11 @@ impl Worker {
                 self.last_tick = self.io.now;
                 for r in &mut self.replicas {
                     r.tick(&mut self.io);
+                }
+                for (stage, ctl, mask) in &mut self.elastic {
+                    let queued: u64 = self.shared.counters.iter().map(|c| c.stages[*stage].queued.get()).sum();
+                    let active = ctl.update(queued);
+                    mask.store((1u64 << active) - 1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             self.flush_wakes();

@@ -30,6 +30,8 @@ pub struct Injector<E> {
     pub(crate) rr: Arc<AtomicUsize>,
     pub(crate) counters: Arc<InjectCounters>,
     pub(crate) epoch: Instant,
+    /// Elastic stages: the replicas taking new events.
+    pub(crate) active: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<E> Clone for Injector<E> {
@@ -39,6 +41,7 @@ impl<E> Clone for Injector<E> {
             rr: self.rr.clone(),
             counters: self.counters.clone(),
             epoch: self.epoch,
+            active: self.active.clone(),
         }
     }
 }
@@ -52,7 +55,15 @@ impl<E> std::fmt::Debug for Injector<E> {
 impl<E: Send + 'static> Injector<E> {
     /// Puts `event` into the stage, or hands it back if the chosen replica's ring is full.
     pub fn try_enqueue(&self, event: E) -> Result<(), E> {
-        let r = self.rr.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        let n = self.targets.len();
+        let mask = self.active.as_ref().map_or(u64::MAX, |m| m.load(Ordering::Relaxed));
+        let mut r = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+        for _ in 0..n {
+            if mask & (1 << r) != 0 {
+                break;
+            }
+            r = (r + 1) % n;
+        }
         let t = &self.targets[r];
         // Count before the push so the event is never visible as processed-but-not-enqueued.
         self.counters.enqueued.fetch_add(1, Ordering::SeqCst);

@@ -66,12 +66,21 @@ pub struct StageConfig {
     pub(crate) capacity: usize,
     pub(crate) batch: usize,
     pub(crate) overload: Option<crate::control::OverloadConfig>,
+    pub(crate) batching: Option<crate::control::BatchConfig>,
+    pub(crate) elastic: Option<crate::control::CoreConfig>,
 }
 
 impl StageConfig {
     /// A stage with one replica on each of `workers`.
     pub fn on(workers: impl IntoIterator<Item = usize>) -> StageConfig {
-        StageConfig { workers: workers.into_iter().collect(), capacity: 1024, batch: 64, overload: None }
+        StageConfig {
+            workers: workers.into_iter().collect(),
+            capacity: 1024,
+            batch: 64,
+            overload: None,
+            batching: None,
+            elastic: None,
+        }
     }
 
     /// Bound of each inbound queue of each replica, rounded up to a power of two (default 1024).
@@ -87,6 +96,23 @@ impl StageConfig {
     /// capacity only.
     pub fn overload(mut self, cfg: crate::control::OverloadConfig) -> StageConfig {
         self.overload = Some(cfg);
+        self
+    }
+
+    /// Adaptive batching: each replica's batch size follows its measured output rate (see
+    /// [`BatchController`](crate::control::BatchController)); starts at `cfg.initial`.
+    pub fn adaptive_batch(mut self, cfg: crate::control::BatchConfig) -> StageConfig {
+        self.batch = cfg.initial.max(1);
+        self.batching = Some(cfg);
+        self
+    }
+
+    /// Elastic placement: of the replicas on the listed workers, only `cfg.min` take new events
+    /// at first; a [`CoreController`](crate::control::CoreController) on the first replica's
+    /// worker adds replicas (cores) while the backlog stays above `cfg.threshold` and removes
+    /// them when the stage idles. A router, if any, still decides on its own.
+    pub fn elastic(mut self, cfg: crate::control::CoreConfig) -> StageConfig {
+        self.elastic = Some(cfg);
         self
     }
 
@@ -133,6 +159,10 @@ pub trait Handler: 'static {
 
     /// Handles one event. Runs on the worker's thread; must not block.
     fn handle(&mut self, event: Self::Event, cx: &mut Context<'_>);
+
+    /// Called after each non-empty batch of `n` events: the place for per-batch work such as
+    /// flushing output gathered over the batch. Does nothing by default.
+    fn batch_done(&mut self, _n: usize, _cx: &mut Context<'_>) {}
 
     /// Called about once per runtime tick (see [`crate::runtime::Builder::tick`]), for
     /// deadlines and housekeeping. Does nothing by default.

@@ -3,6 +3,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::Stamped;
@@ -75,6 +76,8 @@ pub(crate) struct SinkInner<E> {
     pub(crate) clock: Rc<Cell<u32>>,
     /// The local replica's admission controller, if the stage has one.
     pub(crate) admission: Option<Admission>,
+    /// Elastic stages: bit `r` set while replica `r` takes new events.
+    pub(crate) active: Option<Arc<AtomicU64>>,
 }
 
 /// A handle for putting events into a stage, bound to the worker it was made on (`!Send`).
@@ -106,13 +109,21 @@ impl<E: Send + 'static> Sink<E> {
         if let (Some(route), Some(ev)) = (s.router, ev) {
             return s.replica_on.get(route(ev)).copied().flatten();
         }
+        let mask = s.active.as_ref().map_or(u64::MAX, |m| m.load(Ordering::Relaxed));
         if let Some((r, _)) = &s.local {
-            return Some(*r);
+            if mask & (1 << r) != 0 {
+                return Some(*r);
+            }
         }
         let n = s.replica_workers.len();
-        let r = s.rr.get();
-        s.rr.set(if r + 1 == n { 0 } else { r + 1 });
-        Some(r)
+        for _ in 0..n {
+            let r = s.rr.get();
+            s.rr.set(if r + 1 == n { 0 } else { r + 1 });
+            if mask & (1 << r) != 0 {
+                return Some(r);
+            }
+        }
+        Some(0) // no replica marked active (cannot happen: min >= 1): the first one
     }
 
     fn account(&self, ok: bool, n: u64, replica: usize) {
