@@ -9,6 +9,9 @@ echo:  64-byte echo, 64 connections, closed loop; server pinned to CPU 0, load c
 http:  the staged HTTP example vs nginx (one worker each, both pinned to CPU 0, wrk on CPU 1):
        plaintext, 1 KiB and 100 KiB files with 64 connections; then throughput, p99 and Jain's
        fairness versus connections (16..1024) with the project's load client.
+overload: the CPU-heavy /dynamic endpoint under open-loop load at 0.5x, 1x, 2x and 4x its
+       measured capacity, adaptive admission control on and off: goodput, p50/p90/p99 of
+       admitted requests, refusal rate, Jain's fairness.
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -242,10 +245,10 @@ def wait_port(port, proc, timeout=10):
     raise RuntimeError(f"port {port} never opened")
 
 
-def start_http(name):
+def start_http(name, extra=()):
     if name == "ringstage":
         port = 8200
-        argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0"]
+        argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0", *extra]
     else:
         port = 8201
         argv = ["nginx", "-e", "stderr", "-c", nginx_conf(port)]
@@ -387,6 +390,84 @@ def bench_http(a):
     print(f"wrote {os.path.join(OUT, 'http.png')}")
 
 
+def bench_overload(a):
+    """The /dynamic endpoint (1 ms of CPU per page) under open-loop load at 0.5x..4x its
+    capacity, with SEDA's adaptive admission control on (target p90 10 ms) and off."""
+    sh(["cargo", "build", "--release", "--quiet", "--example", "http"])
+    sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    work, target_ms = "1000", 10
+    proc, port = start_http("ringstage", ["--dynamic-us", work])
+    try:
+        cap = loadgen(["--addr", f"127.0.0.1:{port}", "--http", "/dynamic", "--conns", "16", "--warmup", "1", "--secs", "3"])["rate"]
+    finally:
+        stop_server(proc)
+    print(f"capacity of /dynamic (closed loop, 16 connections): {cap:.0f} req/s", flush=True)
+    factors = [0.5, 1.0, 2.0, 4.0]
+    res = {}
+    for mode in ["on", "off"]:
+        extra = ["--dynamic-us", work] + (["--overload-target-ms", str(target_ms)] if mode == "on" else [])
+        for f in factors:
+            proc, port = start_http("ringstage", extra)
+            try:
+                # 256 connections in 16 clients: a connection carries one request at a time, so
+                # enough of them keep the client from delaying its own schedule; fairness is
+                # judged per client.
+                r = loadgen(["--addr", f"127.0.0.1:{port}", "--http", "/dynamic", "--rate", f"{cap * f:.1f}", "--conns", "256",
+                             "--clients", "16", "--warmup", "2", "--secs", str(a.secs)])
+            finally:
+                stop_server(proc)
+            r["refused_rate"] = r["refused"] / r["secs"]
+            res[(mode, f)] = r
+            print(f"controller {mode:<3} {f:>3}x offered {cap * f:>7.0f}/s  goodput {r['rate']:>7.0f}/s  refused {r['refused_rate']:>7.0f}/s  "
+                  f"p50 {r['p50_us'] / 1000:>8.1f} ms  p90 {r['p90_us'] / 1000:>8.1f} ms  p99 {r['p99_us'] / 1000:>8.1f} ms  jain {r['jain']:.3f}",
+                  flush=True)
+    lines = [f"overload: /dynamic (1 ms CPU per page), one server core; open loop, Poisson arrivals, latency from the scheduled",
+             f"send; 256 connections in 16 clients (Jain over clients),",
+             f"{a.secs}s after 2s warm-up; capacity {cap:.0f} req/s; controller target p90 {target_ms} ms"]
+    lines.append(f"{'ctl':<5}{'load':>5}{'offered/s':>11}{'goodput/s':>11}{'% cap':>7}{'refused/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'jain':>7}")
+    for (mode, f), r in res.items():
+        lines.append(f"{mode:<5}{f:>4}x{cap * f:>11.0f}{r['rate']:>11.0f}{100 * r['rate'] / cap:>7.1f}{r['refused_rate']:>11.0f}"
+                     f"{r['p50_us'] / 1000:>9.1f}{r['p90_us'] / 1000:>9.1f}{r['p99_us'] / 1000:>9.1f}{r['jain']:>7.3f}")
+    for f in (2.0, 4.0):
+        r = res[("on", f)]
+        lines.append(f"controller on at {f}x: goodput {100 * r['rate'] / cap:.1f}% of capacity (>= 90), "
+                     f"p90 of admitted {r['p90_us'] / 1000:.1f} ms = {r['p90_us'] / 1000 / target_ms:.2f} x target (<= 1.2), "
+                     f"Jain {r['jain']:.3f} (>= 0.99)")
+    report = "\n".join(lines)
+    print("\n" + report)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "overload.json"), "w") as fh:
+        json.dump({"capacity": cap, "target_ms": target_ms, "runs": {f"{m}|{f}": r for (m, f), r in res.items()}}, fh, indent=1)
+    with open(os.path.join(OUT, "overload.md"), "w") as fh:
+        fh.write("```\n" + report + "\n```\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: skipped plots")
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    for mode, color in (("on", "#d62728"), ("off", "#7f7f7f")):
+        xs = [cap * f for f in factors]
+        ax[0].plot(xs, [res[(mode, f)]["rate"] for f in factors], marker="o", color=color, label=f"controller {mode}")
+        ax[1].plot(xs, [res[(mode, f)]["p90_us"] / 1000 for f in factors], marker="o", color=color, label=f"controller {mode}")
+    ax[0].axhline(cap, ls=":", color="black", label="capacity")
+    ax[0].set_title("goodput (200s/s) vs offered load", fontsize=9)
+    ax[1].axhline(target_ms, ls=":", color="black", label="target")
+    ax[1].set_yscale("log")
+    ax[1].set_title("p90 latency of admitted requests (ms, log)", fontsize=9)
+    for axis in ax:
+        axis.set_xlabel("offered requests/s")
+        axis.legend()
+    fig.suptitle("adaptive overload control on a CPU-bound stage")
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "overload.png"), dpi=90)
+    print(f"wrote {os.path.join(OUT, 'overload.png')}")
+
+
 def bench_queue(a):
     r = subprocess.run(["cargo", "bench", "--quiet", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
     cases = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -411,7 +492,7 @@ def bench_queue(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "queue", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "overload", "queue", "all"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
@@ -425,6 +506,8 @@ def main():
         bench_echo(a)
     if a.what in ("http", "all"):
         bench_http(a)
+    if a.what in ("overload", "all"):
+        bench_overload(a)
 
 
 if __name__ == "__main__":

@@ -228,3 +228,23 @@ fn misconfiguration_is_a_clear_error() {
     let e = b.start().unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_fails_instead_of_sharing_it() {
+    fn server(addr: std::net::SocketAddr, workers: usize) -> std::io::Result<(Runtime, std::net::SocketAddr)> {
+        let mut b = Runtime::builder(workers).cpus([]);
+        let s = b.stage::<NetEvent>("h", StageConfig::on([0]));
+        let (_, l) = b.listen(ListenConfig::new(addr, 0..workers), s);
+        b.handler(s, |_| handler_fn(|_: NetEvent, _: &mut Context<'_>| {}));
+        let rt = b.start()?;
+        let a = rt.local_addr(l);
+        Ok((rt, a))
+    }
+    // A two-worker listener (SO_REUSEPORT inside the runtime) on a free port...
+    let (_first, addr) = server("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    // ...is not silently shared with another runtime, with one worker or with two.
+    for workers in [1, 2] {
+        let e = server(addr, workers).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    }
+}

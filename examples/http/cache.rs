@@ -407,6 +407,8 @@ impl Handler for Cache {
             CacheEvent::Loaded { key, result } => self.loaded(key, result, now),
             CacheEvent::Rendered { req, body } => {
                 self.respond_body(&req, "text/html; charset=utf-8", body);
+                // The dynamic stage's admission control holds this end-to-end time to its target.
+                self.dynamic.observe_response(now.saturating_duration_since(req.received));
                 self.unblock(req.conn, now);
             }
         }

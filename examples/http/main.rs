@@ -123,9 +123,11 @@ fn run(o: Opts) -> std::io::Result<()> {
     let parse = b.stage::<NetEvent>("parse", StageConfig::on(all.clone()).capacity(cap));
     let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
     let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
-    let mut dyn_cfg = StageConfig::on(all.clone()).capacity(cap).batch(8);
+    // One page per visit: the cheap stages on the same core run between pages.
+    let mut dyn_cfg = StageConfig::on(all.clone()).capacity(cap).batch(1);
     if let Some(target) = o.overload_target {
-        dyn_cfg = dyn_cfg.overload(OverloadConfig::new(target));
+        // Samples come from the cache stage: from request parse to response (end to end).
+        dyn_cfg = dyn_cfg.overload(OverloadConfig { external_samples: true, ..OverloadConfig::new(target) });
     }
     let dynamic = b.stage::<parse::Request>("dynamic", dyn_cfg);
     let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(Duration::from_secs(30));

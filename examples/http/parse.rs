@@ -44,6 +44,8 @@ pub enum Kind {
 #[derive(Debug)]
 pub struct Request {
     pub conn: Conn,
+    /// When the request's last byte was taken in (the worker's loop clock).
+    pub received: std::time::Instant,
     pub head: bool,
     pub keep_alive: bool,
     pub kind: Kind,
@@ -56,6 +58,7 @@ impl Request {
     pub fn error(conn: Conn, status: u16) -> Request {
         Request {
             conn,
+            received: std::time::Instant::now(),
             head: false,
             keep_alive: false,
             kind: Kind::Error(status),
@@ -135,7 +138,7 @@ impl Parse {
                 st.started = None;
                 break;
             }
-            match parse_one(conn, &data, &limits) {
+            match parse_one(conn, &data, &limits, now) {
                 Parsed::Partial => {
                     st.stash.extend_from_slice(&data);
                     st.started.get_or_insert(now);
@@ -168,7 +171,7 @@ impl Parse {
 }
 
 /// Parses one request head at the start of `data`.
-fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits) -> Parsed {
+fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed {
     let line_end = data.windows(2).take(limits.max_line + 2).position(|w| w == b"\r\n");
     if line_end.is_none() && data.len() > limits.max_line {
         return Parsed::Error(414);
@@ -257,7 +260,8 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits) -> Parsed {
     } else {
         Kind::File(sub(path.as_bytes()))
     };
-    let req = Request { conn, head, keep_alive, kind, range, if_none_match: inm, if_modified_since: ims };
+    let req =
+        Request { conn, received: now, head, keep_alive, kind, range, if_none_match: inm, if_modified_since: ims };
     Parsed::Complete(req, n, body)
 }
 

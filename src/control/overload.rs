@@ -7,9 +7,9 @@
 //! from a far too high rate take one window, not dozens), then is divided by up to `decrease` (1.2)
 //! when the percentile exceeds the target (the full factor from 1.5 x target, proportionally
 //! less below that), raised by `increase` when it is below
-//! `headroom * target` (5% per window while the queue is empty and the rate is well under the
-//! completion rate measured in the last congested window — the stage's capacity — and 1% near
-//! it, as TCP climbs to its threshold); the window right after a decrease is not judged, since its responses
+//! `headroom * target` (5% per window while the rate is under 0.8x the completion rate measured
+//! in the last congested window — the stage's capacity — and 1% above that, as TCP climbs to its
+//! threshold); the window right after a decrease is not judged, since its responses
 //! were queued before the decrease took effect (without this, stale backlog drives the rate
 //! down several times in a row and goodput collapses). Admission draws a token from a bucket refilled at that rate; a class
 //! `c` of `classes` (0 the lowest) is admitted only while the bucket holds more than its
@@ -41,12 +41,17 @@ pub struct OverloadConfig {
     pub decrease: f64,
     /// Additive increase per window, as a fraction of the current rate (at least `min_rate`).
     pub increase: f64,
-    /// Increase only when the percentile is below `headroom * target`.
+    /// Increase only when the percentile is below `headroom * target` (default 0.8: the band
+    /// 0.8..1.0 x target holds the rate, which keeps overshoots of the target small).
     pub headroom: f64,
     /// Bucket depth in seconds of the current rate (burst allowance).
     pub burst: f64,
     /// Number of priority classes (class 0 is shed first).
     pub classes: u8,
+    /// Response times come from [`crate::stage::Sink::observe_response`] (for example the
+    /// stage that finally answers a request, measuring from its arrival), not from the stage's
+    /// own queue wait plus service time.
+    pub external_samples: bool,
 }
 
 impl OverloadConfig {
@@ -61,9 +66,10 @@ impl OverloadConfig {
             max_rate: 10_000_000.0,
             decrease: 1.2,
             increase: 0.02,
-            headroom: 0.9,
+            headroom: 0.8,
             burst: 0.01,
             classes: 1,
+            external_samples: false,
         }
     }
 }
@@ -85,6 +91,8 @@ pub struct OverloadController {
     hold: bool,
     /// Completion rate measured in the last window that triggered a decrease: the capacity.
     ceiling: f64,
+    /// Samples in the current window.
+    pending: u64,
 }
 
 impl OverloadController {
@@ -103,6 +111,7 @@ impl OverloadController {
             last_p90: Duration::ZERO,
             hold: false,
             ceiling: f64::INFINITY,
+            pending: 0,
             cfg,
         }
     }
@@ -137,13 +146,19 @@ impl OverloadController {
     /// Records one response time and, at the end of a window, adapts the rate.
     #[inline]
     pub fn observe(&mut self, response: Duration, now: Instant) {
+        if self.pending == 0 {
+            // A window starts at its first sample: idle time before it would dilute the
+            // completion rate measured over the window.
+            self.window_start = Some(now);
+        }
+        self.pending += 1;
         self.window.record(response.as_micros() as u64, 1);
         self.tick(now);
     }
 
     /// Closes the window if it is over: the adaptation step.
     pub fn tick(&mut self, now: Instant) {
-        let start = *self.window_start.get_or_insert(now);
+        let Some(start) = self.window_start else { return };
         if now.saturating_duration_since(start) < self.cfg.window {
             return;
         }
@@ -165,19 +180,21 @@ impl OverloadController {
             // While congested, the stage completes events at its capacity.
             let secs = now.saturating_duration_since(start).as_secs_f64().max(1e-6);
             self.ceiling = w.count() as f64 / secs;
-            // Never keep admitting faster than the stage was just seen to complete.
-            self.rate = self.rate.min(self.ceiling) / (1.0 + (self.cfg.decrease - 1.0) * over.min(1.0));
+            // Never keep admitting faster than the stage was just seen to complete, nor cut
+            // below half of it (a backlog cannot grow at half the measured capacity).
+            let cut = self.rate.min(self.ceiling) / (1.0 + (self.cfg.decrease - 1.0) * over.min(1.0));
+            self.rate = cut.max(self.ceiling / 2.0);
             self.hold = true;
         } else if p90.as_secs_f64() < self.cfg.headroom * self.cfg.target.as_secs_f64() {
-            // Far below the rate of the last cut with no queue to speak of: climb faster; near
-            // that ceiling (where capacity was last found), slowly.
-            let fast = p90 * 4 < self.cfg.target && self.rate < 0.95 * self.ceiling;
+            // Far below the capacity measured at the last cut: climb faster; near it, slowly.
+            let fast = self.rate < 0.8 * self.ceiling;
             let step = if fast { self.cfg.increase * 2.5 } else { self.cfg.increase / 2.0 };
             self.rate += (self.rate * step).max(self.cfg.min_rate);
         }
         self.rate = self.rate.clamp(self.cfg.min_rate, self.cfg.max_rate);
         self.window_base = snap;
         self.window_start = Some(now);
+        self.pending = 0;
     }
 
     /// Current admission rate, per second.
@@ -315,24 +332,46 @@ mod tests {
     #[test]
     fn rate_moves_by_the_rules() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut c = OverloadController::new(OverloadConfig {
             initial_rate: 1200.0,
             min_samples: 1,
-            ..OverloadConfig::new(Duration::from_millis(10))
+            ..OverloadConfig::new(ms(10))
         });
-        for _ in 0..150 {
-            c.observe(Duration::from_millis(50), t0);
-        }
-        c.observe(Duration::from_millis(50), t0 + Duration::from_millis(100));
+        // One window: a sample opens it at `at`, one 100 ms later closes and judges it.
+        let window = |c: &mut OverloadController, resp: Duration, at: u64, n: usize| {
+            for _ in 0..n {
+                c.observe(resp, t0 + ms(at));
+            }
+            c.observe(resp, t0 + ms(at + 100));
+        };
+        window(&mut c, ms(50), 0, 150);
+        // 151 completions in 0.1 s: capacity 1510/s; 1200 is under it, so 1200 / 1.2.
         assert!((c.rate() - 1000.0).abs() < 1e-6, "far above target: 1200 / 1.2 = {}", c.rate());
-        c.observe(Duration::from_millis(50), t0 + Duration::from_millis(200));
+        window(&mut c, ms(50), 200, 1);
         assert!((c.rate() - 1000.0).abs() < 1e-6, "the window after a decrease is not judged");
-        c.observe(Duration::from_millis(4), t0 + Duration::from_millis(300));
-        assert!((c.rate() - 1010.0).abs() < 1e-6, "a short queue: +1%: {}", c.rate());
-        c.observe(Duration::from_millis(1), t0 + Duration::from_millis(400));
-        assert!((c.rate() - 1060.5).abs() < 1e-6, "queue empty, well below the 1510/s measured: +5%: {}", c.rate());
+        window(&mut c, ms(4), 400, 1);
+        assert!((c.rate() - 1050.0).abs() < 1e-6, "under 0.8 x capacity: +5%: {}", c.rate());
         // 8.6 ms lands in the bucket bounded by 9.2 ms: between 0.9x and 1x target.
-        c.observe(Duration::from_micros(8_600), t0 + Duration::from_millis(500));
-        assert!((c.rate() - 1060.5).abs() < 1e-6, "between 0.9x and 1x target: hold");
+        window(&mut c, Duration::from_micros(8_600), 600, 1);
+        assert!((c.rate() - 1050.0).abs() < 1e-6, "between 0.9x and 1x target: hold");
+        window(&mut c, ms(1), 800, 1);
+        window(&mut c, ms(1), 1000, 1);
+        assert!((c.rate() - 1050.0 * 1.05 * 1.05).abs() < 1e-6, "{}", c.rate());
+        window(&mut c, ms(1), 1200, 1);
+        let fast = 1050.0 * 1.05 * 1.05 * 1.05; // 1215.5: now above 0.8 x 1510
+        assert!((c.rate() - fast).abs() < 1e-6, "{}", c.rate());
+        window(&mut c, ms(1), 1400, 1);
+        assert!((c.rate() - fast * 1.01).abs() < 1e-6, "above 0.8 x capacity: +1%: {}", c.rate());
+        // A long overshoot cannot drive the rate under half the measured capacity.
+        for k in 0..20 {
+            window(&mut c, ms(500 + 100 * k), 1600 + 200 * k, 200);
+        }
+        assert!(c.rate() >= 1000.0, "floor at capacity / 2: {}", c.rate());
+        // An idle stretch before a window does not dilute the measured capacity.
+        let mut d = OverloadController::new(OverloadConfig { min_samples: 1, ..OverloadConfig::new(ms(10)) });
+        d.tick(t0);
+        window(&mut d, ms(50), 5_000, 999);
+        assert!(d.rate() >= 10_000.0 / 1.2 - 1.0, "capacity measured over the window only: {}", d.rate());
     }
 }

@@ -54,6 +54,10 @@ pub struct StageCounters {
     pub service_us: Histogram,
     /// Time from enqueue to dequeue, µs.
     pub wait_us: Histogram,
+    /// Admission controller: current rate, events/s (gauge; 0 without one).
+    pub admission_rate: Counter,
+    /// Admission controller: the last window's p90 response time, µs (gauge).
+    pub admission_p90_us: Counter,
 }
 
 /// One worker's counters.
@@ -123,6 +127,10 @@ pub struct StageSnapshot {
     pub batch_size: u64,
     /// Replicas taking new events (elastic stages; 0 for fixed ones: all of them).
     pub active_replicas: u64,
+    /// Sum of the replicas' admission rates, events/s (0 without admission control).
+    pub admission_rate: u64,
+    /// Largest last-window p90 response time seen by the replicas' controllers, µs.
+    pub admission_p90_us: u64,
     /// Handler time per event, µs.
     pub service_us: HistSnapshot,
     /// Queue wait per event, µs.
@@ -181,6 +189,8 @@ impl Snapshot {
                     s.queued += c.queued.get();
                     s.batches += c.batches.get();
                     s.batch_size = s.batch_size.max(c.batch_size.get());
+                    s.admission_rate += c.admission_rate.get();
+                    s.admission_p90_us = s.admission_p90_us.max(c.admission_p90_us.get());
                     s.service_us.merge(&c.service_us.snapshot());
                     s.wait_us.merge(&c.wait_us.snapshot());
                 }
@@ -229,10 +239,18 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", s.name, f(s));
             }
         }
-        let _ =
-            writeln!(o, "# HELP ringstage_stage_batch_size Last batch size.\n# TYPE ringstage_stage_batch_size gauge");
-        for s in &self.stages {
-            let _ = writeln!(o, "ringstage_stage_batch_size{{stage=\"{}\"}} {}", s.name, s.batch_size);
+        let gauges: [Metric<StageSnapshot>; 3] = [
+            ("ringstage_stage_batch_size", "Last batch size.", |s| s.batch_size),
+            ("ringstage_stage_admission_rate", "Admission controller rate, events/s.", |s| s.admission_rate),
+            ("ringstage_stage_admission_p90_us", "Admission controller's last p90 response time, us.", |s| {
+                s.admission_p90_us
+            }),
+        ];
+        for (name, help, f) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for s in &self.stages {
+                let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", s.name, f(s));
+            }
         }
         for (name, help, pick) in [
             ("ringstage_stage_service_seconds", "Handler time per event.", 0),

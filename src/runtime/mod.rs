@@ -251,12 +251,31 @@ impl Builder {
         let mut per_worker_listeners: Vec<Vec<worker::ListenerPlan>> = (0..self.workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for (id, l) in self.listeners.iter().enumerate() {
-            let mut addr = l.cfg.addr;
-            for &w in &l.cfg.workers {
-                let fd = ringstage_sys::socket::listen(addr, l.cfg.backlog, true)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {addr}: {e}")))?;
-                addr = ringstage_sys::socket::local_addr(fd.as_raw_fd())?;
-                per_worker_listeners[w].push(worker::ListenerPlan { id, fd, cfg: l.cfg.clone(), deliver: l.deliver });
+            let in_use = |addr, e: std::io::Error| std::io::Error::new(e.kind(), format!("listen on {addr}: {e}"));
+            // Bind exclusively first, so that an address held by another process (even one using
+            // SO_REUSEPORT) is an error rather than a silent split of the incoming connections.
+            let first =
+                ringstage_sys::socket::listen(l.cfg.addr, l.cfg.backlog, false).map_err(|e| in_use(l.cfg.addr, e))?;
+            let addr = ringstage_sys::socket::local_addr(first.as_raw_fd())?;
+            if let [w] = l.cfg.workers[..] {
+                per_worker_listeners[w].push(worker::ListenerPlan {
+                    id,
+                    fd: first,
+                    cfg: l.cfg.clone(),
+                    deliver: l.deliver,
+                });
+            } else {
+                // Several workers: one SO_REUSEPORT socket each, on the port just proven free.
+                drop(first);
+                for &w in &l.cfg.workers {
+                    let fd = ringstage_sys::socket::listen(addr, l.cfg.backlog, true).map_err(|e| in_use(addr, e))?;
+                    per_worker_listeners[w].push(worker::ListenerPlan {
+                        id,
+                        fd,
+                        cfg: l.cfg.clone(),
+                        deliver: l.deliver,
+                    });
+                }
             }
             addrs.push(addr);
         }

@@ -105,8 +105,11 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
                 let wait = (now_us.wrapping_sub(st.at) as i32).max(0) as u64;
                 c.wait_us.record(wait, 1);
                 if let Some(ctl) = &self.admission {
-                    let resp = std::time::Duration::from_micros(wait + self.last_service_us);
-                    ctl.borrow_mut().observe(resp, cx.io.now);
+                    let mut ctl = ctl.borrow_mut();
+                    if !ctl.config().external_samples {
+                        let resp = std::time::Duration::from_micros(wait + self.last_service_us);
+                        ctl.observe(resp, cx.io.now);
+                    }
                 }
                 self.handler.handle(st.ev, &mut cx);
                 n += 1;
@@ -140,7 +143,11 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
 
     fn tick(&mut self, io: &mut Io) {
         if let Some(ctl) = &self.admission {
-            ctl.borrow_mut().tick(io.now);
+            let mut ctl = ctl.borrow_mut();
+            ctl.tick(io.now);
+            let c = &self.counters.stages[self.stage];
+            c.admission_rate.set(ctl.rate() as u64);
+            c.admission_p90_us.set(ctl.last_p90().as_micros() as u64);
         }
         self.handler.tick(&mut Context { io });
     }

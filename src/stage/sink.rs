@@ -202,6 +202,15 @@ impl<E: Send + 'static> Sink<E> {
         Ok(())
     }
 
+    /// Reports one response time to the target stage's admission controller on this worker
+    /// (see [`OverloadConfig::external_samples`](crate::control::OverloadConfig)); no-op when
+    /// it has none. Lets the stage that answers a request feed the end-to-end time.
+    pub fn observe_response(&self, response: std::time::Duration) {
+        if let Some((ctl, now)) = &self.inner.admission {
+            ctl.borrow_mut().observe(response, now.get());
+        }
+    }
+
     /// Number of replicas of the target stage.
     pub fn replicas(&self) -> usize {
         self.inner.replica_workers.len()

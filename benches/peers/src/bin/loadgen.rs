@@ -24,10 +24,16 @@ struct Args {
     idle: usize,
     /// HTTP mode: keep-alive GETs of this path; per-connection counts give Jain's fairness.
     http: Option<String>,
+    /// Open loop (HTTP mode): total requests per second, spread evenly over the connections.
+    /// Latency is measured from each request's scheduled time (no coordinated omission).
+    rate: Option<f64>,
+    /// Connections are grouped into this many clients (connection c belongs to client
+    /// c % clients) for Jain's fairness index; default: one client per connection.
+    clients: Option<usize>,
 }
 
 fn parse() -> Args {
-    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0, http: None };
+    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0, http: None, rate: None, clients: None };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -41,6 +47,8 @@ fn parse() -> Args {
             "--server-pid" => a.server_pid = Some(v.parse().unwrap()),
             "--idle" => a.idle = v.parse().unwrap(),
             "--http" => a.http = Some(v),
+            "--rate" => a.rate = Some(v.parse().unwrap()),
+            "--clients" => a.clients = Some(v.parse().unwrap()),
             _ => panic!("unknown flag {k}"),
         }
     }
@@ -85,12 +93,15 @@ fn main() {
         let measuring = Rc::new(Cell::new(false));
         let stop = Rc::new(Cell::new(false));
         let mut tasks = Vec::new();
-        let per_conn: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(vec![0; a.conns]));
+        let clients = a.clients.unwrap_or(a.conns).clamp(1, a.conns);
+        let per_conn: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(vec![0; clients]));
         let errors = Rc::new(Cell::new(0u64));
+        let refused = Rc::new(Cell::new(0u64));
+        let interval = a.rate.map(|r| Duration::from_secs_f64(a.conns as f64 / r));
         if let Some(path) = a.http.clone() {
             for c in 0..a.conns {
                 let (hist, count, measuring, stop) = (hist.clone(), count.clone(), measuring.clone(), stop.clone());
-                let (per_conn, errors) = (per_conn.clone(), errors.clone());
+                let (per_conn, errors, refused) = (per_conn.clone(), errors.clone(), refused.clone());
                 let addr = a.addr.clone();
                 let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
                 tasks.push(tokio::task::spawn_local(async move {
@@ -101,8 +112,28 @@ fn main() {
                     s.set_nodelay(true).unwrap();
                     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
                     let mut tmp = vec![0u8; 256 * 1024];
+                    // Open loop: Poisson arrivals (exponential gaps with mean `interval`) per
+                    // connection, from a per-connection xorshift stream.
+                    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64 + 1) * 0x2545_F491_4F6C_DD1D);
+                    let mut gap = move |iv: Duration| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let u = ((rng >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                        iv.mul_f64(-u.ln())
+                    };
+                    let mut due = interval.map(|iv| Instant::now() + gap(iv));
                     while !stop.get() {
-                        let t0 = Instant::now();
+                        let t0 = match (due.as_mut(), interval) {
+                            (Some(d), Some(iv)) => {
+                                tokio::time::sleep_until((*d).into()).await;
+                                let t = *d;
+                                *d += gap(iv);
+                                t
+                            }
+                            _ => Instant::now(),
+                        };
+                        let mut status_ok;
                         if s.write_all(&req).await.is_err() {
                             errors.set(errors.get() + 1);
                             return;
@@ -112,6 +143,8 @@ fn main() {
                             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                                 let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
                                 let ok = head.starts_with("HTTP/1.1 200");
+                                status_ok = ok;
+                                let busy = head.starts_with("HTTP/1.1 503");
                                 let len = head
                                     .lines()
                                     .find_map(|l| {
@@ -119,7 +152,11 @@ fn main() {
                                         k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
                                     })
                                     .unwrap_or(0);
-                                if !ok {
+                                if busy {
+                                    if measuring.get() && buf.len() >= end + 4 + len {
+                                        refused.set(refused.get() + 1);
+                                    }
+                                } else if !ok {
                                     errors.set(errors.get() + 1);
                                 }
                                 if buf.len() >= end + 4 + len {
@@ -135,10 +172,10 @@ fn main() {
                             }
                         };
                         buf.drain(..total);
-                        if measuring.get() {
+                        if measuring.get() && status_ok {
                             hist.borrow_mut().record((t0.elapsed().as_nanos() as u64).max(100)).unwrap();
                             count.set(count.get() + 1);
-                            per_conn.borrow_mut()[c] += 1;
+                            per_conn.borrow_mut()[c % clients] += 1;
                         }
                     }
                 }));
@@ -188,13 +225,15 @@ fn main() {
         let (sum, sq) = pc.iter().fold((0f64, 0f64), |(s, q), &x| (s + x as f64, q + (x as f64) * (x as f64)));
         let jain = if sq > 0.0 { sum * sum / (pc.len() as f64 * sq) } else { 0.0 };
         println!(
-            "{{\"jain\":{:.4},\"errors\":{},\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            "{{\"refused\":{},\"jain\":{:.4},\"errors\":{},\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            refused.get(),
             jain,
             errors.get(),
             msgs,
             secs,
             msgs as f64 / secs,
             h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.9) as f64 / 1000.0,
             h.value_at_quantile(0.99) as f64 / 1000.0,
             h.value_at_quantile(0.999) as f64 / 1000.0,
             cpu.unwrap_or(0),
