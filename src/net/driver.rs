@@ -374,13 +374,21 @@ impl Io {
             })
         });
         c.out.fill_iovecs(&mut st.iov, MAX_IOV);
-        st.msg.msg_iov = st.iov.as_mut_ptr();
-        st.msg.msg_iovlen = st.iov.len();
         let ud = token::make(token::SEND, idx as u32, c.gen);
-        let send = opcode::SendMsg::new(types::Fd(c.fd), &st.msg as *const libc::msghdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(ud);
+        let send = if let [one] = st.iov[..] {
+            // One segment: a plain send, without the msghdr and iovec import of sendmsg.
+            opcode::Send::new(types::Fd(c.fd), one.iov_base as *const u8, one.iov_len.min(u32::MAX as usize) as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud)
+        } else {
+            st.msg.msg_iov = st.iov.as_mut_ptr();
+            st.msg.msg_iovlen = st.iov.len();
+            opcode::SendMsg::new(types::Fd(c.fd), &st.msg as *const libc::msghdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(ud)
+        };
         let li = c.listener;
         c.sending = true;
         let r = match self.net.listeners[li].send_ts.as_deref() {
