@@ -18,6 +18,10 @@ use crate::proto::{self, DateLine, PathError, Range};
 /// A cached (or just loaded) file.
 pub struct Entry {
     pub body: IoBuf,
+    /// Too large to cache: the open file, sent with splice (zero copy) instead of `body`.
+    pub file: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Content length.
+    pub len: u64,
     /// Status line and the fixed headers of a 200, ending before `Date:`.
     pub head200: IoBuf,
     pub etag: String,
@@ -34,19 +38,39 @@ pub struct Entry {
 impl Entry {
     /// `path` names the file actually read (for its MIME type).
     pub fn new(path: &[u8], body: IoBuf, ino: u64, mtime: i64, cached: bool) -> Entry {
-        let etag = format!("\"{ino:x}-{mtime:x}-{:x}\"", body.len());
+        let len = body.len() as u64;
+        Entry::build(path, body, None, len, ino, mtime, cached)
+    }
+
+    /// An uncached large file, to be spliced from `file`.
+    pub fn spliced(path: &[u8], file: Arc<std::os::fd::OwnedFd>, len: u64, ino: u64, mtime: i64) -> Entry {
+        Entry::build(path, IoBuf::from_static(b""), Some(file), len, ino, mtime, false)
+    }
+
+    fn build(
+        path: &[u8],
+        body: IoBuf,
+        file: Option<Arc<std::os::fd::OwnedFd>>,
+        len: u64,
+        ino: u64,
+        mtime: i64,
+        cached: bool,
+    ) -> Entry {
+        let etag = format!("\"{ino:x}-{mtime:x}-{len:x}\"");
         let last_modified = proto::http_date(mtime);
         let mime = proto::mime(path);
         let head200 = IoBuf::from(
             format!(
                 "HTTP/1.1 200 OK\r\nServer: {}\r\nContent-Type: {mime}\r\nContent-Length: {}\r\nLast-Modified: {last_modified}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n",
                 proto::SERVER,
-                body.len()
+                len
             )
             .into_bytes(),
         );
         Entry {
             body,
+            file,
+            len,
             head200,
             etag,
             last_modified,
@@ -266,7 +290,9 @@ impl Cache {
             chain.push(tail);
             return self.send(req.conn, chain, !req.keep_alive);
         }
-        let len = e.body.len() as u64;
+        let len = e.len;
+        // The body part to send, as (offset, length), for a spliced file.
+        let mut file_part = None;
         match req.range.as_deref().map_or(Range::Full, |r| proto::parse_range(r, len)) {
             Range::Full => {
                 chain.push(e.head200.clone());
@@ -274,6 +300,7 @@ impl Cache {
                 chain.push(tail);
                 if !req.head {
                     chain.push(e.body.clone());
+                    file_part = Some((0, len));
                 }
             }
             Range::Part(a, b) => {
@@ -289,14 +316,28 @@ impl Cache {
                 chain.push(date);
                 chain.push(tail);
                 if !req.head {
-                    chain.push(e.body.slice(a as usize..=b as usize));
+                    if e.file.is_none() {
+                        chain.push(e.body.slice(a as usize..=b as usize));
+                    }
+                    file_part = Some((a, b - a + 1));
                 }
             }
             Range::Unsatisfiable => {
                 return self.respond_error(req, 416, &format!("Content-Range: bytes */{len}\r\n"));
             }
         }
-        self.send(req.conn, chain, !req.keep_alive);
+        match (&e.file, file_part) {
+            (Some(file), Some((offset, len))) if len > 0 => {
+                // Headers from memory, then the body spliced from the page cache.
+                let conn = req.conn;
+                let head = NetCmd::SendChain { conn, data: chain };
+                let body = NetCmd::SendFile { conn, file: file.clone(), offset, len };
+                if self.net.try_enqueue(head).is_err() || self.net.try_enqueue(body).is_err() || !req.keep_alive {
+                    let _ = self.net.try_enqueue(NetCmd::Close { conn });
+                }
+            }
+            _ => self.send(req.conn, chain, !req.keep_alive),
+        }
     }
 
     fn process(&mut self, req: Request, now: Instant) {

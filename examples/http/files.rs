@@ -1,5 +1,7 @@
 //! The cache-miss stage: loads a file with openat2 (confined beneath the root), statx and read,
-//! all on the ring, and hands the entry back to the cache stage.
+//! all on the ring, and hands the entry back to the cache stage. A file larger than the
+//! cacheable size is not read: its open descriptor goes back instead, and the body is spliced
+//! from the page cache to the socket per request.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -23,8 +25,6 @@ pub struct Files {
     pub shared: Arc<SharedCache>,
     /// Results the cache stage refused (it was full); retried before new work and on ticks.
     pub undelivered: Rc<RefCell<VecDeque<CacheEvent>>>,
-    /// Largest file served at all (read whole into memory); larger ones get 403.
-    pub max_serve: u64,
 }
 
 /// One load in progress; moves from callback to callback.
@@ -36,7 +36,6 @@ struct Load {
     root: Arc<Root>,
     shared: Arc<SharedCache>,
     undelivered: Rc<RefCell<VecDeque<CacheEvent>>>,
-    max_serve: u64,
 }
 
 fn status_of(e: &std::io::Error) -> u16 {
@@ -71,7 +70,12 @@ fn stat(cx: &mut Context<'_>, mut ld: Load, fd: OwnedFd) {
             ld.rel.extend_from_slice(b"/index.html");
             open(cx, ld);
         }
-        Ok(st) if st.is_file && st.size <= ld.max_serve => read(cx, ld, fd, st, Vec::new()),
+        Ok(st) if st.is_file && st.size as usize > ld.shared.max_file => {
+            // Too large to cache: keep the file open and splice it per request (zero copy).
+            let e = Entry::spliced(&ld.rel, Arc::new(fd), st.size, st.ino, proto::unix_secs(st.modified));
+            finish(ld, Ok(Arc::new(e)));
+        }
+        Ok(st) if st.is_file => read(cx, ld, fd, st, Vec::new()),
         Ok(_) => {
             cx.close(fd);
             let status = if ld.tried_index { 404 } else { 403 };
@@ -148,7 +152,6 @@ impl Handler for Files {
             root: self.root.clone(),
             shared: self.shared.clone(),
             undelivered: self.undelivered.clone(),
-            max_serve: self.max_serve,
         };
         open(cx, ld);
     }

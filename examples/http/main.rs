@@ -143,7 +143,6 @@ fn run(o: Opts) -> std::io::Result<()> {
         root: root.clone(),
         shared: shared.clone(),
         undelivered: Rc::new(RefCell::new(VecDeque::new())),
-        max_serve: 1 << 30,
     });
     let rt = b.start()?;
     println!("http listening on {} serving {} ({} worker(s))", rt.local_addr(listener), o.root, o.workers);

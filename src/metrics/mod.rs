@@ -83,6 +83,8 @@ pub struct WorkerCounters {
     pub accepted: Counter,
     /// Connections closed.
     pub closed: Counter,
+    /// File bytes sent to sockets with splice (zero copy).
+    pub spliced: Counter,
     /// I/O operations armed (monotone; for quiescence).
     pub io_started: Counter,
     /// I/O operations finished (monotone; for quiescence).
@@ -102,6 +104,7 @@ impl WorkerCounters {
             accept_backoffs: Counter::default(),
             accepted: Counter::default(),
             closed: Counter::default(),
+            spliced: Counter::default(),
             io_started: Counter::default(),
             io_finished: Counter::default(),
         }
@@ -160,6 +163,8 @@ pub struct WorkerSnapshot {
     pub accepted: u64,
     /// Connections closed.
     pub closed: u64,
+    /// File bytes spliced to sockets.
+    pub spliced: u64,
 }
 
 /// An exposition entry: metric name, help text, and how to read it from a snapshot.
@@ -211,6 +216,7 @@ impl Snapshot {
                 accept_backoffs: w.accept_backoffs.get(),
                 accepted: w.accepted.get(),
                 closed: w.closed.get(),
+                spliced: w.spliced.get(),
             })
             .collect();
         Snapshot { stages, workers }
@@ -270,7 +276,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 9] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 10] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -282,6 +288,7 @@ impl Snapshot {
             }),
             ("ringstage_worker_accepted_total", "Connections accepted.", |w| w.accepted),
             ("ringstage_worker_closed_total", "Connections closed.", |w| w.closed),
+            ("ringstage_worker_spliced_bytes_total", "File bytes spliced to sockets (zero copy).", |w| w.spliced),
         ];
         for (name, help, f) in worker_counters {
             let help = if help.is_empty() { "Time blocked waiting for completions." } else { help };

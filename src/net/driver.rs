@@ -18,6 +18,24 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Most iovecs per send; the rest goes in the next send.
 const MAX_IOV: usize = 64;
 
+/// A non-blocking pipe for splicing, enlarged to 1 MiB where the system allows (the chunk
+/// size of a transfer). Returns (read end, write end, capacity).
+fn make_pipe() -> std::io::Result<(OwnedFd, OwnedFd, u32)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into the live array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor we own; failure leaves the default size.
+    let _ = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    // SAFETY: as above.
+    let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    Ok((r, w, if size > 0 { size as u32 } else { 65536 }))
+}
+
 fn timespec(d: Duration) -> types::Timespec {
     types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos())
 }
@@ -62,6 +80,25 @@ struct SendState {
     msg: libc::msghdr,
 }
 
+/// A file transfer by splice: file → pipe → socket, a chunk at a time.
+struct FileSend {
+    file: Arc<OwnedFd>,
+    offset: u64,
+    /// Bytes not yet moved from the file into the pipe.
+    remaining: u64,
+    /// Bytes in the pipe, not yet in the socket.
+    in_pipe: u64,
+    /// (read end, write end), made on first use.
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    chunk: u32,
+}
+
+/// Output queued behind a file transfer.
+enum Queued {
+    Bufs(IoBufChain),
+    File(FileSend),
+}
+
 struct ConnState {
     fd: RawFd,
     gen: u32,
@@ -76,6 +113,12 @@ struct ConnState {
     close_submitted: bool,
     out: IoBufChain,
     send: Option<Box<SendState>>,
+    /// The file transfer in progress (after `out` drained).
+    file: Option<Box<FileSend>>,
+    /// Output waiting behind `file`, in order.
+    queue: VecDeque<Queued>,
+    /// Splice ops in flight.
+    splicing: u8,
     last_active: Instant,
 }
 
@@ -83,6 +126,23 @@ impl ConnState {
     /// Closing without flushing.
     fn aborting(&self) -> bool {
         self.closing && !self.graceful
+    }
+
+    /// A send or splice is in flight.
+    fn busy(&self) -> bool {
+        self.sending || self.splicing > 0
+    }
+
+    /// Output not yet handed to the kernel.
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.file.is_some() || !self.queue.is_empty()
+    }
+
+    /// Drops all queued output (abort; nothing may be in flight).
+    fn drop_output(&mut self) {
+        self.out.clear();
+        self.file = None;
+        self.queue.clear();
     }
 }
 
@@ -161,6 +221,10 @@ impl Io {
             }
             token::RECV => self.on_recv(idx, gen, res, flags),
             token::SEND => self.on_send(idx, gen, res),
+            token::SPLICE_IN | token::SPLICE_OUT => {
+                self.on_splice(idx, gen, kind == token::SPLICE_IN, res);
+                Ok(())
+            }
             token::CLOSE => {
                 self.on_closed(idx, gen);
                 Ok(())
@@ -251,6 +315,9 @@ impl Io {
             close_submitted: false,
             out: IoBufChain::new(),
             send: None,
+            file: None,
+            queue: VecDeque::new(),
+            splicing: 0,
             last_active: self.now,
         });
         self.counters.accepted.add(1);
@@ -348,17 +415,145 @@ impl Io {
         if !live || conn.worker() != self.worker {
             return; // stale id or already aborted: the bytes are dropped with the command
         }
+        let c = &mut self.net.conns[idx];
+        // Behind a file transfer, output waits its turn in `queue`.
+        let behind = c.file.is_some() || !c.queue.is_empty();
+        let queue_bufs = |q: &mut VecDeque<Queued>, mut chain: IoBufChain| match q.back_mut() {
+            Some(Queued::Bufs(b)) => b.append(&mut chain),
+            _ => q.push_back(Queued::Bufs(chain)),
+        };
         match cmd {
-            NetCmd::Send { data, .. } => self.net.conns[idx].out.push(data),
-            NetCmd::SendChain { mut data, .. } => self.net.conns[idx].out.append(&mut data),
+            NetCmd::Send { data, .. } if behind => queue_bufs(&mut c.queue, IoBufChain::from(data)),
+            NetCmd::Send { data, .. } => c.out.push(data),
+            NetCmd::SendChain { data, .. } if behind => queue_bufs(&mut c.queue, data),
+            NetCmd::SendChain { mut data, .. } => c.out.append(&mut data),
+            NetCmd::SendFile { file, offset, len, .. } => {
+                let f = FileSend { file, offset, remaining: len, in_pipe: 0, pipe: None, chunk: 0 };
+                if behind || !c.out.is_empty() {
+                    c.queue.push_back(Queued::File(f));
+                } else {
+                    c.file = Some(Box::new(f));
+                }
+            }
             NetCmd::Close { .. } => {
                 self.begin_close(idx, true);
                 return;
             }
         }
-        if !self.net.conns[idx].sending {
-            self.submit_send(idx);
+        self.pump(idx);
+    }
+
+    /// Starts the next transfer when nothing is in flight: queued buffers, then the file
+    /// transfer, then whatever waited behind it.
+    fn pump(&mut self, idx: usize) {
+        loop {
+            let Some(c) = self.net.conns.get_mut(idx) else { return };
+            if c.busy() || c.aborting() || c.close_submitted {
+                return;
+            }
+            if !c.out.is_empty() {
+                return self.submit_send(idx);
+            }
+            if c.file.is_some() {
+                if self.submit_splice(idx) {
+                    return;
+                }
+                continue; // the transfer was complete: move on
+            }
+            match c.queue.pop_front() {
+                Some(Queued::Bufs(b)) => c.out = b,
+                Some(Queued::File(f)) => c.file = Some(Box::new(f)),
+                None => return,
+            }
         }
+    }
+
+    /// Submits the next splice step of the connection's file transfer. Returns false (and
+    /// clears the transfer) when it is complete.
+    fn submit_splice(&mut self, idx: usize) -> bool {
+        let c = &mut self.net.conns[idx];
+        let (sock, gen) = (c.fd, c.gen);
+        let f = c.file.as_mut().expect("a file transfer");
+        if f.in_pipe == 0 && f.remaining == 0 {
+            c.file = None;
+            return false;
+        }
+        if f.pipe.is_none() {
+            match make_pipe() {
+                Ok((r, w, size)) => {
+                    f.pipe = Some((r, w));
+                    f.chunk = size;
+                }
+                Err(_) => {
+                    self.begin_close(idx, false);
+                    return true;
+                }
+            }
+        }
+        let (r, w) = f.pipe.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())).expect("pipe");
+        let out_tok = token::make(token::SPLICE_OUT, idx as u32, gen);
+        let res = if f.in_pipe > 0 {
+            // Finish what is in the pipe first (the socket took less last time).
+            let n = f.in_pipe.min(u64::from(f.chunk)) as u32;
+            c.splicing = 1;
+            self.push_plain(opcode::Splice::new(types::Fd(r), -1, types::Fd(sock), -1, n).build().user_data(out_tok))
+        } else {
+            let n = f.remaining.min(u64::from(f.chunk)) as u32;
+            let file_in = opcode::Splice::new(types::Fd(f.file.as_raw_fd()), f.offset as i64, types::Fd(w), -1, n)
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(token::make(token::SPLICE_IN, idx as u32, gen));
+            let to_sock = opcode::Splice::new(types::Fd(r), -1, types::Fd(sock), -1, n).build().user_data(out_tok);
+            c.splicing = 2;
+            // SAFETY: splices refer to descriptors only; the file and the pipe are owned by the
+            // transfer, which lives until both completions arrive.
+            unsafe { self.push(&[file_in, to_sock]) }
+        };
+        let c = &mut self.net.conns[idx];
+        match res {
+            Ok(()) => self.counters.io_started.add(u64::from(c.splicing)),
+            Err(_) => {
+                c.splicing = 0;
+                self.begin_close(idx, false);
+            }
+        }
+        true
+    }
+
+    fn on_splice(&mut self, idx: usize, gen: u32, file_side: bool, res: i32) {
+        self.counters.io_finished.add(1);
+        let Some(c) = self.net.conns.get_mut(idx).filter(|c| token::same_gen(c.gen, gen)) else { return };
+        c.splicing -= 1;
+        c.last_active = self.now;
+        let mut fail = false;
+        if let Some(f) = c.file.as_mut() {
+            match (file_side, res) {
+                (true, n) if n > 0 => {
+                    f.offset += n as u64;
+                    f.remaining -= n as u64;
+                    f.in_pipe += n as u64;
+                }
+                (true, _) => fail = true, // the file ended early (or failed): the length promised is wrong
+                (false, n) if n > 0 => {
+                    f.in_pipe -= n as u64;
+                    self.counters.spliced.add(n as u64);
+                }
+                // A short file-side splice breaks the link: resubmit from the pipe.
+                (false, e) if -e == libc::ECANCELED && !c.closing => {}
+                (false, _) => fail = true, // peer gone, or our cancel
+            }
+        }
+        if c.splicing > 0 {
+            return;
+        }
+        if fail || c.aborting() {
+            c.drop_output();
+            self.begin_close(idx, false);
+            self.maybe_finish_close(idx);
+            return;
+        }
+        self.pump(idx);
+        self.maybe_finish_close(idx);
     }
 
     fn submit_send(&mut self, idx: usize) {
@@ -423,14 +618,14 @@ impl Io {
         c.last_active = self.now;
         if res < 0 {
             // EPIPE/ECONNRESET (peer gone) or ECANCELED (send timeout fired): abort.
-            c.out.clear();
+            c.drop_output();
             self.begin_close(idx, false);
         } else {
             c.out.advance(res as usize);
-            if !c.out.is_empty() && !c.aborting() {
-                self.submit_send(idx);
+            if c.aborting() {
+                c.drop_output();
             } else {
-                c.out.clear();
+                self.pump(idx);
             }
         }
         self.maybe_finish_close(idx);
@@ -445,6 +640,15 @@ impl Io {
             self.maybe_finish_close(idx);
             return;
         }
+        if !graceful && c.splicing > 0 {
+            let gen = c.gen;
+            for kind in [token::SPLICE_IN, token::SPLICE_OUT] {
+                let ud = token::make(kind, idx as u32, gen);
+                let _ =
+                    self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
+            }
+        }
+        let c = &mut self.net.conns[idx];
         c.closing = true;
         c.graceful = graceful;
         let gen = c.gen;
@@ -455,8 +659,8 @@ impl Io {
         if !graceful {
             if c.sending {
                 cancel.push(token::make(token::SEND, idx as u32, gen));
-            } else {
-                c.out.clear();
+            } else if !c.busy() {
+                c.drop_output();
             }
         }
         for ud in cancel {
@@ -472,11 +676,11 @@ impl Io {
     /// cancel took effect, so the fd stays open until then.
     fn maybe_finish_close(&mut self, idx: usize) {
         let Some(c) = self.net.conns.get_mut(idx) else { return };
-        if !c.closing || c.close_submitted || c.sending {
+        if !c.closing || c.close_submitted || c.busy() {
             return;
         }
-        if c.graceful && !c.out.is_empty() {
-            self.submit_send(idx);
+        if c.graceful && c.has_output() {
+            self.pump(idx);
             return;
         }
         if c.recv_armed {

@@ -10,6 +10,8 @@
 //!   back-off timer (10 ms doubling to 1 s) on the ring; the loop never spins on it.
 //! - **ENOBUFS on recv** (pool empty): the connection waits, without a pending recv, until its
 //!   worker's pool gets buffers back, then its recv is re-armed. No byte is lost: TCP holds it.
+//! - **Large files**: [`NetCmd::SendFile`] splices file → pipe → socket with two linked
+//!   `SPLICE` ops per chunk (up to the pipe's size), so file bytes never enter user memory.
 //! - **Peer reset mid-send / send timeout**: the connection is closed, its queued buffers are
 //!   released, and the handler stage gets [`NetEvent::Closed`].
 
@@ -97,6 +99,18 @@ pub enum NetCmd {
         /// Bytes to send.
         data: IoBufChain,
     },
+    /// Send `len` bytes of `file` from `offset`, zero copy: the kernel splices them from the
+    /// page cache through a pipe into the socket. Ordered with the connection's other sends.
+    SendFile {
+        /// The connection.
+        conn: Conn,
+        /// An open regular file (kept open until the transfer ends).
+        file: std::sync::Arc<std::os::fd::OwnedFd>,
+        /// Where to start.
+        offset: u64,
+        /// How many bytes. The connection is aborted if the file turns out shorter.
+        len: u64,
+    },
     /// Stop reading, finish queued sends, then close.
     Close {
         /// The connection.
@@ -108,7 +122,10 @@ impl NetCmd {
     /// The connection the command is for.
     pub fn conn(&self) -> Conn {
         match self {
-            NetCmd::Send { conn, .. } | NetCmd::SendChain { conn, .. } | NetCmd::Close { conn } => *conn,
+            NetCmd::Send { conn, .. }
+            | NetCmd::SendChain { conn, .. }
+            | NetCmd::SendFile { conn, .. }
+            | NetCmd::Close { conn } => *conn,
         }
     }
 

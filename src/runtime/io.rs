@@ -23,6 +23,8 @@ pub(crate) mod token {
     pub(crate) const CANCEL: u8 = 7;
     pub(crate) const CLOSE: u8 = 8;
     pub(crate) const OP: u8 = 9;
+    pub(crate) const SPLICE_IN: u8 = 10;
+    pub(crate) const SPLICE_OUT: u8 = 11;
 
     #[inline]
     pub(crate) fn make(kind: u8, idx: u32, gen: u32) -> u64 {
