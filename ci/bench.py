@@ -34,6 +34,28 @@ def sh(cmd, **kw):
     subprocess.run(cmd, check=True, cwd=ROOT, **kw)
 
 
+def publish(name, report, data):
+    """Prints a report and writes it as bench-out/NAME.md, with its data as NAME.json."""
+    print("\n" + report)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, f"{name}.json"), "w") as fh:
+        json.dump(data, fh, indent=1)
+    with open(os.path.join(OUT, f"{name}.md"), "w") as fh:
+        fh.write("```\n" + report + "\n```\n")
+
+
+def pyplot():
+    """matplotlib's pyplot with a file backend, or None (tables only) when it is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("no matplotlib: skipped plots")
+        return None
+
+
 def build_echo():
     sh(["cargo", "build", "--release", "--quiet", "--example", "echo"])
     sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
@@ -158,23 +180,13 @@ def bench_echo(a):
                      f"p99 / {peer:<7} {rs_['p99_us'] / by[peer]['p99_us']:6.3f}  (<= 1.0)")
     lines.append(f"  cpu per msg / c-io_uring {rs_['cpu_ns_per_msg'] / by['c-io_uring']['cpu_ns_per_msg']:6.3f}  (<= 1.0)")
     lines.append(f"  idle memory per connection {rs_['idle_bytes_per_conn']:.0f} B at {idle_n} idle connections  (<= 1024)")
-    report = "\n".join(lines)
-    print("\n" + report)
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "echo.json"), "w") as f:
-        json.dump({"rows": rows, "idle_connections": idle_n}, f, indent=1)
-    with open(os.path.join(OUT, "echo.md"), "w") as f:
-        f.write("```\n" + report + "\n```\n")
+    publish("echo", "\n".join(lines), {"rows": rows, "idle_connections": idle_n})
     plot_echo(rows, a)
 
 
 def plot_echo(rows, a):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: skipped plots")
+    plt = pyplot()
+    if plt is None:
         return
     names = [r["server"] for r in rows]
     colors = ["#d62728" if n == "ringstage" else "#7f7f7f" for n in names]
@@ -352,19 +364,10 @@ def bench_http(a):
         rates = [x["rate"] for x in sweep[n]]
         lines.append(f"{n}: throughput at 1024 conns / peak = {rates[-1] / max(rates):.3f} (flat: >= 0.90); "
                      f"min Jain {min(x['jain'] for x in sweep[n]):.4f} (>= 0.99)")
-    report = "\n".join(lines)
-    print("\n" + report)
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "http.json"), "w") as f:
-        json.dump({"fixed": {f"{k[0]}|{k[1]}": v for k, v in fixed.items()}, "sweep": sweep, "summary": summary}, f, indent=1)
-    with open(os.path.join(OUT, "http.md"), "w") as f:
-        f.write("```\n" + report + "\n```\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: skipped plots")
+    publish("http", "\n".join(lines),
+            {"fixed": {f"{k[0]}|{k[1]}": v for k, v in fixed.items()}, "sweep": sweep, "summary": summary})
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     xs = range(len(cases))
@@ -435,19 +438,10 @@ def bench_overload(a):
         lines.append(f"controller on at {f}x: goodput {100 * r['rate'] / cap:.1f}% of capacity (>= 90), "
                      f"p90 of admitted {r['p90_us'] / 1000:.1f} ms = {r['p90_us'] / 1000 / target_ms:.2f} x target (<= 1.2), "
                      f"Jain {r['jain']:.3f} (>= 0.99)")
-    report = "\n".join(lines)
-    print("\n" + report)
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "overload.json"), "w") as fh:
-        json.dump({"capacity": cap, "target_ms": target_ms, "runs": {f"{m}|{f}": r for (m, f), r in res.items()}}, fh, indent=1)
-    with open(os.path.join(OUT, "overload.md"), "w") as fh:
-        fh.write("```\n" + report + "\n```\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: skipped plots")
+    publish("overload", "\n".join(lines),
+            {"capacity": cap, "target_ms": target_ms, "runs": {f"{m}|{f}": r for (m, f), r in res.items()}})
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     for mode, color in (("on", "#d62728"), ("off", "#7f7f7f")):
@@ -479,11 +473,7 @@ def bench_queue(a):
     lines.append(f"targets: single <= 10 ns -> {by['spsc_single_push_pop']['ns_per_item']:.2f} ns; "
                  f"batch of 32 <= 15 cycles/item -> {by['spsc_batch32_push_pop']['cycles_per_item']:.2f}; "
                  f"vs crossbeam ArrayQueue {by['crossbeam_single_push_pop']['ns_per_item'] / by['spsc_single_push_pop']['ns_per_item']:.1f}x faster")
-    report = "\n".join(lines)
-    print("\n" + report)
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "queue.md"), "w") as f:
-        f.write("```\n" + report + "\n```\n")
+    publish("queue", "\n".join(lines), {"cases": cases})
     if not a.skip_criterion:
         print("criterion (queue, iobuf): reports under target/criterion/", flush=True)
         subprocess.run(["cargo", "bench", "--quiet", "--bench", "queue", "--bench", "iobuf", "--", "--noplot", "--warm-up-time", "1",

@@ -59,10 +59,7 @@ fn main() -> std::io::Result<()> {
     b.handler(echo, move |s| Echo { net: s.sink(net) });
     let rt = b.start()?;
     println!("echo listening on {} ({} worker{})", rt.local_addr(listener), workers, if split { "s" } else { "" });
-    let sig = rt.wait_for_signal()?;
-    let m = rt.metrics();
-    rt.shutdown();
-    rt.join()?;
+    let (sig, m) = rt.run_until_signal()?;
     eprintln!("signal {sig}: shut down");
     for s in &m.stages {
         eprintln!("stage {:<6} enqueued {} refused {} processed {}", s.name, s.enqueued, s.refused, s.processed);

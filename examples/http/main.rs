@@ -146,10 +146,7 @@ fn run(o: Opts) -> std::io::Result<()> {
     });
     let rt = b.start()?;
     println!("http listening on {} serving {} ({} worker(s))", rt.local_addr(listener), o.root, o.workers);
-    let sig = rt.wait_for_signal()?;
-    let m = rt.metrics();
-    rt.shutdown();
-    rt.join()?;
+    let (sig, m) = rt.run_until_signal()?;
     eprintln!("signal {sig}: shut down");
     for s in &m.stages {
         eprintln!(

@@ -123,6 +123,11 @@ impl OverloadController {
     /// Decides whether to admit an event of `class` (clamped to `classes - 1`) at `now`.
     #[inline]
     pub fn admit(&mut self, class: u8, now: Instant) -> bool {
+        self.admit_n(class, 1, now)
+    }
+
+    /// Admits `n` events of `class` together, or none of them.
+    pub fn admit_n(&mut self, class: u8, n: usize, now: Instant) -> bool {
         let depth = self.depth();
         if let Some(last) = self.last_refill {
             let dt = now.saturating_duration_since(last).as_secs_f64();
@@ -133,12 +138,13 @@ impl OverloadController {
         let c = class.min(classes - 1);
         // Lower classes must leave a reserve for the higher ones.
         let reserve = depth * f64::from(classes - 1 - c) / f64::from(classes);
-        if self.tokens >= 1.0 + reserve {
-            self.tokens -= 1.0;
-            self.admitted += 1;
+        let n_f = n as f64;
+        if self.tokens >= n_f + reserve {
+            self.tokens -= n_f;
+            self.admitted += n as u64;
             true
         } else {
-            self.refused += 1;
+            self.refused += n as u64;
             false
         }
     }
@@ -327,6 +333,22 @@ mod tests {
         assert!(refused[0] > refused[1] * 2, "class 0 refused {} vs class 1 {}", refused[0], refused[1]);
         assert!(admitted[1] > admitted[0], "class 1 got more through");
         assert!(p90 <= Duration::from_millis(6), "p90 {p90:?}");
+    }
+
+    #[test]
+    fn batches_are_admitted_whole_or_not_at_all() {
+        let t0 = Instant::now();
+        // 1000/s with 10 ms of burst: a bucket of 10 tokens.
+        let mut c = OverloadController::new(OverloadConfig {
+            initial_rate: 1000.0,
+            ..OverloadConfig::new(Duration::from_millis(5))
+        });
+        assert!(c.admit_n(0, 8, t0));
+        assert!(!c.admit_n(0, 8, t0), "2 tokens left: a batch of 8 is refused whole");
+        assert!(c.admit_n(0, 2, t0), "and nothing was taken by the refusal");
+        assert!(!c.admit(0, t0));
+        assert!(c.admit_n(0, 5, t0 + Duration::from_millis(5)), "5 ms later: 5 tokens");
+        assert_eq!(c.counts(), (15, 9));
     }
 
     #[test]

@@ -59,12 +59,7 @@ struct ListenDecl {
 #[derive(Clone, Debug)]
 pub(crate) struct StageMeta {
     pub(crate) name: String,
-    pub(crate) workers: Vec<usize>,
-    pub(crate) capacity: usize,
-    pub(crate) batch: usize,
-    pub(crate) overload: Option<crate::control::OverloadConfig>,
-    pub(crate) batching: Option<crate::control::BatchConfig>,
-    pub(crate) elastic: Option<crate::control::CoreConfig>,
+    pub(crate) cfg: StageConfig,
     /// Elastic stages: bit `r` set while replica `r` takes new events.
     pub(crate) active: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
@@ -172,9 +167,9 @@ impl Builder {
             let handler = make(s);
             let (remote, inject) = s.take_consumer::<H::Event>(idx);
             let local = s.local::<H::Event>(idx);
-            let batch = s.meta[idx].batch;
+            let batch = s.meta[idx].cfg.batch;
             let admission = s.controller(idx);
-            let batcher = s.meta[idx].batching.clone().map(crate::control::BatchController::new);
+            let batcher = s.meta[idx].cfg.batching.clone().map(crate::control::BatchController::new);
             Box::new(worker::Replica {
                 stage: idx,
                 handler,
@@ -285,12 +280,7 @@ impl Builder {
                 .iter()
                 .map(|d| StageMeta {
                     name: d.name.clone(),
-                    workers: d.cfg.workers.clone(),
-                    capacity: d.cfg.capacity,
-                    batch: d.cfg.batch,
-                    overload: d.cfg.overload.clone(),
-                    batching: d.cfg.batching.clone(),
-                    elastic: d.cfg.elastic.clone(),
+                    cfg: d.cfg.clone(),
                     active: d.cfg.elastic.as_ref().map(|c| {
                         let on = c.min.clamp(1, d.cfg.workers.len());
                         Arc::new(std::sync::atomic::AtomicU64::new((1u64 << on) - 1))
@@ -503,13 +493,13 @@ impl Setup<'_> {
             let inner = rc.clone().downcast::<SinkInner<E>>().expect("sink type matches stage");
             return Sink { inner };
         }
-        let local_replica = self.meta[idx].workers.iter().position(|&w| w == self.worker);
+        let local_replica = self.meta[idx].cfg.workers.iter().position(|&w| w == self.worker);
         let local = local_replica.map(|r| (r, self.local::<E>(idx)));
         let (producers, router) = {
             let p = self.parts::<E>(idx);
             (p.producers.take().expect("producers taken once"), p.router)
         };
-        let replica_workers: Box<[usize]> = self.meta[idx].workers.clone().into();
+        let replica_workers: Box<[usize]> = self.meta[idx].cfg.workers.clone().into();
         let mut replica_on = vec![None; self.workers];
         for (r, &w) in replica_workers.iter().enumerate() {
             replica_on[w] = Some(r);
@@ -521,7 +511,7 @@ impl Setup<'_> {
             replica_workers,
             replica_on: replica_on.into(),
             router,
-            rr: Cell::new(self.worker % self.meta[idx].workers.len()),
+            rr: Cell::new(self.worker % self.meta[idx].cfg.workers.len()),
             counters: self.counters.clone(),
             wake: self.wake.clone(),
             clock: self.clock.clone(),
@@ -534,8 +524,8 @@ impl Setup<'_> {
 
     /// The admission controller of stage `idx`'s replica on this worker, if it has one.
     fn controller(&mut self, idx: usize) -> Option<Rc<std::cell::RefCell<crate::control::OverloadController>>> {
-        let cfg = self.meta[idx].overload.clone()?;
-        if !self.meta[idx].workers.contains(&self.worker) {
+        let cfg = self.meta[idx].cfg.overload.clone()?;
+        if !self.meta[idx].cfg.workers.contains(&self.worker) {
             return None;
         }
         let c = self.controllers[idx]
@@ -544,7 +534,7 @@ impl Setup<'_> {
     }
 
     fn local<E: Send + 'static>(&mut self, idx: usize) -> Rc<LocalQueue<E>> {
-        let cap = self.meta[idx].capacity;
+        let cap = self.meta[idx].cfg.capacity;
         let rc = self.locals[idx].get_or_insert_with(|| Rc::new(LocalQueue::<E>::new(cap)) as Rc<dyn Any>);
         rc.clone().downcast::<LocalQueue<E>>().expect("local queue type matches stage")
     }
@@ -664,6 +654,16 @@ impl Runtime {
             return Err(std::io::Error::from_raw_os_error(rc));
         }
         Ok(sig)
+    }
+
+    /// Serves until SIGINT or SIGTERM (requires [`Builder::signals`]), then shuts down
+    /// gracefully. Returns the signal and the final counters.
+    pub fn run_until_signal(self) -> std::io::Result<(i32, Snapshot)> {
+        let sig = self.wait_for_signal()?;
+        self.shutdown();
+        let handle = self.handle();
+        self.join()?;
+        Ok((sig, handle.metrics()))
     }
 
     /// Waits for every worker to exit; returns the first worker error.

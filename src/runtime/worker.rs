@@ -232,7 +232,7 @@ impl Worker {
         };
         let mut replicas = Vec::new();
         for (idx, m) in plan.meta.iter().enumerate() {
-            if m.workers.contains(&plan.id) {
+            if m.cfg.workers.contains(&plan.id) {
                 replicas.push((plan.factories[idx])(&mut setup));
             }
         }
@@ -272,10 +272,10 @@ impl Worker {
                 .meta
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| m.workers.first() == Some(&plan.id))
+                .filter(|(_, m)| m.cfg.workers.first() == Some(&plan.id))
                 .filter_map(|(i, m)| {
-                    let cfg = m.elastic.clone()?;
-                    let ctl = crate::control::CoreController::new(cfg, m.workers.len());
+                    let cfg = m.cfg.elastic.clone()?;
+                    let ctl = crate::control::CoreController::new(cfg, m.cfg.workers.len());
                     Some((i, ctl, m.active.clone()?))
                 })
                 .collect(),

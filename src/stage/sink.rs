@@ -174,8 +174,9 @@ impl<E: Send + 'static> Sink<E> {
     }
 
     /// Puts every event of `events` into one replica, or none of them: if the target queue has
-    /// fewer free slots than `events.len()`, the untouched iterator is handed back. The router
-    /// is not consulted (all events go to the same replica).
+    /// fewer free slots than `events.len()`, or its admission controller (highest class) will
+    /// not take them all, the untouched iterator is handed back. The router is not consulted
+    /// (all events go to the same replica).
     pub fn enqueue_many<I: ExactSizeIterator<Item = E>>(&self, events: I) -> Result<(), I> {
         let n = events.len();
         let Some(r) = self.target(None) else { return Err(events) };
@@ -183,7 +184,13 @@ impl<E: Send + 'static> Sink<E> {
             Some(p) => p.borrow_mut().free(),
             None => self.inner.local.as_ref().expect("local replica").1.free(),
         };
-        if free < n {
+        let admitted = match (&self.inner.admission, &self.inner.local) {
+            (Some((ctl, now)), Some((local, _))) if *local == r => {
+                free >= n && ctl.borrow_mut().admit_n(u8::MAX, n, now.get())
+            }
+            _ => true,
+        };
+        if free < n || !admitted {
             self.account(false, n as u64, r);
             return Err(events);
         }
