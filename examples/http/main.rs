@@ -120,16 +120,18 @@ fn run(o: Opts) -> std::io::Result<()> {
     let all: Vec<usize> = (0..o.workers).collect();
     let mut b = Runtime::builder(o.workers).cpus((0..o.workers).map(|i| o.cpu + i)).signals(true);
     let cap = o.capacity;
-    let parse = b.stage::<NetEvent>("parse", StageConfig::on(all.clone()).capacity(cap));
-    let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
-    let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
-    // One page per visit: the cheap stages on the same core run between pages.
+    // One page per visit: the cheap stages on the same core run between pages. Declared first
+    // (replicas run in declaration order), so a rendered page passes cache and net and leaves
+    // in the same loop iteration instead of waiting behind the next page.
     let mut dyn_cfg = StageConfig::on(all.clone()).capacity(cap).batch(1);
     if let Some(target) = o.overload_target {
         // Samples come from the cache stage: from request parse to response (end to end).
         dyn_cfg = dyn_cfg.overload(OverloadConfig { external_samples: true, ..OverloadConfig::new(target) });
     }
     let dynamic = b.stage::<parse::Request>("dynamic", dyn_cfg);
+    let parse = b.stage::<NetEvent>("parse", StageConfig::on(all.clone()).capacity(cap));
+    let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
+    let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
     let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(Duration::from_secs(30));
     let (net, listener) = b.listen(listen, parse);
     let limits = o.limits.clone();
