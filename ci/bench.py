@@ -411,6 +411,41 @@ def oha(port, rate, secs):
             "p50_ms": (p.get("p50") or 0) * 1e3, "p90_ms": (p.get("p90") or 0) * 1e3, "p99_ms": (p.get("p99") or 0) * 1e3}
 
 
+def stat_gauges(port, names):
+    """Reads the named dynamic-stage gauges from the server's /stats (Prometheus text)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2).read().decode()
+    out = {}
+    for line in text.splitlines():
+        for n in names:
+            if line.startswith(f'{n}{{stage="dynamic"}}'):
+                out[n] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def convergence(cap, target_ms, extra, secs):
+    """Time series of the controller's rate and p90 from a cold start at 4x load, sampled every
+    100 ms (one control window). Returns the samples and the windows until the p90 first
+    stays within 1.2 x target for three windows in a row."""
+    proc, port = start_http("ringstage", extra)
+    series = []
+    try:
+        lg = subprocess.Popen(["taskset", "-c", "1", os.path.join(PEERS, "loadgen"), "--addr", f"127.0.0.1:{port}", "--http",
+                               "/dynamic", "--rate", f"{cap * 4:.1f}", "--conns", "256", "--clients", "16", "--warmup", "0",
+                               "--secs", str(secs)], stdout=subprocess.DEVNULL)
+        t0 = time.time()
+        while lg.poll() is None:
+            g = stat_gauges(port, ["ringstage_stage_admission_rate", "ringstage_stage_admission_p90_us"])
+            series.append((time.time() - t0, g.get("ringstage_stage_admission_rate", 0),
+                           g.get("ringstage_stage_admission_p90_us", 0) / 1000))
+            time.sleep(0.1)
+    finally:
+        stop_server(proc)
+    ok = [p90 <= 1.2 * target_ms and p90 > 0 for _, _, p90 in series]
+    settled = next((i for i in range(len(ok) - 2) if all(ok[i:i + 3])), None)
+    return series, settled
+
+
 def bench_overload(a):
     """The /dynamic endpoint (1 ms of CPU per page) under open-loop load at 0.5x..4x its
     capacity, with SEDA's adaptive admission control on (target p90 10 ms) and off."""
@@ -457,6 +492,13 @@ def bench_overload(a):
     for (mode, f), r in res.items():
         lines.append(f"{mode:<5}{f:>4}x{cap * f:>11.0f}{r['rate']:>11.0f}{100 * r['rate'] / cap:>7.1f}{r['refused_rate']:>11.0f}"
                      f"{r['p50_us'] / 1000:>9.1f}{r['p90_us'] / 1000:>9.1f}{r['p99_us'] / 1000:>9.1f}{r['jain']:>7.3f}")
+    series, settled = convergence(cap, target_ms, ["--dynamic-us", work, "--overload-target-ms", str(target_ms)], 5)
+    lines.append("")
+    if settled is None:
+        lines.append("convergence from a cold start at 4x: the controller's p90 never stayed within 1.2 x target for 3 windows")
+    else:
+        lines.append(f"convergence from a cold start at 4x: the controller's window p90 is within 1.2 x target from window {settled} "
+                     f"(~{series[settled][0]:.1f} s; windows are 100 ms), rate then {series[settled][1]:.0f}/s")
     if all("oha" in r for r in res.values()):
         lines.append("")
         lines.append("cross-check with oha -q (256 connections, latency correction; percentiles over all responses, 503s included):")
@@ -472,11 +514,22 @@ def bench_overload(a):
                      f"p90 of admitted {r['p90_us'] / 1000:.1f} ms = {r['p90_us'] / 1000 / target_ms:.2f} x target (<= 1.2), "
                      f"Jain {r['jain']:.3f} (>= 0.99)")
     publish("overload", "\n".join(lines),
-            {"capacity": cap, "target_ms": target_ms, "runs": {f"{m}|{f}": r for (m, f), r in res.items()}})
+            {"capacity": cap, "target_ms": target_ms, "runs": {f"{m}|{f}": r for (m, f), r in res.items()},
+             "convergence": series, "settled_window": settled})
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    fig, ax = plt.subplots(1, 3, figsize=(17, 4))
+    ts = [x[0] for x in series]
+    ax[2].plot(ts, [x[1] for x in series], color="#d62728", label="admission rate /s")
+    ax[2].axhline(cap, ls=":", color="black", label="capacity")
+    ax[2].set_xlabel("seconds from cold start at 4x load")
+    ax[2].set_title("controller convergence (rate; p90 on the right axis)", fontsize=9)
+    ax[2].legend(loc="upper right")
+    ax2 = ax[2].twinx()
+    ax2.plot(ts, [x[2] for x in series], color="#1f77b4", alpha=0.6, label="window p90 ms")
+    ax2.axhline(target_ms, ls="--", color="#1f77b4", alpha=0.6)
+    ax2.set_ylabel("p90 ms")
     for mode, color in (("on", "#d62728"), ("off", "#7f7f7f")):
         xs = [cap * f for f in factors]
         ax[0].plot(xs, [res[(mode, f)]["rate"] for f in factors], marker="o", color=color, label=f"controller {mode}")
@@ -486,9 +539,10 @@ def bench_overload(a):
     ax[1].axhline(target_ms, ls=":", color="black", label="target")
     ax[1].set_yscale("log")
     ax[1].set_title("p90 latency of admitted requests (ms, log)", fontsize=9)
-    for axis in ax:
+    for axis in ax[:2]:
         axis.set_xlabel("offered requests/s")
         axis.legend()
+    ax[2].set_ylim(0, cap * 2.5)  # the cold-start rate (10k/s) is off the top
     fig.suptitle("adaptive overload control on a CPU-bound stage")
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "overload.png"), dpi=90)
