@@ -59,7 +59,7 @@ fn emfile_backs_off_without_spinning() {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &orig) }, 0);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = std::panic::catch_unwind(|| roundtrip(addr, b"back in business".to_vec(), 4));
+        let r = std::panic::catch_unwind(|| roundtrip(addr, pattern(42, 4096), 64));
         if r.is_ok() {
             break;
         }

@@ -1,5 +1,4 @@
 //! Shared helpers for loopback integration tests.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
