@@ -48,6 +48,10 @@ pub struct OverloadConfig {
     pub burst: f64,
     /// Number of priority classes (class 0 is shed first).
     pub classes: u8,
+    /// The fraction of `target` the controller steers to (default 0.9): responses also spend
+    /// time outside what the samples measure (the network path, the loop iteration in
+    /// progress), so aiming a little under the target keeps what clients see within it.
+    pub setpoint: f64,
     /// Response times come from [`crate::stage::Sink::observe_response`] (for example the
     /// stage that finally answers a request, measuring from its arrival), not from the stage's
     /// own queue wait plus service time.
@@ -69,6 +73,7 @@ impl OverloadConfig {
             headroom: 0.8,
             burst: 0.01,
             classes: 1,
+            setpoint: 0.9,
             external_samples: false,
         }
     }
@@ -176,13 +181,14 @@ impl OverloadController {
         let p90 = Duration::from_micros(w.quantile(0.9));
         let prev = std::mem::replace(&mut self.last_p90, p90);
         let draining = p90.as_secs_f64() < prev.as_secs_f64() * 0.9;
-        if std::mem::take(&mut self.hold) || (p90 > self.cfg.target && draining) {
+        let target = self.cfg.target.mul_f64(self.cfg.setpoint);
+        if std::mem::take(&mut self.hold) || (p90 > target && draining) {
             // After a decrease, or while the percentile is already falling, the backlog that
             // caused it is draining: cutting again would act on stale measurements.
-        } else if p90 > self.cfg.target {
+        } else if p90 > target {
             // Full `decrease` from 1.5 x target up; proportionally less for a slight overshoot,
             // so the rate settles just under capacity instead of see-sawing 20% below it.
-            let over = (p90.as_secs_f64() / self.cfg.target.as_secs_f64() - 1.0) * 2.0;
+            let over = (p90.as_secs_f64() / target.as_secs_f64() - 1.0) * 2.0;
             // While congested, the stage completes events at its capacity.
             let secs = now.saturating_duration_since(start).as_secs_f64().max(1e-6);
             self.ceiling = w.count() as f64 / secs;
@@ -191,7 +197,7 @@ impl OverloadController {
             let cut = self.rate.min(self.ceiling) / (1.0 + (self.cfg.decrease - 1.0) * over.min(1.0));
             self.rate = cut.max(self.ceiling / 2.0);
             self.hold = true;
-        } else if p90.as_secs_f64() < self.cfg.headroom * self.cfg.target.as_secs_f64() {
+        } else if p90.as_secs_f64() < self.cfg.headroom * target.as_secs_f64() {
             // Far below the capacity measured at the last cut: climb faster; near it, slowly.
             let fast = self.rate < 0.8 * self.ceiling;
             let step = if fast { self.cfg.increase * 2.5 } else { self.cfg.increase / 2.0 };
@@ -358,6 +364,7 @@ mod tests {
         let mut c = OverloadController::new(OverloadConfig {
             initial_rate: 1200.0,
             min_samples: 1,
+            setpoint: 1.0,
             ..OverloadConfig::new(ms(10))
         });
         // One window: a sample opens it at `at`, one 100 ms later closes and judges it.
@@ -390,6 +397,15 @@ mod tests {
             window(&mut c, ms(500 + 100 * k), 1600 + 200 * k, 200);
         }
         assert!(c.rate() >= 1000.0, "floor at capacity / 2: {}", c.rate());
+        // The default setpoint steers to 0.9 x target: a p90 of 9.2 ms (the 8.6 ms bucket) is
+        // over it and cuts.
+        let mut e = OverloadController::new(OverloadConfig {
+            min_samples: 1,
+            initial_rate: 1000.0,
+            ..OverloadConfig::new(ms(10))
+        });
+        window(&mut e, Duration::from_micros(8_600), 0, 150);
+        assert!(e.rate() < 1000.0, "cut at 0.92 x target with setpoint 0.9: {}", e.rate());
         // An idle stretch before a window does not dilute the measured capacity.
         let mut d = OverloadController::new(OverloadConfig { min_samples: 1, ..OverloadConfig::new(ms(10)) });
         d.tick(t0);
