@@ -257,12 +257,7 @@ impl Io {
                     l.backing_off = true;
                     if more {
                         // Stop the multishot so the kernel does not retry it in a loop either.
-                        let ud = token::make(token::ACCEPT, li as u32, 0);
-                        self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(
-                            token::CANCEL,
-                            0,
-                            0,
-                        )))?;
+                        self.cancel(token::make(token::ACCEPT, li as u32, 0))?;
                     }
                 }
                 libc::ECANCELED if self.draining => {
@@ -548,8 +543,7 @@ impl Io {
         }
         if fail || c.aborting() {
             c.drop_output();
-            self.begin_close(idx, false);
-            self.maybe_finish_close(idx);
+            self.begin_close(idx, false); // ends with maybe_finish_close
             return;
         }
         self.pump(idx);
@@ -640,36 +634,38 @@ impl Io {
             self.maybe_finish_close(idx);
             return;
         }
-        if !graceful && c.splicing > 0 {
-            let gen = c.gen;
-            for kind in [token::SPLICE_IN, token::SPLICE_OUT] {
-                let ud = token::make(kind, idx as u32, gen);
-                let _ =
-                    self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
-            }
-        }
-        let c = &mut self.net.conns[idx];
         c.closing = true;
         c.graceful = graceful;
-        let gen = c.gen;
-        let mut cancel = Vec::<u64>::new();
+        // The ops to cancel: the recv, and on abort whatever sends or splices are in flight.
+        let mut ops = [None; 4];
         if c.recv_armed {
-            cancel.push(token::make(token::RECV, idx as u32, gen));
+            ops[0] = Some(token::RECV);
         }
         if !graceful {
             if c.sending {
-                cancel.push(token::make(token::SEND, idx as u32, gen));
-            } else if !c.busy() {
+                ops[1] = Some(token::SEND);
+            }
+            if c.splicing > 0 {
+                ops[2] = Some(token::SPLICE_IN);
+                ops[3] = Some(token::SPLICE_OUT);
+            }
+            if !c.busy() {
                 c.drop_output();
             }
         }
-        for ud in cancel {
-            let sqe = opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0));
-            if self.push_plain(sqe).is_err() {
-                // Could not cancel: the op completes on its own (recv at EOF or close below).
-            }
+        let gen = c.gen;
+        for kind in ops.into_iter().flatten() {
+            // A cancel that cannot be queued only means the op completes on its own (the recv
+            // at EOF, a send or splice when the close below resets the socket).
+            let _ = self.cancel(token::make(kind, idx as u32, gen));
         }
         self.maybe_finish_close(idx);
+    }
+
+    /// Asks the kernel to cancel the op whose `user_data` is `target`; that op's own completion
+    /// reports the outcome.
+    fn cancel(&mut self, target: u64) -> std::io::Result<()> {
+        self.push_plain(opcode::AsyncCancel::new(target).build().user_data(token::make(token::CANCEL, 0, 0)))
     }
 
     /// Submits the close once nothing is in flight. A multishot recv ends only after the
@@ -775,9 +771,7 @@ impl Io {
     pub(crate) fn net_begin_drain(&mut self) {
         for li in 0..self.net.listeners.len() {
             if self.net.listeners[li].armed {
-                let ud = token::make(token::ACCEPT, li as u32, 0);
-                let _ =
-                    self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
+                let _ = self.cancel(token::make(token::ACCEPT, li as u32, 0));
             } else {
                 self.net.listeners[li].fd = None;
             }
@@ -785,8 +779,7 @@ impl Io {
         let recvs: Vec<(usize, u32)> =
             self.net.conns.iter().filter(|(_, c)| c.recv_armed).map(|(i, c)| (i, c.gen)).collect();
         for (idx, gen) in recvs {
-            let ud = token::make(token::RECV, idx as u32, gen);
-            let _ = self.push_plain(opcode::AsyncCancel::new(ud).build().user_data(token::make(token::CANCEL, 0, 0)));
+            let _ = self.cancel(token::make(token::RECV, idx as u32, gen));
         }
         self.net.starved.clear();
     }
