@@ -258,26 +258,30 @@ impl Cache {
             proto::SERVER,
             body.len()
         );
-        let mut chain = IoBufChain::new();
-        chain.push(IoBuf::from(h.into_bytes()));
-        chain.push(self.date.get());
-        chain.push(IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE }));
-        if !req.head {
-            chain.push(body);
-        }
+        let chain = self.chain(req, IoBuf::from(h.into_bytes()), Some(body));
         self.send(req.conn, chain, !req.keep_alive);
+    }
+
+    /// A response as views: status line and headers, the shared `Date:` line, the connection
+    /// tail, and the body unless the request is HEAD.
+    fn chain(&mut self, req: &Request, head: IoBuf, body: Option<IoBuf>) -> IoBufChain {
+        let mut c = IoBufChain::new();
+        c.push(head);
+        c.push(self.date.get());
+        c.push(IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE }));
+        if let Some(b) = body.filter(|_| !req.head) {
+            c.push(b);
+        }
+        c
     }
 
     /// Serves an entry: 200, 206, 304 or 416. The 200 path is four views and no allocation.
     fn respond(&mut self, req: &Request, e: &Entry) {
-        let date = self.date.get();
-        let tail = IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE });
         let not_modified = match (&req.if_none_match, &req.if_modified_since) {
             (Some(inm), _) => etag_matches(inm, &e.etag),
             (None, Some(ims)) => proto::parse_http_date(ims).is_some_and(|t| e.mtime <= t),
             _ => false,
         };
-        let mut chain = IoBufChain::new();
         if not_modified {
             let h = format!(
                 "HTTP/1.1 304 Not Modified\r\nServer: {}\r\nETag: {}\r\nLast-Modified: {}\r\n",
@@ -285,24 +289,14 @@ impl Cache {
                 e.etag,
                 e.last_modified
             );
-            chain.push(IoBuf::from(h.into_bytes()));
-            chain.push(date);
-            chain.push(tail);
+            let chain = self.chain(req, IoBuf::from(h.into_bytes()), None);
             return self.send(req.conn, chain, !req.keep_alive);
         }
         let len = e.len;
-        // The body part to send, as (offset, length), for a spliced file.
-        let mut file_part = None;
-        match req.range.as_deref().map_or(Range::Full, |r| proto::parse_range(r, len)) {
-            Range::Full => {
-                chain.push(e.head200.clone());
-                chain.push(date);
-                chain.push(tail);
-                if !req.head {
-                    chain.push(e.body.clone());
-                    file_part = Some((0, len));
-                }
-            }
+        // The chain, and the body part to send as (offset, length) when the file is spliced
+        // (its in-memory body is empty then).
+        let (chain, file_part) = match req.range.as_deref().map_or(Range::Full, |r| proto::parse_range(r, len)) {
+            Range::Full => (self.chain(req, e.head200.clone(), Some(e.body.clone())), (!req.head).then_some((0, len))),
             Range::Part(a, b) => {
                 let h = format!(
                     "HTTP/1.1 206 Partial Content\r\nServer: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{len}\r\nLast-Modified: {}\r\nETag: {}\r\n",
@@ -312,20 +306,13 @@ impl Cache {
                     e.last_modified,
                     e.etag
                 );
-                chain.push(IoBuf::from(h.into_bytes()));
-                chain.push(date);
-                chain.push(tail);
-                if !req.head {
-                    if e.file.is_none() {
-                        chain.push(e.body.slice(a as usize..=b as usize));
-                    }
-                    file_part = Some((a, b - a + 1));
-                }
+                let body = e.file.is_none().then(|| e.body.slice(a as usize..=b as usize));
+                (self.chain(req, IoBuf::from(h.into_bytes()), body), (!req.head).then_some((a, b - a + 1)))
             }
             Range::Unsatisfiable => {
                 return self.respond_error(req, 416, &format!("Content-Range: bytes */{len}\r\n"));
             }
-        }
+        };
         match (&e.file, file_part) {
             (Some(file), Some((offset, len))) if len > 0 => {
                 // Headers from memory, then the body spliced from the page cache.
@@ -348,13 +335,7 @@ impl Cache {
                 return self.send(req.conn, IoBufChain::from(resp), false);
             }
             Kind::Plaintext => {
-                let mut c = IoBufChain::new();
-                c.push(IoBuf::from_static(PLAIN_HEAD));
-                c.push(self.date.get());
-                c.push(IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE }));
-                if !req.head {
-                    c.push(IoBuf::from_static(PLAIN_BODY));
-                }
+                let c = self.chain(&req, IoBuf::from_static(PLAIN_HEAD), Some(IoBuf::from_static(PLAIN_BODY)));
                 return self.send(req.conn, c, !req.keep_alive);
             }
             Kind::Error(s) => return self.respond_error(&req, *s, ""),
