@@ -56,14 +56,7 @@ impl<E: Send + 'static> Injector<E> {
     /// Puts `event` into the stage, or hands it back if the chosen replica's ring is full.
     pub fn try_enqueue(&self, event: E) -> Result<(), E> {
         let n = self.targets.len();
-        let mask = self.active.as_ref().map_or(u64::MAX, |m| m.load(Ordering::Relaxed));
-        let mut r = self.rr.fetch_add(1, Ordering::Relaxed) % n;
-        for _ in 0..n {
-            if mask & (1 << r) != 0 {
-                break;
-            }
-            r = (r + 1) % n;
-        }
+        let r = super::next_active(self.rr.fetch_add(1, Ordering::Relaxed) % n, n, super::active_mask(&self.active));
         let t = &self.targets[r];
         // Count before the push so the event is never visible as processed-but-not-enqueued.
         self.counters.enqueued.fetch_add(1, Ordering::SeqCst);

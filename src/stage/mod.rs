@@ -23,6 +23,17 @@ pub(crate) use sink::{LocalQueue, SinkInner};
 
 use crate::runtime::io::Io;
 
+/// The replicas of a stage taking new events: an elastic stage's mask, or all of them.
+pub(crate) fn active_mask(active: &Option<std::sync::Arc<std::sync::atomic::AtomicU64>>) -> u64 {
+    active.as_ref().map_or(u64::MAX, |m| m.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The first replica of `n` at or after `start` (wrapping) whose bit is set in `mask`; replica
+/// 0 when none is (cannot happen: an elastic stage keeps at least one active).
+pub(crate) fn next_active(start: usize, n: usize, mask: u64) -> usize {
+    (0..n).map(|k| (start + k) % n).find(|&r| mask & (1 << r) != 0).unwrap_or(0)
+}
+
 /// An event with the time it was enqueued (µs since the runtime's epoch, wrapping), so the
 /// consumer can measure queue wait without a clock read per event on either side.
 pub(crate) struct Stamped<E> {

@@ -3,7 +3,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use super::Stamped;
@@ -109,21 +109,16 @@ impl<E: Send + 'static> Sink<E> {
         if let (Some(route), Some(ev)) = (s.router, ev) {
             return s.replica_on.get(route(ev)).copied().flatten();
         }
-        let mask = s.active.as_ref().map_or(u64::MAX, |m| m.load(Ordering::Relaxed));
+        let mask = super::active_mask(&s.active);
         if let Some((r, _)) = &s.local {
             if mask & (1 << r) != 0 {
                 return Some(*r);
             }
         }
         let n = s.replica_workers.len();
-        for _ in 0..n {
-            let r = s.rr.get();
-            s.rr.set(if r + 1 == n { 0 } else { r + 1 });
-            if mask & (1 << r) != 0 {
-                return Some(r);
-            }
-        }
-        Some(0) // no replica marked active (cannot happen: min >= 1): the first one
+        let r = super::next_active(s.rr.get(), n, mask);
+        s.rr.set((r + 1) % n);
+        Some(r)
     }
 
     fn account(&self, ok: bool, n: u64, replica: usize) {
