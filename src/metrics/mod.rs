@@ -231,29 +231,21 @@ impl Snapshot {
     pub fn prometheus(&self) -> String {
         use std::fmt::Write;
         let mut o = String::with_capacity(4096);
-        let stage_counters: [Metric<StageSnapshot>; 5] = [
+        let stage_metrics: [Metric<StageSnapshot>; 8] = [
             ("ringstage_stage_enqueued_total", "Events accepted into the stage's queues.", |s| s.enqueued),
             ("ringstage_stage_refused_total", "Events refused by a full queue or admission control.", |s| s.refused),
             ("ringstage_stage_processed_total", "Events handled.", |s| s.processed),
             ("ringstage_stage_batches_total", "Non-empty batches run.", |s| s.batches),
             ("ringstage_stage_queue_length", "Events waiting.", |s| s.queued),
-        ];
-        for (name, help, f) in stage_counters {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for s in &self.stages {
-                let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", s.name, f(s));
-            }
-        }
-        let gauges: [Metric<StageSnapshot>; 3] = [
             ("ringstage_stage_batch_size", "Last batch size.", |s| s.batch_size),
             ("ringstage_stage_admission_rate", "Admission controller rate, events/s.", |s| s.admission_rate),
             ("ringstage_stage_admission_p90_us", "Admission controller's last p90 response time, us.", |s| {
                 s.admission_p90_us
             }),
         ];
-        for (name, help, f) in gauges {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (name, help, f) in stage_metrics {
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for s in &self.stages {
                 let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", s.name, f(s));
             }
@@ -280,7 +272,7 @@ impl Snapshot {
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
-            ("ringstage_worker_idle_seconds_total", "", |w| w.idle_ns),
+            ("ringstage_worker_idle_seconds_total", "Time blocked waiting for completions.", |w| w.idle_ns),
             ("ringstage_worker_enobufs_total", "Receives that found the buffer pool empty.", |w| w.enobufs),
             ("ringstage_worker_cq_overflow_total", "Completions the kernel had to hold back.", |w| w.cq_overflow),
             ("ringstage_worker_accept_backoffs_total", "Accept back-offs on EMFILE/ENFILE/ENOMEM.", |w| {
@@ -291,7 +283,6 @@ impl Snapshot {
             ("ringstage_worker_spliced_bytes_total", "File bytes spliced to sockets (zero copy).", |w| w.spliced),
         ];
         for (name, help, f) in worker_counters {
-            let help = if help.is_empty() { "Time blocked waiting for completions." } else { help };
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
             for w in &self.workers {
                 let v = f(w);
