@@ -76,14 +76,20 @@ pub(crate) struct Replica<H: Handler> {
     pub(crate) batcher: Option<crate::control::BatchController>,
 }
 
-impl<H: Handler> Replica<H> {
-    fn pop(&mut self, source: usize) -> Option<Stamped<H::Event>> {
-        match source {
-            0 => self.local.pop(),
-            // SAFETY: this replica is the only consumer of its injection queue.
-            1 => unsafe { self.inject.pop() },
-            s => self.remote[s - 2].pop(),
-        }
+/// Takes one event from inbound source `source` of a replica: 0 the local queue, 1 the
+/// injection queue, then the cross-core rings. Borrows only the queues, so the caller can hold
+/// its counters across the call.
+fn pop<E>(
+    local: &LocalQueue<E>,
+    inject: &mpsc::Queue<Stamped<E>>,
+    remote: &mut [spsc::Consumer<Stamped<E>>],
+    source: usize,
+) -> Option<Stamped<E>> {
+    match source {
+        0 => local.pop(),
+        // SAFETY: the owning replica is the only consumer of its injection queue.
+        1 => unsafe { inject.pop() },
+        s => remote[s - 2].pop(),
     }
 }
 
@@ -92,14 +98,13 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
         let sources = 2 + self.remote.len();
         let mut n = 0;
         let now_us = io.now_us;
-        let counters = self.counters.clone();
-        let c = &counters.stages[self.stage];
+        let c = &self.counters.stages[self.stage];
         let mut cx = Context { io };
         let mut t0 = None;
         for k in 0..sources {
             let s = (self.next + k) % sources;
             while n < self.batch {
-                let Some(st) = self.pop(s) else { break };
+                let Some(st) = pop(&self.local, &self.inject, &mut self.remote, s) else { break };
                 t0.get_or_insert_with(Instant::now);
                 // Clocks of different workers may differ by an iteration: clamp at zero.
                 let wait = (now_us.wrapping_sub(st.at) as i32).max(0) as u64;
