@@ -180,12 +180,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn collect(names: &[String], workers: &[std::sync::Arc<WorkerCounters>]) -> Snapshot {
+    pub(crate) fn collect<'a>(
+        names: impl Iterator<Item = &'a str>,
+        workers: &[std::sync::Arc<WorkerCounters>],
+    ) -> Snapshot {
         let stages = names
-            .iter()
             .enumerate()
             .map(|(i, name)| {
-                let mut s = StageSnapshot { name: name.clone(), ..Default::default() };
+                let mut s = StageSnapshot { name: name.to_string(), ..Default::default() };
                 for w in workers {
                     let c = &w.stages[i];
                     s.enqueued += c.enqueued.get();

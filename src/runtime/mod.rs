@@ -308,10 +308,9 @@ impl Builder {
             bells: bells.clone(),
             counters: counters.clone(),
             inject: (0..self.decls.len()).map(|_| Arc::new(InjectCounters::default())).collect(),
-            names: meta.iter().map(|m| m.name.clone()).collect(),
+            meta: meta.clone(),
             drain_timeout: self.drain_timeout,
             epoch: std::time::Instant::now(),
-            active: meta.iter().map(|m| m.active.clone()).collect(),
         });
 
         let sigset = if self.signals { Some(block_signals()?) } else { None };
@@ -386,12 +385,11 @@ pub(crate) struct Shared {
     pub(crate) bells: Vec<Arc<Doorbell>>,
     pub(crate) counters: Vec<Arc<WorkerCounters>>,
     inject: Vec<Arc<InjectCounters>>,
-    names: Vec<String>,
+    /// The stages, as every worker sees them (names, configuration, active-replica masks).
+    meta: Arc<Vec<StageMeta>>,
     pub(crate) drain_timeout: Duration,
     /// Origin of the µs stamps on queued events.
     pub(crate) epoch: std::time::Instant,
-    /// Per stage: the active-replica mask of elastic stages.
-    pub(crate) active: Vec<Option<Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 impl Shared {
@@ -425,11 +423,11 @@ impl Shared {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot::collect(&self.names, &self.counters);
-        for ((st, i), a) in s.stages.iter_mut().zip(&self.inject).zip(&self.active) {
+        let mut s = Snapshot::collect(self.meta.iter().map(|m| m.name.as_str()), &self.counters);
+        for ((st, i), m) in s.stages.iter_mut().zip(&self.inject).zip(self.meta.iter()) {
             st.enqueued += i.enqueued.load(Ordering::Relaxed);
             st.refused += i.refused.load(Ordering::Relaxed);
-            if let Some(a) = a {
+            if let Some(a) = &m.active {
                 st.active_replicas = a.load(Ordering::Relaxed).count_ones() as u64;
             }
         }
@@ -622,7 +620,7 @@ impl Runtime {
             rr: Default::default(),
             counters: self.shared.inject[id.idx].clone(),
             epoch: self.shared.epoch,
-            active: self.shared.active[id.idx].clone(),
+            active: self.shared.meta[id.idx].active.clone(),
         }
     }
 
