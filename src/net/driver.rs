@@ -710,16 +710,15 @@ impl Io {
 
     /// Delivers an event to the listener's stage, or parks it (in order) if refused.
     fn emit(&mut self, li: usize, ev: NetEvent) {
-        if self.net.stalled.is_empty() {
+        // Behind parked events, a new one parks too, so the stage sees them in order.
+        let ev = if self.net.stalled.is_empty() {
             match self.net.listeners[li].sink.try_enqueue(ev) {
                 Ok(()) => return,
-                Err(ev) => {
-                    self.net.stalled.push_back((li, ev));
-                    self.counters.io_started.add(1);
-                    return;
-                }
+                Err(ev) => ev,
             }
-        }
+        } else {
+            ev
+        };
         self.net.stalled.push_back((li, ev));
         self.counters.io_started.add(1);
     }
