@@ -199,3 +199,45 @@ fn shutdown_flushes_pending_echo() {
     let _ = s.read_to_end(&mut rest);
     assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(), "listener closed");
 }
+
+/// Echoes each received buffer back as one `Send` per byte: 64 commands for one message.
+struct Bytewise {
+    net: Sink<NetCmd>,
+}
+
+impl Handler for Bytewise {
+    type Event = NetEvent;
+    fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
+        if let NetEvent::Data { conn, data } = ev {
+            let cmds = (0..data.len()).map(|i| NetCmd::Send { conn, data: data.slice(i..i + 1) });
+            if self.net.enqueue_many(cmds).is_err() {
+                panic!("net stage refused a batch");
+            }
+        }
+    }
+}
+
+#[test]
+fn commands_of_one_batch_leave_in_one_gathered_send() {
+    // Pipelined responses are many commands for one connection in one batch: they must go out
+    // as one send, in order, not one send per command.
+    let mut b = Runtime::builder(1).cpus([]);
+    let stage = b.stage::<NetEvent>("bytewise", StageConfig::on([0]));
+    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), stage);
+    b.handler(stage, move |s| Bytewise { net: s.sink(net) });
+    let rt = b.start().expect("runtime starts");
+    let mut s = connect(rt.local_addr(l));
+    let rounds = 100;
+    for round in 0..rounds {
+        let msg = pattern(round, 64);
+        s.write_all(&msg).unwrap();
+        let mut got = vec![0; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg, "pieces arrive in command order");
+    }
+    let m = rt.metrics();
+    let sends = m.total(|w| w.sends);
+    let data_events = m.stage("bytewise").unwrap().processed - 1; // less the Opened event
+    assert!(sends >= rounds, "one send per message at least: {sends}");
+    assert!(sends <= data_events + rounds / 10, "{sends} sends for {data_events} receives of 64 commands each");
+}

@@ -85,6 +85,8 @@ pub struct WorkerCounters {
     pub closed: Counter,
     /// File bytes sent to sockets with splice (zero copy).
     pub spliced: Counter,
+    /// Socket sends submitted (each gathers all the output a connection had queued).
+    pub sends: Counter,
     /// I/O operations armed (monotone; for quiescence).
     pub io_started: Counter,
     /// I/O operations finished (monotone; for quiescence).
@@ -105,6 +107,7 @@ impl WorkerCounters {
             accepted: Counter::default(),
             closed: Counter::default(),
             spliced: Counter::default(),
+            sends: Counter::default(),
             io_started: Counter::default(),
             io_finished: Counter::default(),
         }
@@ -165,6 +168,8 @@ pub struct WorkerSnapshot {
     pub closed: u64,
     /// File bytes spliced to sockets.
     pub spliced: u64,
+    /// Socket sends submitted.
+    pub sends: u64,
 }
 
 /// An exposition entry: metric name, help text, and how to read it from a snapshot.
@@ -219,6 +224,7 @@ impl Snapshot {
                 accepted: w.accepted.get(),
                 closed: w.closed.get(),
                 spliced: w.spliced.get(),
+                sends: w.sends.get(),
             })
             .collect();
         Snapshot { stages, workers }
@@ -270,7 +276,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 10] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 11] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -283,6 +289,11 @@ impl Snapshot {
             ("ringstage_worker_accepted_total", "Connections accepted.", |w| w.accepted),
             ("ringstage_worker_closed_total", "Connections closed.", |w| w.closed),
             ("ringstage_worker_spliced_bytes_total", "File bytes spliced to sockets (zero copy).", |w| w.spliced),
+            (
+                "ringstage_worker_sends_total",
+                "Socket sends submitted (each gathers a connection's queued output).",
+                |w| w.sends,
+            ),
         ];
         for (name, help, f) in worker_counters {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");

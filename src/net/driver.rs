@@ -119,6 +119,8 @@ struct ConnState {
     queue: VecDeque<Queued>,
     /// Splice ops in flight.
     splicing: u8,
+    /// Listed in `Net::dirty`: output arrived during the current net batch.
+    dirty: bool,
     last_active: Instant,
 }
 
@@ -155,6 +157,8 @@ pub(crate) struct Net {
     /// pool size (data) plus open connections (open/close).
     stalled: VecDeque<(usize, NetEvent)>,
     starved: Vec<usize>,
+    /// Connections given output during the current net batch, sent at its end.
+    dirty: Vec<(usize, u32)>,
     last_sweep: Instant,
 }
 
@@ -166,6 +170,7 @@ impl Net {
             next_gen: 0,
             stalled: VecDeque::new(),
             starved: Vec::new(),
+            dirty: Vec::new(),
             last_sweep: Instant::now(),
         }
     }
@@ -313,6 +318,7 @@ impl Io {
             file: None,
             queue: VecDeque::new(),
             splicing: 0,
+            dirty: false,
             last_active: self.now,
         });
         self.counters.accepted.add(1);
@@ -435,7 +441,28 @@ impl Io {
                 return;
             }
         }
-        self.pump(idx);
+        // Sent when the batch ends: every response a batch produced for this connection
+        // (pipelined requests) leaves in one gathered send.
+        if !c.dirty {
+            c.dirty = true;
+            self.net.dirty.push((idx, conn.gen));
+        }
+    }
+
+    /// Starts the sends that commands of the batch just handled asked for: one gathered send
+    /// per connection, however many commands it got. Hot path: no allocation (the list keeps
+    /// its capacity).
+    pub(crate) fn net_flush_sends(&mut self) {
+        let mut dirty = std::mem::take(&mut self.net.dirty);
+        for &(idx, gen) in &dirty {
+            let Some(c) = self.net.conns.get_mut(idx).filter(|c| c.gen == gen) else { continue };
+            c.dirty = false;
+            self.pump(idx);
+        }
+        dirty.clear();
+        if self.net.dirty.is_empty() {
+            self.net.dirty = dirty; // keep the allocation
+        }
     }
 
     /// Starts the next transfer when nothing is in flight: queued buffers, then the file
@@ -580,6 +607,7 @@ impl Io {
         };
         let li = c.listener;
         c.sending = true;
+        self.counters.sends.add(1);
         let r = match self.net.listeners[li].send_ts.as_deref() {
             Some(ts) => {
                 let lt = opcode::LinkTimeout::new(ts as *const types::Timespec).build().user_data(token::make(

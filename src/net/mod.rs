@@ -201,4 +201,8 @@ impl Handler for NetStage {
     fn handle(&mut self, cmd: NetCmd, cx: &mut Context<'_>) {
         cx.io.net_command(cmd);
     }
+
+    fn batch_done(&mut self, _n: usize, cx: &mut Context<'_>) {
+        cx.io.net_flush_sends();
+    }
 }
