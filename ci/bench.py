@@ -320,33 +320,40 @@ def bench_http(a):
     cases = [("plaintext", "/plaintext", 1), ("plaintext x16", "/plaintext", 16), ("1 KiB file", "/files/1k.txt", 1),
              ("100 KiB file", "/files/100k.bin", 1)]
     fixed = {(n, c): [] for n in names for c, _, _ in cases}
+    sweep_conns = [16, 64, 256, 1024]
+    runs = {(n, c): [] for n in names for c in sweep_conns}
+    # Both servers run for the whole round (the idle one costs nothing) and each measurement of
+    # one is next to the same measurement of the other, alternating who goes first: this VM's
+    # speed drifts by tens of percent over minutes, and paired runs keep that out of the ratios.
     for r in range(a.rounds):
-        for n in names:
-            proc, port = start_http(n)
-            try:
-                for c, path, depth in cases:
+        servers = {n: start_http(n) for n in names}
+        order = names if r % 2 == 0 else names[::-1]
+        try:
+            for c, path, depth in cases:
+                for n in order:
+                    proc, port = servers[n]
                     wrk(port, path, 64, 1, depth=depth)  # warm caches and connections
                     res = wrk(port, path, 64, a.secs, proc.pid, depth)
                     fixed[(n, c)].append(res)
                     print(f"round {r + 1} {n:<10} {c:<13} {res['rate']:>10.0f} req/s  p99 {res['p99_us']:>9.1f} us  "
                           f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
-            finally:
-                stop_server(proc)
-    sweep_conns = [16, 64, 256, 1024]
-    sweep = {n: [] for n in names}
-    for n in names:
-        proc, port = start_http(n)
-        try:
             for c in sweep_conns:
-                res = loadgen(["--addr", f"127.0.0.1:{port}", "--http", "/files/1k.txt", "--conns", str(c),
-                               "--warmup", "1", "--secs", str(a.secs)])
-                res["conns"] = c
-                sweep[n].append(res)
-                print(f"sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  p99 {res['p99_us']:>9.1f} us  "
-                      f"jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
+                for n in order:
+                    res = loadgen(["--addr", f"127.0.0.1:{servers[n][1]}", "--http", "/files/1k.txt", "--conns",
+                                   str(c), "--warmup", "1", "--secs", str(a.secs)])
+                    runs[(n, c)].append(res)
+                    print(f"round {r + 1} sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
+                          f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
         finally:
-            stop_server(proc)
-    lines = [f"http: one server core each (CPU 0), wrk -t1 -c64 on CPU 1; median of {a.rounds} interleaved rounds of {a.secs}s"]
+            for proc, _ in servers.values():
+                stop_server(proc)
+    sweep = {n: [{"conns": c, "rate": median([x["rate"] for x in runs[(n, c)]]),
+                  "p99_us": median([x["p99_us"] for x in runs[(n, c)]]),
+                  "jain": min(x["jain"] for x in runs[(n, c)]),
+                  "errors": sum(x["errors"] for x in runs[(n, c)]), "rounds": runs[(n, c)]} for c in sweep_conns]
+             for n in names}
+    lines = [f"http: one server core each (CPU 0), wrk -t1 -c64 on CPU 1; {a.rounds} rounds of {a.secs}s, each server's run"]
+    lines.append("next to the other's; req/s and us/req are medians, ratio and capacity medians of the per-round ratios.")
     lines.append("req/s is capped by the single wrk core when a server is faster than the client; 'capacity' is")
     lines.append("nginx's server CPU per request over ringstage's: the throughput ratio with the client out of the way.")
     lines.append("'plaintext x16' pipelines 16 requests per write, as TechEmpower's plaintext test does; one request at")
@@ -362,14 +369,17 @@ def bench_http(a):
         np_ = median([x["p99_us"] for x in fixed[("nginx", c)]])
         rc = median([x["cpu_us_per_req"] for x in fixed[("ringstage", c)]])
         nc = median([x["cpu_us_per_req"] for x in fixed[("nginx", c)]])
-        ratio = rs / ng if ng else float("nan")
-        summary[c] = {"ringstage": rs, "nginx": ng, "ratio": ratio, "capacity": nc / rc if rc else float("nan"),
+        pairs = list(zip(fixed[("ringstage", c)], fixed[("nginx", c)]))
+        ratio = median([x["rate"] / y["rate"] for x, y in pairs if y["rate"]])
+        capacity = median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in pairs if x["cpu_us_per_req"]])
+        summary[c] = {"ringstage": rs, "nginx": ng, "ratio": ratio, "capacity": capacity,
                       "rs_cpu_us": rc, "nginx_cpu_us": nc, "rs_p99": rp, "nginx_p99": np_}
         p99s = f"{rp:>11.1f}{np_:>11.1f}" if depth == 1 else f"{'-':>11}{'-':>11}"
-        lines.append(f"{c:<14}{rs:>16.0f}{ng:>13.0f}{ratio:>8.3f}{nc / rc:>10.3f}{'>=' + str(targets[c]):>8}"
+        lines.append(f"{c:<14}{rs:>16.0f}{ng:>13.0f}{ratio:>8.3f}{capacity:>10.3f}{'>=' + str(targets[c]):>8}"
                      f"{rc:>11.2f}{nc:>11.2f}{p99s}")
     lines.append("")
-    lines.append("connections sweep, 1 KiB file (project load client, closed loop):")
+    lines.append(f"connections sweep, 1 KiB file (project load client, closed loop; median of {a.rounds} rounds, "
+                 "min Jain):")
     lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}" for n in names))
     for i, c in enumerate(sweep_conns):
         lines.append(f"{c:>6}" + "".join(f"{sweep[n][i]['rate']:>17.0f}{sweep[n][i]['p99_us']:>10.1f}{sweep[n][i]['jain']:>8.4f}" for n in names))

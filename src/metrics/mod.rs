@@ -87,6 +87,8 @@ pub struct WorkerCounters {
     pub spliced: Counter,
     /// Socket sends submitted (each gathers all the output a connection had queued).
     pub sends: Counter,
+    /// Network events parked because their stage refused them (retried in order).
+    pub parked: Counter,
     /// I/O operations armed (monotone; for quiescence).
     pub io_started: Counter,
     /// I/O operations finished (monotone; for quiescence).
@@ -108,6 +110,7 @@ impl WorkerCounters {
             closed: Counter::default(),
             spliced: Counter::default(),
             sends: Counter::default(),
+            parked: Counter::default(),
             io_started: Counter::default(),
             io_finished: Counter::default(),
         }
@@ -170,6 +173,8 @@ pub struct WorkerSnapshot {
     pub spliced: u64,
     /// Socket sends submitted.
     pub sends: u64,
+    /// Network events parked behind a refusing stage.
+    pub parked: u64,
 }
 
 /// An exposition entry: metric name, help text, and how to read it from a snapshot.
@@ -225,6 +230,7 @@ impl Snapshot {
                 closed: w.closed.get(),
                 spliced: w.spliced.get(),
                 sends: w.sends.get(),
+                parked: w.parked.get(),
             })
             .collect();
         Snapshot { stages, workers }
@@ -276,7 +282,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 11] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 12] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -294,6 +300,7 @@ impl Snapshot {
                 "Socket sends submitted (each gathers a connection's queued output).",
                 |w| w.sends,
             ),
+            ("ringstage_worker_parked_total", "Network events parked behind a stage that refused them.", |w| w.parked),
         ];
         for (name, help, f) in worker_counters {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");

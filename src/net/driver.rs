@@ -749,17 +749,21 @@ impl Io {
         };
         self.net.stalled.push_back((li, ev));
         self.counters.io_started.add(1);
+        self.counters.parked.add(1);
     }
 
-    /// Retries parked events in order; stops at the first refusal.
-    pub(crate) fn net_flush_stalled(&mut self) {
+    /// Retries parked events in order; stops at the first refusal. Returns how many went in.
+    pub(crate) fn net_flush_stalled(&mut self) -> usize {
+        let mut n = 0;
         while let Some((li, ev)) = self.net.stalled.pop_front() {
             if let Err(ev) = self.net.listeners[li].sink.try_enqueue(ev) {
                 self.net.stalled.push_front((li, ev));
-                return;
+                break;
             }
             self.counters.io_finished.add(1);
+            n += 1;
         }
+        n
     }
 
     /// Once per tick: idle timeouts, and listeners whose re-arm failed.

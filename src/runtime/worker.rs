@@ -162,6 +162,9 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
     }
 }
 
+/// How long a worker naps between retries of network events parked behind a full stage.
+const STALL_NAP: Duration = Duration::from_micros(100);
+
 /// `IORING_ENTER_GETEVENTS` (the io-uring crate keeps its constant private).
 const ENTER_GETEVENTS: u32 = 1;
 
@@ -175,6 +178,9 @@ struct Worker {
     clock: Rc<Cell<u32>>,
     now_cell: Rc<Cell<Instant>>,
     tick_ts: Box<types::Timespec>,
+    /// The nap while network events wait for a full stage on another worker, which has no way
+    /// to wake us when it drains.
+    stall_ts: Box<types::Timespec>,
     tick: Duration,
     last_tick: Instant,
     deadline: Option<Instant>,
@@ -271,6 +277,7 @@ impl Worker {
             clock,
             now_cell,
             tick_ts: Box::new(types::Timespec::from(plan.tick)),
+            stall_ts: Box::new(types::Timespec::from(STALL_NAP.min(plan.tick))),
             tick: plan.tick,
             last_tick: Instant::now(),
             elastic: plan
@@ -310,7 +317,7 @@ impl Worker {
             let reaped = self.reap()?;
             let returned = self.io.pool.drain_returns();
             self.io.net_rearm_starved();
-            self.io.net_flush_stalled();
+            let unstalled = self.io.net_flush_stalled();
             let mut handled = 0;
             for r in &mut self.replicas {
                 handled += r.run(&mut self.io);
@@ -331,7 +338,7 @@ impl Worker {
             if self.check_shutdown() {
                 return Ok(());
             }
-            if reaped + returned + handled > 0 {
+            if reaped + returned + unstalled + handled > 0 {
                 self.enter_nowait()?;
             } else {
                 self.sleep()?;
@@ -402,9 +409,10 @@ impl Worker {
         done
     }
 
+    /// Whether anything can make progress now. Parked network events do not count: they wait
+    /// for another worker's stage, and `sleep` naps briefly instead of spinning on them.
     fn has_work(&mut self) -> bool {
-        self.io.net.has_stalled()
-            || !self.io.ring.completion().is_empty()
+        !self.io.ring.completion().is_empty()
             || (self.io.pool.has_returns() && self.io.net.has_starved())
             || (!self.io.draining && self.shared.shutdown.load(Ordering::Acquire))
             || self.replicas.iter_mut().any(|r| r.has_work())
@@ -439,7 +447,8 @@ impl Worker {
         }
         let t0 = Instant::now();
         self.io.counters.enters.add(1);
-        let args = types::SubmitArgs::new().timespec(&self.tick_ts);
+        let ts = if self.io.net.has_stalled() { &self.stall_ts } else { &self.tick_ts };
+        let args = types::SubmitArgs::new().timespec(ts);
         let r = self.io.ring.submitter().submit_with_args(1, &args);
         self.bell.awake();
         self.io.counters.idle_ns.add(t0.elapsed().as_nanos() as u64);
