@@ -500,3 +500,25 @@ fn peer_reset_during_a_spliced_transfer_is_contained() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_client_that_stops_reading_a_spliced_file_is_cut_off() {
+    let dir = std::env::temp_dir().join(format!("ringstage-stall-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("huge.bin"), vec![7u8; 32 << 20]).unwrap();
+    let s = server(&["--root", dir.to_str().unwrap(), "--cache-file-kb", "64", "--send-timeout-ms", "300"]);
+    let mut c = connect(s.addr);
+    c.get_mut().write_all(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut some = [0u8; 4096];
+    c.read_exact(&mut some).unwrap(); // the transfer is under way; now stop reading
+    std::thread::sleep(Duration::from_millis(1500));
+    // The server gave up on us: what it had queued arrives, then the end, far short of 32 MiB.
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest); // EOF or reset, either way the end
+    assert!(rest.len() < 30 << 20, "the stalled transfer was aborted, not finished ({} bytes)", rest.len());
+    // The server still serves.
+    assert_eq!(get(s.addr, "/plaintext").status, 200);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}

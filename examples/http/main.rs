@@ -43,6 +43,7 @@ struct Opts {
     cache_file: usize,
     ttl: Duration,
     idle: Duration,
+    send_timeout: Duration,
     work: Duration,
     overload_target: Option<Duration>,
 }
@@ -50,6 +51,7 @@ struct Opts {
 const USAGE: &str = "usage: http [--addr HOST:PORT] [--root DIR] [--workers N] [--cpu FIRST]
   [--max-line BYTES] [--max-head BYTES] [--max-body BYTES] [--header-timeout-ms MS]
   [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]
+  [--send-timeout-ms MS]
   [--dynamic-us US] [--overload-target-ms MS (0: no admission control)]";
 
 fn opts() -> Result<Opts, String> {
@@ -64,6 +66,7 @@ fn opts() -> Result<Opts, String> {
         cache_file: 4 << 20,
         ttl: Duration::from_secs(5),
         idle: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(30),
         work: Duration::from_micros(200),
         overload_target: None,
     };
@@ -89,6 +92,7 @@ fn opts() -> Result<Opts, String> {
             "--cache-file-kb" => o.cache_file = (num(&v)? as usize) << 10,
             "--cache-ttl-ms" => o.ttl = Duration::from_millis(num(&v)?),
             "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?),
+            "--send-timeout-ms" => o.send_timeout = Duration::from_millis(num(&v)?.max(1)),
             "--dynamic-us" => o.work = Duration::from_micros(num(&v)?),
             "--overload-target-ms" => {
                 let ms = num(&v)?;
@@ -132,7 +136,7 @@ fn run(o: Opts) -> std::io::Result<()> {
     let parse = b.stage::<NetEvent>("parse", StageConfig::on(all.clone()).capacity(cap));
     let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
     let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
-    let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(Duration::from_secs(30));
+    let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(o.send_timeout);
     let (net, listener) = b.listen(listen, parse);
     let limits = o.limits.clone();
     b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), limits.clone()));

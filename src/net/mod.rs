@@ -185,8 +185,9 @@ impl ListenConfig {
         self
     }
 
-    /// Abort a connection whose send does not complete within `d` (a linked timeout on each
-    /// send, so a peer that stops reading cannot pin buffers forever).
+    /// Abort a connection whose send (or file splice) makes no progress for `d`, so a peer
+    /// that stops reading cannot pin buffers forever. Checked by the worker's 100 ms sweep
+    /// (the cut comes up to 100 ms late); a send costs nothing extra for it.
     pub fn send_timeout(mut self, d: Duration) -> Self {
         self.send_timeout = Some(d);
         self

@@ -19,7 +19,6 @@ pub(crate) mod token {
     pub(crate) const BACKOFF: u8 = 3;
     pub(crate) const RECV: u8 = 4;
     pub(crate) const SEND: u8 = 5;
-    pub(crate) const LINK_TIMEOUT: u8 = 6;
     pub(crate) const CANCEL: u8 = 7;
     pub(crate) const CLOSE: u8 = 8;
     pub(crate) const OP: u8 = 9;
