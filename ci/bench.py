@@ -340,7 +340,7 @@ def bench_http(a):
             for c in sweep_conns:
                 for n in order:
                     res = loadgen(["--addr", f"127.0.0.1:{servers[n][1]}", "--http", "/files/1k.txt", "--conns",
-                                   str(c), "--warmup", "1", "--secs", str(a.secs)])
+                                   str(c), "--warmup", "1", "--secs", str(a.secs), "--server-pid", str(servers[n][0].pid)])
                     runs[(n, c)].append(res)
                     print(f"round {r + 1} sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
                           f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
@@ -349,6 +349,7 @@ def bench_http(a):
                 stop_server(proc)
     sweep = {n: [{"conns": c, "rate": median([x["rate"] for x in runs[(n, c)]]),
                   "p99_us": median([x["p99_us"] for x in runs[(n, c)]]),
+                  "cpu_us": median([x["cpu_ns_per_msg"] / 1000 for x in runs[(n, c)]]),
                   "jain": min(x["jain"] for x in runs[(n, c)]),
                   "errors": sum(x["errors"] for x in runs[(n, c)]), "rounds": runs[(n, c)]} for c in sweep_conns]
              for n in names}
@@ -377,12 +378,16 @@ def bench_http(a):
         p99s = f"{rp:>11.1f}{np_:>11.1f}" if depth == 1 else f"{'-':>11}{'-':>11}"
         lines.append(f"{c:<14}{rs:>16.0f}{ng:>13.0f}{ratio:>8.3f}{capacity:>10.3f}{'>=' + str(targets[c]):>8}"
                      f"{rc:>11.2f}{nc:>11.2f}{p99s}")
+    pt, px = summary["plaintext"], summary["plaintext x16"]
+    lines.append(f"plaintext vs nginx: pipelined x16 {px['ratio']:.2f}x (TechEmpower's plaintext method); one request at a "
+                 f"time {pt['ratio']:.2f}x in req/s (both at wrk's ceiling) and {pt['capacity']:.2f}x in server CPU per request")
     lines.append("")
     lines.append(f"connections sweep, 1 KiB file (project load client, closed loop; median of {a.rounds} rounds, "
-                 "min Jain):")
-    lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}" for n in names))
+                 "min Jain; us/req: server CPU per request):")
+    lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}{'us/req':>8}" for n in names))
     for i, c in enumerate(sweep_conns):
-        lines.append(f"{c:>6}" + "".join(f"{sweep[n][i]['rate']:>17.0f}{sweep[n][i]['p99_us']:>10.1f}{sweep[n][i]['jain']:>8.4f}" for n in names))
+        lines.append(f"{c:>6}" + "".join(f"{sweep[n][i]['rate']:>17.0f}{sweep[n][i]['p99_us']:>10.1f}{sweep[n][i]['jain']:>8.4f}"
+                                         f"{sweep[n][i]['cpu_us']:>8.2f}" for n in names))
     for n in names:
         rates = [x["rate"] for x in sweep[n]]
         lines.append(f"{n}: throughput at 1024 conns / peak = {rates[-1] / max(rates):.3f} (flat: >= 0.90); "
