@@ -74,8 +74,28 @@ SERVERS = {
 }
 
 
+def wait_port_free(port, timeout=15):
+    """Waits until `port` can be bound again: an io_uring server's ring (and the listener its
+    multishot accept holds) is torn down asynchronously after the process exits."""
+    import socket
+    t0 = time.time()
+    while True:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            if time.time() - t0 > timeout:
+                raise
+            time.sleep(0.05)
+        finally:
+            s.close()
+
+
 def start_server(name):
     argv, port = SERVERS[name]
+    wait_port_free(port)
     proc = subprocess.Popen(["taskset", "-c", "0"] + argv(port), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()  # each server prints one line once it listens
     if "listening" not in line:
@@ -138,7 +158,7 @@ def bench_echo(a):
     names = list(SERVERS)
     runs = {n: [] for n in names}
     for r in range(a.rounds):
-        for n in names:
+        for n in (names if r % 2 == 0 else names[::-1]):  # nobody always runs right after the same peer
             proc, port = start_server(n)
             try:
                 res = loadgen(["--addr", f"127.0.0.1:{port}", "--conns", "64", "--size", "64", "--warmup", "1",
@@ -172,15 +192,19 @@ def bench_echo(a):
     rs_ = by["ringstage"]
     lines = []
     lines.append(f"echo: 64 B messages, 64 connections, server on CPU 0, client on CPU 1; median of {a.rounds} interleaved rounds of {a.secs}s")
+    lines.append("(the table: medians per server; the ratios: medians of per-round ratios, each round's runs being adjacent in time)")
     lines.append(f"{'server':<12}{'msg/s':>12}{'p50 us':>10}{'p99 us':>10}{'cpu ns/msg':>12}{'idle B/conn':>13}")
     for r in rows:
         lines.append(f"{r['server']:<12}{r['rate']:>12.0f}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}{r['cpu_ns_per_msg']:>12.0f}{r['idle_bytes_per_conn']:>13.0f}")
     lines.append("")
+    def ratio(peer, key):
+        return median([x[key] / y[key] for x, y in zip(runs["ringstage"], runs[peer]) if y[key]])
+
     lines.append("ringstage ratios (target):")
     for peer in ["tokio", "monoio"]:
-        lines.append(f"  throughput / {peer:<10} {rs_['rate'] / by[peer]['rate']:6.3f}  (>= 1.0)   "
-                     f"p99 / {peer:<7} {rs_['p99_us'] / by[peer]['p99_us']:6.3f}  (<= 1.0)")
-    lines.append(f"  cpu per msg / c-io_uring {rs_['cpu_ns_per_msg'] / by['c-io_uring']['cpu_ns_per_msg']:6.3f}  (<= 1.0)")
+        lines.append(f"  throughput / {peer:<10} {ratio(peer, 'rate'):6.3f}  (>= 1.0)   "
+                     f"p99 / {peer:<7} {ratio(peer, 'p99_us'):6.3f}  (<= 1.0)")
+    lines.append(f"  cpu per msg / c-io_uring {ratio('c-io_uring', 'cpu_ns_per_msg'):6.3f}  (<= 1.0)")
     lines.append(f"  idle memory per connection {rs_['idle_bytes_per_conn']:.0f} B at {idle_n} idle connections  (<= 1024)")
     publish("echo", "\n".join(lines), {"rows": rows, "idle_connections": idle_n})
     plot_echo(rows, a)
@@ -266,6 +290,7 @@ def start_http(name, extra=()):
     else:
         port = 8201
         argv = ["nginx", "-e", "stderr", "-c", nginx_conf(port)]
+    wait_port_free(port)
     proc = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
     return proc, port
@@ -337,7 +362,7 @@ def bench_http(a):
                     fixed[(n, c)].append(res)
                     print(f"round {r + 1} {n:<10} {c:<13} {res['rate']:>10.0f} req/s  p99 {res['p99_us']:>9.1f} us  "
                           f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
-            for c in sweep_conns:
+            for c in sweep_conns[r % len(sweep_conns):] + sweep_conns[:r % len(sweep_conns)]:  # rotated per round
                 for n in order:
                     res = loadgen(["--addr", f"127.0.0.1:{servers[n][1]}", "--http", "/files/1k.txt", "--conns",
                                    str(c), "--warmup", "1", "--secs", str(a.secs), "--server-pid", str(servers[n][0].pid)])
@@ -602,7 +627,7 @@ def bench_queue(a):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "overload", "queue", "all"])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
     p.add_argument("--skip-criterion", action="store_true")
