@@ -3,8 +3,8 @@
 
 echo:  64-byte echo, 64 connections, closed loop; server pinned to CPU 0, load client to CPU 1.
        Servers: ringstage (examples/echo), tokio, monoio, a minimal C io_uring echo (liburing).
-       Rounds are interleaved (A B C D A B C D ...) and medians reported, because absolute
-       numbers on a shared VM drift by tens of percent between runs.
+       Rounds are interleaved (A B C D, then D C B A, ...) and medians of per-round ratios
+       reported, because absolute numbers on a shared VM drift by tens of percent between runs.
        Then process memory per idle connection at 10k idle connections.
 http:  the staged HTTP example vs nginx (one worker each, both pinned to CPU 0, wrk on CPU 1):
        plaintext (one request at a time, and pipelined 16 deep as TechEmpower's plaintext test
