@@ -522,3 +522,50 @@ fn a_client_that_stops_reading_a_spliced_file_is_cut_off() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn chunked_request_bodies_are_read_past_and_checked() {
+    let s = server(&["--max-body", "64", "--header-timeout-ms", "300"]);
+    // A chunked body with an extension and a trailer, then a pipelined request: both answered,
+    // in order, and the body's bytes are not taken for a request.
+    let mut c = connect(s.addr);
+    c.get_mut()
+        .write_all(
+            b"GET /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;x=y\r\nGET /\r\n0\r\nX-Trailer: 1\r\n\r\n\
+              GET /files/1k.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().body, b"Hello, World!");
+    assert_eq!(read_response(&mut c, false).unwrap().body.len(), 1024);
+    // Split across receives at awkward places (inside the size, the data, the CRLFs).
+    let mut c = connect(s.addr);
+    let pieces: [&[u8]; 5] = [
+        b"GET /plaintext HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: t\r\n\r\n1",
+        b"0\r\n0123456789abcdef",
+        b"\r",
+        b"\n0\r",
+        b"\n\r\n",
+    ];
+    for p in pieces {
+        c.get_mut().write_all(p).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(read_response(&mut c, false).unwrap().status, 200);
+    // Over --max-body: 413; broken framing: 400; both close the connection.
+    let chunked = "GET /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut c = connect(s.addr);
+    c.get_mut().write_all(format!("{chunked}41\r\n").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().status, 413);
+    assert!(closed_by_server(&mut c));
+    assert_eq!(request(s.addr, &format!("{chunked}zz\r\n")).status, 400);
+    assert_eq!(request(s.addr, &format!("{chunked}3\r\nabcX")).status, 400);
+    // A final coding other than chunked, or Transfer-Encoding in HTTP/1.0: 400 (RFC 9112 6.1).
+    let gz = "GET /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+    assert_eq!(request(s.addr, gz).status, 400);
+    assert_eq!(request(s.addr, "GET /plaintext HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").status, 400);
+    // A body that trickles in past the header deadline: 408.
+    let mut c = connect(s.addr);
+    c.get_mut().write_all(format!("{chunked}5\r\nab").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().status, 408);
+}

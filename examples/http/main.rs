@@ -10,6 +10,7 @@
 //! the ring) → back to `cache` → `net`. A stage that refuses a request makes it a 503 at once.
 
 mod cache;
+mod chunked;
 mod dynamic;
 mod files;
 mod parse;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use ringstage::prelude::*;
 
 use crate::cache::CacheEvent;
+use crate::chunked::{Chunked, Feed};
 use crate::proto::{self, DateLine};
 
 #[derive(Clone, Debug)]
@@ -77,6 +78,8 @@ struct HttpConn {
     started: Option<Instant>,
     /// Body bytes still to discard.
     skip: u64,
+    /// A chunked body being read, and the request it belongs to (answered once it ended).
+    chunked: Option<(Chunked, Request)>,
     /// A final response was queued: ignore further input.
     done: bool,
 }
@@ -89,9 +92,17 @@ pub struct Parse {
     date: DateLine,
 }
 
+/// How a request's body is framed.
+enum Body {
+    /// This many bytes (Content-Length, or none).
+    Length(u64),
+    /// Transfer-Encoding: chunked.
+    Chunked,
+}
+
 enum Parsed {
     Partial,
-    Complete(Request, usize, u64),
+    Complete(Request, usize, Body),
     Error(u16),
 }
 
@@ -134,6 +145,28 @@ impl Parse {
         }
         let mut out = Vec::new();
         loop {
+            if let Some((body, _)) = st.chunked.as_mut() {
+                match body.feed(&data) {
+                    Feed::More => break, // all consumed; `started` keeps the deadline running
+                    Feed::Done(n) => {
+                        data.advance(n);
+                        let (_, req) = st.chunked.take().expect("a chunked body");
+                        st.started = None;
+                        let last = !req.keep_alive || matches!(req.kind, Kind::Error(_));
+                        out.push(req);
+                        if last {
+                            st.done = true;
+                            break;
+                        }
+                    }
+                    Feed::Error(status) => {
+                        st.chunked = None;
+                        st.done = true;
+                        out.push(Request::error(conn, status));
+                        break;
+                    }
+                }
+            }
             if data.is_empty() {
                 st.started = None;
                 break;
@@ -149,7 +182,15 @@ impl Parse {
                     out.push(Request::error(conn, status));
                     break;
                 }
-                Parsed::Complete(req, consumed, body) => {
+                Parsed::Complete(req, consumed, Body::Chunked) => {
+                    // Answered once the body has been read: framing errors in it still get
+                    // their 400 or 413 instead of the response. The header deadline covers
+                    // the body too.
+                    data.advance(consumed);
+                    st.started.get_or_insert(now);
+                    st.chunked = Some((Chunked::new(limits.max_body), req));
+                }
+                Parsed::Complete(req, consumed, Body::Length(body)) => {
                     st.started = None;
                     data.advance(consumed);
                     let k = (body.min(data.len() as u64)) as usize;
@@ -198,7 +239,8 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
     };
     let http11 = req.version == Some(1);
     let mut keep_alive = http11;
-    let (mut cl, mut te, mut host) = (None::<u64>, false, false);
+    // Transfer-Encoding: whether any was given, and whether chunked is the final coding.
+    let (mut cl, mut te, mut chunked, mut host) = (None::<u64>, false, false, false);
     let (mut range, mut inm, mut ims) = (None, None, None);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -223,6 +265,10 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
             cl = Some(v);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = true;
+            // Codings accumulate over repeated fields; the last one seen must be chunked.
+            if let Some(last) = h.value.rsplit(|&b| b == b',').next() {
+                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
         } else if name.eq_ignore_ascii_case(b"host") {
             host = true;
         } else if name.eq_ignore_ascii_case(b"range") {
@@ -233,17 +279,16 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
             ims = Some(sub(h.value));
         }
     }
-    if te && cl.is_some() {
+    if te && (cl.is_some() || !chunked || !http11) {
+        // Both framings (a smuggling attempt), a final coding other than chunked (the length
+        // is unknowable), or Transfer-Encoding in HTTP/1.0: RFC 9112 §6.1 says 400.
         return Parsed::Error(400);
-    }
-    if te {
-        return Parsed::Error(501); // request bodies in chunked encoding are not supported
     }
     if http11 && !host {
         return Parsed::Error(400);
     }
-    let body = cl.unwrap_or(0);
-    if body > limits.max_body {
+    let body = if chunked { Body::Chunked } else { Body::Length(cl.unwrap_or(0)) };
+    if matches!(body, Body::Length(n) if n > limits.max_body) {
         return Parsed::Error(413);
     }
     let method = req.method.unwrap_or("");
@@ -275,7 +320,8 @@ impl Handler for Parse {
                 if self.conns.len() <= slot {
                     self.conns.resize_with(slot + 1, || None);
                 }
-                self.conns[slot] = Some(HttpConn { conn, stash: Vec::new(), started: None, skip: 0, done: false });
+                self.conns[slot] =
+                    Some(HttpConn { conn, stash: Vec::new(), started: None, skip: 0, chunked: None, done: false });
             }
             NetEvent::Data { conn, data } => self.on_data(conn, data, cx.now()),
             NetEvent::Closed { conn } => {
@@ -296,6 +342,7 @@ impl Handler for Parse {
         for c in self.conns.iter_mut().flatten() {
             if !c.done && c.started.is_some_and(|t| now.duration_since(t) >= limit) {
                 c.done = true;
+                c.chunked = None; // a body trickling in too slowly: its request gets the 408
                 late.push(c.conn);
             }
         }
