@@ -563,6 +563,9 @@ fn chunked_request_bodies_are_read_past_and_checked() {
     // A final coding other than chunked, or Transfer-Encoding in HTTP/1.0: 400 (RFC 9112 6.1).
     let gz = "GET /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
     assert_eq!(request(s.addr, gz).status, 400);
+    let twice =
+        "GET /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(request(s.addr, twice).status, 400, "chunked applied twice");
     assert_eq!(request(s.addr, "GET /plaintext HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").status, 400);
     // A body that trickles in past the header deadline: 408.
     let mut c = connect(s.addr);

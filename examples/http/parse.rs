@@ -239,8 +239,9 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
     };
     let http11 = req.version == Some(1);
     let mut keep_alive = http11;
-    // Transfer-Encoding: whether any was given, and whether chunked is the final coding.
-    let (mut cl, mut te, mut chunked, mut host) = (None::<u64>, false, false, false);
+    // Transfer-Encoding: whether any was given, whether chunked is the final coding, and how
+    // often chunked appears (more than once is malformed).
+    let (mut cl, mut te, mut chunked, mut chunked_n, mut host) = (None::<u64>, false, false, 0, false);
     let (mut range, mut inm, mut ims) = (None, None, None);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -266,8 +267,9 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = true;
             // Codings accumulate over repeated fields; the last one seen must be chunked.
-            if let Some(last) = h.value.rsplit(|&b| b == b',').next() {
-                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            for coding in h.value.split(|&b| b == b',') {
+                chunked = coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                chunked_n += usize::from(chunked);
             }
         } else if name.eq_ignore_ascii_case(b"host") {
             host = true;
@@ -279,9 +281,9 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
             ims = Some(sub(h.value));
         }
     }
-    if te && (cl.is_some() || !chunked || !http11) {
+    if te && (cl.is_some() || !chunked || chunked_n > 1 || !http11) {
         // Both framings (a smuggling attempt), a final coding other than chunked (the length
-        // is unknowable), or Transfer-Encoding in HTTP/1.0: RFC 9112 §6.1 says 400.
+        // is unknowable), chunked twice, or Transfer-Encoding in HTTP/1.0: 400 (RFC 9112 §6.1).
         return Parsed::Error(400);
     }
     if http11 && !host {
