@@ -76,16 +76,19 @@ impl BatchController {
             self.best = 0.0; // the load changed: search again
         }
         self.last_rate = rate;
+        // Steps are 20%, but at least one event: at small sizes 20% rounds to no change, and
+        // the search would shuttle between two sizes without ever probing above them.
+        let size = self.batch.round();
         if self.grew && rate > 1.05 * self.best {
             self.best = rate;
-            self.batch *= 1.2; // growing pays: keep going
+            self.batch = (self.batch * 1.2).max(size + 1.0); // growing pays: keep going
         } else if rate >= 0.9 * self.best {
             self.best = self.best.max(rate);
-            self.batch /= 1.2; // throughput holds: try smaller
+            self.batch = (self.batch / 1.2).min(size - 1.0); // throughput holds: try smaller
             self.grew = false;
         } else {
             // Too small to amortise per-batch costs: undo the shrink and probe above it.
-            self.batch *= 1.2 * 1.2;
+            self.batch = (self.batch * 1.2 * 1.2).max(size + 2.0);
             self.grew = true;
         }
         self.batch = self.batch.clamp(self.cfg.min as f64, self.cfg.max as f64);
@@ -107,6 +110,14 @@ mod tests {
             ctl.record(b, t0 + t);
         }
         ctl.batch()
+    }
+
+    #[test]
+    fn grows_from_a_tiny_batch() {
+        // At batch 1-2, a 20% step rounds to no change: the search must still climb.
+        let mut c = BatchController::new(BatchConfig { initial: 2, ..BatchConfig::default() });
+        let b = run(&mut c, Duration::from_micros(200), Duration::from_micros(2), 10.0);
+        assert!(b >= 16, "batch grew from 2: {b}");
     }
 
     #[test]
