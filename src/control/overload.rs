@@ -13,13 +13,17 @@
 //! were queued before the decrease took effect (without this, stale backlog drives the rate
 //! down several times in a row and goodput collapses). Admission draws a token from a bucket refilled at that rate; a class
 //! `c` of `classes` (0 the lowest) is admitted only while the bucket holds more than its
-//! reserve, so as tokens run short the lowest class is refused first.
+//! reserve, so as tokens run short the lowest class is refused first. The bucket is a
+//! [`Gate`] shared with every producer of the replica, on any worker; the controller, which
+//! lives with the replica, only sets its rate.
 //!
 //! All methods take the time as an argument, so the controller can be driven by a simulated
 //! clock in tests; none allocates or locks.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Gate;
 use crate::metrics::Histogram;
 
 /// Tuning of an [`OverloadController`].
@@ -84,8 +88,10 @@ impl OverloadConfig {
 pub struct OverloadController {
     cfg: OverloadConfig,
     rate: f64,
-    tokens: f64,
-    last_refill: Option<Instant>,
+    /// The bucket every producer draws from.
+    gate: Arc<Gate>,
+    /// Time zero of the gate's clock: the runtime's epoch, or the first time seen.
+    epoch: Option<Instant>,
     window_start: Option<Instant>,
     window: Histogram,
     window_base: crate::metrics::HistSnapshot,
@@ -101,13 +107,26 @@ pub struct OverloadController {
 }
 
 impl OverloadController {
-    /// A controller starting at `cfg.initial_rate`.
+    /// A controller starting at `cfg.initial_rate`, with a gate of its own.
     pub fn new(cfg: OverloadConfig) -> OverloadController {
+        let gate = Arc::new(Self::gate_for(&cfg));
+        Self::with_gate(cfg, gate, None)
+    }
+
+    /// The gate a controller with `cfg` steers (full, at the initial rate).
+    pub(crate) fn gate_for(cfg: &OverloadConfig) -> Gate {
+        Gate::new(cfg.initial_rate.clamp(cfg.min_rate, cfg.max_rate), cfg.burst, cfg.classes)
+    }
+
+    /// A controller steering `gate`, whose clock counts microseconds from `epoch` (the
+    /// runtime's; `None`: from the first time the controller sees).
+    pub(crate) fn with_gate(cfg: OverloadConfig, gate: Arc<Gate>, epoch: Option<Instant>) -> OverloadController {
         let rate = cfg.initial_rate.clamp(cfg.min_rate, cfg.max_rate);
+        gate.set_rate(rate);
         OverloadController {
-            tokens: (rate * cfg.burst).max(1.0),
             rate,
-            last_refill: None,
+            gate,
+            epoch,
             window_start: None,
             window: Histogram::default(),
             window_base: Default::default(),
@@ -121,8 +140,10 @@ impl OverloadController {
         }
     }
 
-    fn depth(&self) -> f64 {
-        (self.rate * self.cfg.burst).max(1.0)
+    /// `now` on the gate's clock.
+    fn clock(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_micros() as u32
     }
 
     /// Decides whether to admit an event of `class` (clamped to `classes - 1`) at `now`.
@@ -131,27 +152,17 @@ impl OverloadController {
         self.admit_n(class, 1, now)
     }
 
-    /// Admits `n` events of `class` together, or none of them.
+    /// Admits `n` events of `class` together, or none of them (through the shared gate;
+    /// producers on other workers call the gate directly).
     pub fn admit_n(&mut self, class: u8, n: usize, now: Instant) -> bool {
-        let depth = self.depth();
-        if let Some(last) = self.last_refill {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.rate).min(depth);
-        }
-        self.last_refill = Some(now);
-        let classes = self.cfg.classes.max(1);
-        let c = class.min(classes - 1);
-        // Lower classes must leave a reserve for the higher ones.
-        let reserve = depth * f64::from(classes - 1 - c) / f64::from(classes);
-        let n_f = n as f64;
-        if self.tokens >= n_f + reserve {
-            self.tokens -= n_f;
+        let t = self.clock(now);
+        let ok = self.gate.admit_n(class, n, t);
+        if ok {
             self.admitted += n as u64;
-            true
         } else {
             self.refused += n as u64;
-            false
         }
+        ok
     }
 
     /// Records one response time and, at the end of a window, adapts the rate.
@@ -204,6 +215,7 @@ impl OverloadController {
             self.rate += (self.rate * step).max(self.cfg.min_rate);
         }
         self.rate = self.rate.clamp(self.cfg.min_rate, self.cfg.max_rate);
+        self.gate.set_rate(self.rate);
         self.window_base = snap;
         self.window_start = Some(now);
         self.pending = 0;
@@ -219,7 +231,7 @@ impl OverloadController {
         self.last_p90
     }
 
-    /// Admitted and refused counts.
+    /// Admitted and refused counts, of the calls made through this controller.
     pub fn counts(&self) -> (u64, u64) {
         (self.admitted, self.refused)
     }

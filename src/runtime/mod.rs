@@ -62,6 +62,9 @@ pub(crate) struct StageMeta {
     pub(crate) cfg: StageConfig,
     /// Elastic stages: bit `r` set while replica `r` takes new events.
     pub(crate) active: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Stages with admission control: per replica, the gate its producers draw from (on any
+    /// worker) and its controller steers.
+    pub(crate) gates: Option<Arc<[Arc<crate::control::Gate>]>>,
 }
 
 /// Declares stages, their placement and listeners, then starts the workers.
@@ -284,6 +287,10 @@ impl Builder {
                     active: d.cfg.elastic.as_ref().map(|c| {
                         let on = c.min.clamp(1, d.cfg.workers.len());
                         Arc::new(std::sync::atomic::AtomicU64::new((1u64 << on) - 1))
+                    }),
+                    gates: d.cfg.overload.as_ref().map(|o| {
+                        let gate = || Arc::new(crate::control::OverloadController::gate_for(o));
+                        d.cfg.workers.iter().map(|_| gate()).collect()
                     }),
                 })
                 .collect(),
@@ -514,6 +521,7 @@ impl Setup<'_> {
             wake: self.wake.clone(),
             clock: self.clock.clone(),
             admission: self.controller(idx).map(|c| (c, self.now.clone())),
+            gates: self.meta[idx].gates.clone(),
             active: self.meta[idx].active.clone(),
         });
         self.sinks[idx] = Some(inner.clone() as Rc<dyn Any>);
@@ -523,11 +531,12 @@ impl Setup<'_> {
     /// The admission controller of stage `idx`'s replica on this worker, if it has one.
     fn controller(&mut self, idx: usize) -> Option<Rc<std::cell::RefCell<crate::control::OverloadController>>> {
         let cfg = self.meta[idx].cfg.overload.clone()?;
-        if !self.meta[idx].cfg.workers.contains(&self.worker) {
-            return None;
-        }
-        let c = self.controllers[idx]
-            .get_or_insert_with(|| Rc::new(std::cell::RefCell::new(crate::control::OverloadController::new(cfg))));
+        let r = self.meta[idx].cfg.workers.iter().position(|&w| w == self.worker)?;
+        let gate = self.meta[idx].gates.as_ref().expect("a gate per controlled replica")[r].clone();
+        let epoch = self.shared.epoch;
+        let c = self.controllers[idx].get_or_insert_with(|| {
+            Rc::new(std::cell::RefCell::new(crate::control::OverloadController::with_gate(cfg, gate, Some(epoch))))
+        });
         Some(c.clone())
     }
 
@@ -621,6 +630,7 @@ impl Runtime {
             counters: self.shared.inject[id.idx].clone(),
             epoch: self.shared.epoch,
             active: self.shared.meta[id.idx].active.clone(),
+            gates: self.shared.meta[id.idx].gates.clone(),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Injector<E> {
     pub(crate) epoch: Instant,
     /// Elastic stages: the replicas taking new events.
     pub(crate) active: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Stages with admission control: per replica, its gate.
+    pub(crate) gates: Option<Arc<[Arc<crate::control::Gate>]>>,
 }
 
 impl<E> Clone for Injector<E> {
@@ -42,6 +44,7 @@ impl<E> Clone for Injector<E> {
             counters: self.counters.clone(),
             epoch: self.epoch,
             active: self.active.clone(),
+            gates: self.gates.clone(),
         }
     }
 }
@@ -53,14 +56,19 @@ impl<E> std::fmt::Debug for Injector<E> {
 }
 
 impl<E: Send + 'static> Injector<E> {
-    /// Puts `event` into the stage, or hands it back if the chosen replica's ring is full.
+    /// Puts `event` into the stage, or hands it back if the chosen replica's ring is full or
+    /// its admission gate (stages with overload control) refuses it.
     pub fn try_enqueue(&self, event: E) -> Result<(), E> {
         let n = self.targets.len();
         let r = super::next_active(self.rr.fetch_add(1, Ordering::Relaxed) % n, n, super::active_mask(&self.active));
         let t = &self.targets[r];
+        let at = self.epoch.elapsed().as_micros() as u32;
+        if self.gates.as_ref().is_some_and(|g| !g[r].admit_n(u8::MAX, 1, at)) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(event);
+        }
         // Count before the push so the event is never visible as processed-but-not-enqueued.
         self.counters.enqueued.fetch_add(1, Ordering::SeqCst);
-        let at = self.epoch.elapsed().as_micros() as u32;
         match t.queue.push(Stamped { at, ev: event }) {
             Ok(()) => {
                 t.bell.ring();

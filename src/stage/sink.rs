@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use super::Stamped;
-use crate::control::OverloadController;
+use crate::control::{Gate, OverloadController};
 use crate::metrics::WorkerCounters;
 use crate::queue::spsc;
 
@@ -74,8 +74,10 @@ pub(crate) struct SinkInner<E> {
     pub(crate) wake: Rc<Cell<u64>>,
     /// This worker's loop clock, µs since the runtime's epoch (stamped on enqueued events).
     pub(crate) clock: Rc<Cell<u32>>,
-    /// The local replica's admission controller, if the stage has one.
+    /// The local replica's admission controller, if the stage has one (for its samples).
     pub(crate) admission: Option<Admission>,
+    /// Per replica: the admission gate, if the stage has admission control.
+    pub(crate) gates: Option<Arc<[Arc<Gate>]>>,
     /// Elastic stages: bit `r` set while replica `r` takes new events.
     pub(crate) active: Option<Arc<AtomicU64>>,
 }
@@ -145,16 +147,17 @@ impl<E: Send + 'static> Sink<E> {
     }
 
     /// Like [`Sink::try_enqueue`], for an event of priority `class` (0 is the lowest): when the
-    /// target stage runs adaptive overload control on this worker, its controller may refuse
-    /// the event, lower classes first. [`Sink::try_enqueue`] uses the highest class.
+    /// target stage runs adaptive overload control, the target replica's gate may refuse the
+    /// event, lower classes first, whichever worker this sink is on (the replica's controller
+    /// sets the gate's rate). [`Sink::try_enqueue`] uses the highest class.
     #[inline]
     pub fn try_enqueue_class(&self, event: E, class: u8) -> Result<(), E> {
         let Some(r) = self.target(Some(&event)) else {
             self.inner.counters.stages[self.inner.stage].refused.add(1);
             return Err(event);
         };
-        if let (Some((ctl, now)), Some((local, _))) = (&self.inner.admission, &self.inner.local) {
-            if *local == r && !ctl.borrow_mut().admit(class, now.get()) {
+        if let Some(gates) = &self.inner.gates {
+            if !gates[r].admit_n(class, 1, self.inner.clock.get()) {
                 self.inner.counters.stages[self.inner.stage].refused.add(1);
                 return Err(event);
             }
@@ -169,8 +172,8 @@ impl<E: Send + 'static> Sink<E> {
     }
 
     /// Puts every event of `events` into one replica, or none of them: if the target queue has
-    /// fewer free slots than `events.len()`, or its admission controller (highest class) will
-    /// not take them all, the untouched iterator is handed back. The router is not consulted
+    /// fewer free slots than `events.len()`, or its admission gate (highest class) will not
+    /// take them all, the untouched iterator is handed back. The router is not consulted
     /// (all events go to the same replica).
     pub fn enqueue_many<I: ExactSizeIterator<Item = E>>(&self, events: I) -> Result<(), I> {
         let n = events.len();
@@ -179,11 +182,9 @@ impl<E: Send + 'static> Sink<E> {
             Some(p) => p.borrow_mut().free(),
             None => self.inner.local.as_ref().expect("local replica").1.free(),
         };
-        let admitted = match (&self.inner.admission, &self.inner.local) {
-            (Some((ctl, now)), Some((local, _))) if *local == r => {
-                free >= n && ctl.borrow_mut().admit_n(u8::MAX, n, now.get())
-            }
-            _ => true,
+        let admitted = match &self.inner.gates {
+            Some(gates) => free >= n && gates[r].admit_n(u8::MAX, n, self.inner.clock.get()),
+            None => true,
         };
         if free < n || !admitted {
             self.account(false, n as u64, r);
