@@ -44,6 +44,33 @@ fn example_binary() -> PathBuf {
         .clone()
 }
 
+/// A fresh directory under the system temp dir for a test's files, removed when dropped (also
+/// when the test fails). Declare it before the server, so the server goes first.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ringstage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+
+    fn root(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn bundled() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/http/www")
 }
@@ -276,8 +303,7 @@ fn bad_input_gets_clear_errors_and_no_panic() {
 
 #[test]
 fn nothing_outside_the_root_is_reachable() {
-    let dir = std::env::temp_dir().join(format!("ringstage-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("root");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub/ok.txt"), b"inside").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.join("escape")).unwrap();
@@ -285,7 +311,7 @@ fn nothing_outside_the_root_is_reachable() {
     std::os::unix::fs::symlink("ok.txt", dir.join("sub/alias.txt")).unwrap();
     let secret = std::env::temp_dir().join(format!("ringstage-secret-{}", std::process::id()));
     std::fs::write(&secret, b"SECRET").unwrap();
-    let s = server(&["--root", dir.to_str().unwrap()]);
+    let s = server(&["--root", dir.root()]);
     assert_eq!(get(s.addr, "/sub/ok.txt").body, b"inside");
     assert_eq!(get(s.addr, "/sub/alias.txt").body, b"inside", "symlinks within the root work");
     let secret_name = secret.file_name().unwrap().to_str().unwrap();
@@ -307,8 +333,6 @@ fn nothing_outside_the_root_is_reachable() {
             "{path}"
         );
     }
-    drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&secret);
 }
 
@@ -426,15 +450,13 @@ fn overload_control_sheds_dynamic_load_with_503() {
 
 #[test]
 fn large_files_are_spliced_zero_copy_and_in_order() {
-    let dir = std::env::temp_dir().join(format!("ringstage-big-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("big");
     // 3 MiB + 123 bytes of a pattern: several pipe-sized chunks and an odd tail.
     let big: Vec<u8> = (0..(3 << 20) + 123u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(dir.join("big.bin"), &big).unwrap();
     std::fs::write(dir.join("small.txt"), b"small").unwrap();
     // Anything over 64 KiB is not cached but spliced.
-    let s = server(&["--root", dir.to_str().unwrap(), "--cache-file-kb", "64"]);
+    let s = server(&["--root", dir.root(), "--cache-file-kb", "64"]);
     let r = get(s.addr, "/big.bin");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some(big.len().to_string().as_str()));
@@ -463,17 +485,13 @@ fn large_files_are_spliced_zero_copy_and_in_order() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap();
     assert_eq!(spliced, 2 * big.len() as u64 + 10, "file bodies went through splice, not user memory");
-    drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn peer_reset_during_a_spliced_transfer_is_contained() {
-    let dir = std::env::temp_dir().join(format!("ringstage-rst-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("rst");
     std::fs::write(dir.join("huge.bin"), vec![7u8; 32 << 20]).unwrap();
-    let s = server(&["--root", dir.to_str().unwrap(), "--cache-file-kb", "64"]);
+    let s = server(&["--root", dir.root(), "--cache-file-kb", "64"]);
     for _ in 0..4 {
         let mut c = connect(s.addr);
         c.get_mut().write_all(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -497,17 +515,13 @@ fn peer_reset_during_a_spliced_transfer_is_contained() {
     // The server aborted those transfers and still serves.
     let r = get(s.addr, "/plaintext");
     assert_eq!(r.status, 200);
-    drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_client_that_stops_reading_a_spliced_file_is_cut_off() {
-    let dir = std::env::temp_dir().join(format!("ringstage-stall-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("stall");
     std::fs::write(dir.join("huge.bin"), vec![7u8; 32 << 20]).unwrap();
-    let s = server(&["--root", dir.to_str().unwrap(), "--cache-file-kb", "64", "--send-timeout-ms", "300"]);
+    let s = server(&["--root", dir.root(), "--cache-file-kb", "64", "--send-timeout-ms", "300"]);
     let mut c = connect(s.addr);
     c.get_mut().write_all(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut some = [0u8; 4096];
@@ -519,8 +533,6 @@ fn a_client_that_stops_reading_a_spliced_file_is_cut_off() {
     assert!(rest.len() < 30 << 20, "the stalled transfer was aborted, not finished ({} bytes)", rest.len());
     // The server still serves.
     assert_eq!(get(s.addr, "/plaintext").status, 200);
-    drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
