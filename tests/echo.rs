@@ -221,12 +221,8 @@ impl Handler for Bytewise {
 fn commands_of_one_batch_leave_in_one_gathered_send() {
     // Pipelined responses are many commands for one connection in one batch: they must go out
     // as one send, in order, not one send per command.
-    let mut b = Runtime::builder(1).cpus([]);
-    let stage = b.stage::<NetEvent>("bytewise", StageConfig::on([0]));
-    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), stage);
-    b.handler(stage, move |s| Bytewise { net: s.sink(net) });
-    let rt = b.start().expect("runtime starts");
-    let mut s = connect(rt.local_addr(l));
+    let (rt, addr) = serve(Runtime::builder(1), "bytewise", StageConfig::on([0]), |c| c, |net| Bytewise { net });
+    let mut s = connect(addr);
     let rounds = 100;
     for round in 0..rounds {
         let msg = pattern(round, 64);
@@ -265,12 +261,13 @@ fn events_parked_behind_a_full_remote_stage_neither_spin_nor_get_lost() {
     // The echo stage on worker 1 holds 2 events and takes 5 ms each: the net worker's events
     // park behind it. The net worker must nap between retries (it has no doorbell for "the
     // other worker's queue drained"), not spin, and every byte must still come back in order.
-    let mut b = Runtime::builder(2).cpus([]);
-    let stage = b.stage::<NetEvent>("slow", StageConfig::on([1]).capacity(2));
-    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), stage);
-    b.handler(stage, move |s| SlowEcho { net: s.sink(net), delay: Duration::from_millis(5) });
-    let rt = b.start().expect("runtime starts");
-    let addr = rt.local_addr(l);
+    let (rt, addr) = serve(
+        Runtime::builder(2),
+        "slow",
+        StageConfig::on([1]).capacity(2),
+        |c| c,
+        |net| SlowEcho { net, delay: Duration::from_millis(5) },
+    );
     let clients: Vec<_> = (0..4u64)
         .map(|i| {
             std::thread::spawn(move || {

@@ -21,19 +21,31 @@ impl Handler for Echo {
     }
 }
 
+/// A server on loopback: the net stage on worker 0 delivering to stage `name` (placed by
+/// `stage`), whose handler `make` builds from the net stage's sink.
+pub fn serve<H: Handler<Event = NetEvent>>(
+    b: Builder,
+    name: &str,
+    stage: StageConfig,
+    cfg: impl FnOnce(ListenConfig) -> ListenConfig,
+    make: impl Fn(Sink<NetCmd>) -> H + Send + Sync + 'static,
+) -> (Runtime, SocketAddr) {
+    let mut b = b.cpus([]);
+    let st = b.stage::<NetEvent>(name, stage);
+    let (net, l) = b.listen(cfg(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0])), st);
+    b.handler(st, move |s| make(s.sink(net)));
+    let rt = b.start().expect("runtime starts");
+    let addr = rt.local_addr(l);
+    (rt, addr)
+}
+
 /// An echo server: the net stage on worker 0 and the echo stage on `echo_worker`.
 pub fn echo_server(
     b: Builder,
     echo_worker: usize,
     cfg: impl FnOnce(ListenConfig) -> ListenConfig,
 ) -> (Runtime, SocketAddr) {
-    let mut b = b.cpus([]);
-    let echo = b.stage::<NetEvent>("echo", StageConfig::on([echo_worker]));
-    let (net, l) = b.listen(cfg(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0])), echo);
-    b.handler(echo, move |s| Echo { net: s.sink(net) });
-    let rt = b.start().expect("runtime starts");
-    let addr = rt.local_addr(l);
-    (rt, addr)
+    serve(b, "echo", StageConfig::on([echo_worker]), cfg, |net| Echo { net })
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
