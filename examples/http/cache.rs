@@ -244,7 +244,7 @@ impl Cache {
     }
 
     fn respond_error(&mut self, req: &Request, status: u16, extra: &str) {
-        let close = !req.keep_alive || status >= 500 && status != 503 || matches!(req.kind, Kind::Error(_));
+        let close = req.closes() || status >= 500 && status != 503;
         let body = format!("{} {}\n", status, proto::reason(status));
         let date = self.date.get();
         let resp = proto::simple(status, if req.head { "" } else { &body }, close, extra, &date);

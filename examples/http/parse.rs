@@ -56,6 +56,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// Its response ends the connection: the client asked for that, or the request failed.
+    pub fn closes(&self) -> bool {
+        !self.keep_alive || matches!(self.kind, Kind::Error(_))
+    }
+
     pub fn error(conn: Conn, status: u16) -> Request {
         Request {
             conn,
@@ -120,7 +125,7 @@ impl Parse {
         let conn = req.conn;
         if let Err(CacheEvent::Req(req)) = self.cache.try_enqueue(CacheEvent::Req(req)) {
             let date = self.date.get();
-            let close = !req.keep_alive || matches!(req.kind, Kind::Error(_));
+            let close = req.closes();
             let resp = proto::simple(503, "overloaded, retry\n", close, "Retry-After: 1\r\n", &date);
             if self.net.try_enqueue(NetCmd::Send { conn, data: resp }).is_err() || close {
                 let _ = self.net.try_enqueue(NetCmd::Close { conn });
@@ -152,7 +157,7 @@ impl Parse {
                         data.advance(n);
                         let (_, req) = st.chunked.take().expect("a chunked body");
                         st.started = None;
-                        let last = !req.keep_alive || matches!(req.kind, Kind::Error(_));
+                        let last = req.closes();
                         out.push(req);
                         if last {
                             st.done = true;
@@ -196,7 +201,7 @@ impl Parse {
                     let k = (body.min(data.len() as u64)) as usize;
                     data.advance(k);
                     st.skip = body - k as u64;
-                    let last = !req.keep_alive || matches!(req.kind, Kind::Error(_));
+                    let last = req.closes();
                     out.push(req);
                     if last {
                         st.done = true;
