@@ -87,8 +87,7 @@ impl OverloadConfig {
 #[derive(Debug)]
 pub struct OverloadController {
     cfg: OverloadConfig,
-    rate: f64,
-    /// The bucket every producer draws from.
+    /// The bucket every producer draws from; its rate is the controller's decision.
     gate: Arc<Gate>,
     /// Time zero of the gate's clock: the runtime's epoch, or the first time seen.
     epoch: Option<Instant>,
@@ -121,10 +120,8 @@ impl OverloadController {
     /// A controller steering `gate`, whose clock counts microseconds from `epoch` (the
     /// runtime's; `None`: from the first time the controller sees).
     pub(crate) fn with_gate(cfg: OverloadConfig, gate: Arc<Gate>, epoch: Option<Instant>) -> OverloadController {
-        let rate = cfg.initial_rate.clamp(cfg.min_rate, cfg.max_rate);
-        gate.set_rate(rate);
+        gate.set_rate(cfg.initial_rate.clamp(cfg.min_rate, cfg.max_rate));
         OverloadController {
-            rate,
             gate,
             epoch,
             window_start: None,
@@ -190,6 +187,7 @@ impl OverloadController {
             return; // too few samples: extend the window
         }
         let p90 = Duration::from_micros(w.quantile(0.9));
+        let mut rate = self.gate.rate();
         let prev = std::mem::replace(&mut self.last_p90, p90);
         let draining = p90.as_secs_f64() < prev.as_secs_f64() * 0.9;
         let target = self.cfg.target.mul_f64(self.cfg.setpoint);
@@ -205,17 +203,16 @@ impl OverloadController {
             self.ceiling = w.count() as f64 / secs;
             // Never keep admitting faster than the stage was just seen to complete, nor cut
             // below half of it (a backlog cannot grow at half the measured capacity).
-            let cut = self.rate.min(self.ceiling) / (1.0 + (self.cfg.decrease - 1.0) * over.min(1.0));
-            self.rate = cut.max(self.ceiling / 2.0);
+            let cut = rate.min(self.ceiling) / (1.0 + (self.cfg.decrease - 1.0) * over.min(1.0));
+            rate = cut.max(self.ceiling / 2.0);
             self.hold = true;
         } else if p90.as_secs_f64() < self.cfg.headroom * target.as_secs_f64() {
             // Far below the capacity measured at the last cut: climb faster; near it, slowly.
-            let fast = self.rate < 0.8 * self.ceiling;
+            let fast = rate < 0.8 * self.ceiling;
             let step = if fast { self.cfg.increase * 2.5 } else { self.cfg.increase / 2.0 };
-            self.rate += (self.rate * step).max(self.cfg.min_rate);
+            rate += (rate * step).max(self.cfg.min_rate);
         }
-        self.rate = self.rate.clamp(self.cfg.min_rate, self.cfg.max_rate);
-        self.gate.set_rate(self.rate);
+        self.gate.set_rate(rate.clamp(self.cfg.min_rate, self.cfg.max_rate));
         self.window_base = snap;
         self.window_start = Some(now);
         self.pending = 0;
@@ -223,7 +220,7 @@ impl OverloadController {
 
     /// Current admission rate, per second.
     pub fn rate(&self) -> f64 {
-        self.rate
+        self.gate.rate()
     }
 
     /// The last window's 90th-percentile response time.
