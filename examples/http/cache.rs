@@ -172,6 +172,8 @@ pub struct Cache {
     blocked: HashMap<Conn, VecDeque<Request>>,
     date: DateLine,
     plain: PlainResponse,
+    /// The loop clock of the event being handled (for the `Date:` line).
+    now: Instant,
 }
 
 /// The complete keep-alive `/plaintext` response, rebuilt when the `Date:` line changes.
@@ -181,8 +183,8 @@ struct PlainResponse {
 }
 
 impl PlainResponse {
-    fn get(&mut self, date: &mut DateLine) -> IoBuf {
-        let d = date.get();
+    fn get(&mut self, date: &mut DateLine, now: Instant) -> IoBuf {
+        let d = date.get(now);
         if d.as_ptr() != self.date.as_ptr() {
             let mut v = Vec::with_capacity(160);
             v.extend_from_slice(PLAIN_HEAD);
@@ -234,6 +236,7 @@ impl Cache {
             blocked: HashMap::new(),
             date: DateLine::new(),
             plain: PlainResponse { date: IoBuf::from_static(b""), full: IoBuf::from_static(b"") },
+            now: Instant::now(),
         }
     }
 
@@ -246,7 +249,7 @@ impl Cache {
     fn respond_error(&mut self, req: &Request, status: u16, extra: &str) {
         let close = req.closes() || status >= 500 && status != 503;
         let body = format!("{} {}\n", status, proto::reason(status));
-        let date = self.date.get();
+        let date = self.date.get(self.now);
         let resp = proto::simple(status, if req.head { "" } else { &body }, close, extra, &date);
         self.send(req.conn, IoBufChain::from(resp), close);
     }
@@ -267,7 +270,7 @@ impl Cache {
     fn chain(&mut self, req: &Request, head: IoBuf, body: Option<IoBuf>) -> IoBufChain {
         let mut c = IoBufChain::new();
         c.push(head);
-        c.push(self.date.get());
+        c.push(self.date.get(self.now));
         c.push(IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE }));
         if let Some(b) = body.filter(|_| !req.head) {
             c.push(b);
@@ -331,7 +334,7 @@ impl Cache {
         let target = match &req.kind {
             Kind::Plaintext if req.keep_alive && !req.head => {
                 // The common case as one segment: the whole response, rebuilt once a second.
-                let resp = self.plain.get(&mut self.date);
+                let resp = self.plain.get(&mut self.date, now);
                 return self.send(req.conn, IoBufChain::from(resp), false);
             }
             Kind::Plaintext => {
@@ -421,6 +424,7 @@ impl Handler for Cache {
 
     fn handle(&mut self, ev: CacheEvent, cx: &mut Context<'_>) {
         let now = cx.now();
+        self.now = now;
         match ev {
             CacheEvent::Req(req) => match self.blocked.get_mut(&req.conn) {
                 Some(q) => q.push_back(req),

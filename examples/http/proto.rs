@@ -1,6 +1,6 @@
 //! HTTP/1.1 details: dates, MIME types, status lines, path decoding, ranges.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringstage::buf::IoBuf;
 
@@ -114,24 +114,35 @@ pub fn unix_secs(t: SystemTime) -> i64 {
 }
 
 /// A per-worker `Date:` header line, rebuilt at most once a second and shared as an `IoBuf`.
+///
+/// Reads the wall clock only when the stage's loop clock has passed the next wall-clock second
+/// boundary, so the hot path neither allocates nor calls `clock_gettime`.
 pub struct DateLine {
     secs: i64,
+    /// When (loop clock) to look at the wall clock again.
+    next: Option<Instant>,
     line: IoBuf,
 }
 
 impl DateLine {
     pub fn new() -> DateLine {
-        let mut d = DateLine { secs: -1, line: IoBuf::from_static(b"") };
-        d.get();
+        let mut d = DateLine { secs: -1, next: None, line: IoBuf::from_static(b"") };
+        d.get(Instant::now());
         d
     }
 
-    /// The current line (`Date: ...\r\n`); allocates only when the second changed.
-    pub fn get(&mut self) -> IoBuf {
-        let now = unix_secs(SystemTime::now());
-        if now != self.secs {
-            self.secs = now;
-            self.line = IoBuf::from(format!("Date: {}\r\n", http_date(now)).into_bytes());
+    /// The current line (`Date: ...\r\n`) at `now`, the stage's loop clock.
+    pub fn get(&mut self, now: Instant) -> IoBuf {
+        if self.next.map_or(true, |n| now >= n) {
+            let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            // Wall-clock steps move the line by at most a second, never freeze it: the next
+            // look is at most a second away.
+            self.next = Some(now + Duration::from_nanos(1_000_000_000 - u64::from(wall.subsec_nanos())));
+            let secs = wall.as_secs() as i64;
+            if secs != self.secs {
+                self.secs = secs;
+                self.line = IoBuf::from(format!("Date: {}\r\n", http_date(secs)).into_bytes());
+            }
         }
         self.line.clone()
     }
