@@ -36,6 +36,23 @@ fn make_pipe() -> std::io::Result<(OwnedFd, OwnedFd, u32)> {
     Ok((r, w, if size > 0 { size as u32 } else { 65536 }))
 }
 
+/// Builds an SQE on a connection's socket, named by its registered slot or its descriptor:
+/// `sock!(c, |t| opcode::Send::new(t, ...).build())`.
+macro_rules! sock {
+    ($c:expr, |$t:ident| $e:expr) => {
+        if $c.fixed {
+            let $t = types::Fixed($c.fd as u32);
+            $e
+        } else {
+            let $t = types::Fd($c.fd);
+            $e
+        }
+    };
+}
+
+/// The largest direct-descriptor table the kernel allows (`IORING_MAX_FIXED_FILES`).
+const MAX_FIXED_FILES: u64 = 1 << 20;
+
 fn timespec(d: Duration) -> types::Timespec {
     types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos())
 }
@@ -90,6 +107,13 @@ struct FileSend {
     chunk: u32,
 }
 
+/// A socket as `sock!` names it, apart from its connection.
+#[derive(Clone, Copy)]
+struct ConnRef {
+    fd: RawFd,
+    fixed: bool,
+}
+
 /// Output queued behind a file transfer.
 enum Queued {
     Bufs(IoBufChain),
@@ -97,7 +121,9 @@ enum Queued {
 }
 
 struct ConnState {
+    /// The socket: a slot of the ring's file table when `fixed`, else a descriptor.
     fd: RawFd,
+    fixed: bool,
     gen: u32,
     listener: usize,
     recv_armed: bool,
@@ -159,11 +185,16 @@ pub(crate) struct Net {
     /// Connections given output during the current net batch, sent at its end.
     dirty: Vec<(usize, u32)>,
     last_sweep: Instant,
+    /// Accept into the ring's file table (registered at start when wanted and granted).
+    fixed: bool,
+    fixed_wanted: bool,
 }
 
 impl Net {
-    pub(crate) fn new(listeners: Vec<Listener>) -> Net {
+    pub(crate) fn new(listeners: Vec<Listener>, fixed_files: bool) -> Net {
         Net {
+            fixed: false,
+            fixed_wanted: fixed_files,
             listeners,
             conns: Slab::new(),
             next_gen: 0,
@@ -190,12 +221,39 @@ impl Io {
         Conn { worker: self.worker as u16, idx: idx as u32, gen }
     }
 
-    /// Arms multishot accept on every listener of this worker.
+    /// Arms multishot accept on every listener of this worker, after registering the sparse
+    /// file table connections are accepted into (when wanted and the kernel grants it).
     pub(crate) fn net_start(&mut self) -> std::io::Result<()> {
+        if self.net.fixed_wanted && !self.net.listeners.is_empty() {
+            self.net.fixed = self.register_file_table();
+        }
         for li in 0..self.net.listeners.len() {
             self.arm_accept(li)?;
         }
         Ok(())
+    }
+
+    /// Registers a sparse file table sized for this worker's listeners: their connection limits
+    /// plus room for closes in flight, within `RLIMIT_NOFILE` (the kernel's bound for a table,
+    /// and the bound plain descriptors would have had). Returns whether it was granted.
+    fn register_file_table(&mut self) -> bool {
+        let wanted: u64 = self.net.listeners.iter().map(|l| l.cfg.max_connections as u64).sum::<u64>() + 16;
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into a live struct.
+        let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+        let n = wanted.min(nofile).min(MAX_FIXED_FILES) as u32;
+        n > 0 && self.ring.submitter().register_files_sparse(n).is_ok()
+    }
+
+    /// Releases a connection's socket now, outside the ring (no SQ space, or teardown).
+    fn close_now(&self, fd: RawFd, fixed: bool) {
+        if fixed {
+            // Emptying the slot drops the table's reference to the socket.
+            let _ = self.ring.submitter().register_files_update(fd as u32, &[-1]);
+        } else {
+            // SAFETY: the caller owns `fd` and no op is in flight on it.
+            unsafe { libc::close(fd) };
+        }
     }
 
     fn arm_accept(&mut self, li: usize) -> std::io::Result<()> {
@@ -204,8 +262,10 @@ impl Io {
         if l.armed || self.draining {
             return Ok(());
         }
+        // A direct descriptor has no close-on-exec flag to set (the kernel refuses it).
         let sqe = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
+            .allocate_file_index(self.net.fixed)
+            .flags(if self.net.fixed { 0 } else { libc::SOCK_CLOEXEC })
             .build()
             .user_data(token::make(token::ACCEPT, li as u32, 0));
         self.push_plain(sqe)?;
@@ -234,7 +294,7 @@ impl Io {
                 Ok(())
             }
             // Cancel results need no action: the operation they target reports its own
-            // outcome.
+            // outcome. Closes of refused connections carry the same token.
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -255,7 +315,20 @@ impl Io {
             self.accepted(li, res);
         } else {
             match -res {
-                libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
+                libc::ECANCELED if self.draining => {
+                    self.net.listeners[li].fd = None;
+                    return Ok(());
+                }
+                // The connection failed, not the listener: take the next one. (ECANCELED: the
+                // multishot a back-off below stopped; the back-off is already under way.)
+                libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR | libc::EAGAIN | libc::ECANCELED => {}
+                // Out of descriptors, table slots or memory, or a listener the kernel refuses:
+                // back off instead of re-arming in a loop.
+                e => {
+                    if !matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) {
+                        let err = std::io::Error::from_raw_os_error(e);
+                        eprintln!("ringstage: worker {}: accept failed, backing off: {err}", self.worker);
+                    }
                     self.counters.accept_backoffs.add(1);
                     let l = &mut self.net.listeners[li];
                     l.backing_off = true;
@@ -264,11 +337,6 @@ impl Io {
                         self.cancel(token::make(token::ACCEPT, li as u32, 0))?;
                     }
                 }
-                libc::ECANCELED if self.draining => {
-                    self.net.listeners[li].fd = None;
-                    return Ok(());
-                }
-                _ => {}
             }
         }
         if !more && !self.draining {
@@ -288,22 +356,29 @@ impl Io {
         Ok(())
     }
 
+    /// A connection was accepted: `fd` is a slot of the file table when `Net::fixed`. It
+    /// inherited `TCP_NODELAY` from the listener.
     fn accepted(&mut self, li: usize, fd: RawFd) {
+        let fixed = self.net.fixed;
         let l = &mut self.net.listeners[li];
         if l.open >= l.cfg.max_connections || self.draining {
-            // SAFETY: `fd` was just accepted and is owned by nobody else.
-            unsafe { libc::close(fd) };
+            // Refused: nothing was started on it. A table slot is emptied on the ring (the
+            // completion needs no action); a descriptor is closed at once.
+            if fixed {
+                let sqe = opcode::Close::new(types::Fixed(fd as u32)).build();
+                if self.push_plain(sqe.user_data(token::make(token::CANCEL, 0, 0))).is_ok() {
+                    return;
+                }
+            }
+            self.close_now(fd, fixed);
             return;
-        }
-        if l.cfg.nodelay {
-            // Failure only costs latency; the connection still works.
-            let _ = ringstage_sys::socket::set_nodelay(fd);
         }
         l.open += 1;
         self.net.next_gen = self.net.next_gen.wrapping_add(1);
         let gen = self.net.next_gen;
         let idx = self.net.conns.insert(ConnState {
             fd,
+            fixed,
             gen,
             listener: li,
             recv_armed: false,
@@ -332,7 +407,7 @@ impl Io {
 
     fn arm_recv(&mut self, idx: usize) -> std::io::Result<()> {
         let c = &self.net.conns[idx];
-        let sqe = opcode::RecvMulti::new(types::Fd(c.fd), self.pool.bgid()).build().user_data(token::make(
+        let sqe = sock!(c, |t| opcode::RecvMulti::new(t, self.pool.bgid()).build()).user_data(token::make(
             token::RECV,
             idx as u32,
             c.gen,
@@ -494,7 +569,7 @@ impl Io {
     /// clears the transfer) when it is complete.
     fn submit_splice(&mut self, idx: usize) -> bool {
         let c = &mut self.net.conns[idx];
-        let (sock, gen) = (c.fd, c.gen);
+        let (sock, gen) = (ConnRef { fd: c.fd, fixed: c.fixed }, c.gen);
         let f = c.file.as_mut().expect("a file transfer");
         if f.in_pipe == 0 && f.remaining == 0 {
             c.file = None;
@@ -518,14 +593,14 @@ impl Io {
             // Finish what is in the pipe first (the socket took less last time).
             let n = f.in_pipe.min(u64::from(f.chunk)) as u32;
             c.splicing = 1;
-            self.push_plain(opcode::Splice::new(types::Fd(r), -1, types::Fd(sock), -1, n).build().user_data(out_tok))
+            self.push_plain(sock!(sock, |t| opcode::Splice::new(types::Fd(r), -1, t, -1, n).build()).user_data(out_tok))
         } else {
             let n = f.remaining.min(u64::from(f.chunk)) as u32;
             let file_in = opcode::Splice::new(types::Fd(f.file.as_raw_fd()), f.offset as i64, types::Fd(w), -1, n)
                 .build()
                 .flags(squeue::Flags::IO_LINK)
                 .user_data(token::make(token::SPLICE_IN, idx as u32, gen));
-            let to_sock = opcode::Splice::new(types::Fd(r), -1, types::Fd(sock), -1, n).build().user_data(out_tok);
+            let to_sock = sock!(sock, |t| opcode::Splice::new(types::Fd(r), -1, t, -1, n).build()).user_data(out_tok);
             c.splicing = 2;
             // SAFETY: splices refer to descriptors only; the file and the pipe are owned by the
             // transfer, which lives until both completions arrive.
@@ -594,17 +669,14 @@ impl Io {
         let ud = token::make(token::SEND, idx as u32, c.gen);
         let send = if let [one] = st.iov[..] {
             // One segment: a plain send, without the msghdr and iovec import of sendmsg.
-            opcode::Send::new(types::Fd(c.fd), one.iov_base as *const u8, one.iov_len.min(u32::MAX as usize) as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
+            let len = one.iov_len.min(u32::MAX as usize) as u32;
+            sock!(c, |t| opcode::Send::new(t, one.iov_base as *const u8, len).flags(libc::MSG_NOSIGNAL).build())
                 .user_data(ud)
         } else {
             st.msg.msg_iov = st.iov.as_mut_ptr();
             st.msg.msg_iovlen = st.iov.len();
-            opcode::SendMsg::new(types::Fd(c.fd), &st.msg as *const libc::msghdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(ud)
+            let msg = &st.msg as *const libc::msghdr;
+            sock!(c, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build()).user_data(ud)
         };
         c.sending = true;
         c.out_since = self.now;
@@ -703,10 +775,11 @@ impl Io {
             return;
         }
         c.close_submitted = true;
-        let sqe = opcode::Close::new(types::Fd(c.fd)).build().user_data(token::make(token::CLOSE, idx as u32, c.gen));
+        let sqe = sock!(c, |t| opcode::Close::new(t).build()).user_data(token::make(token::CLOSE, idx as u32, c.gen));
         if self.push_plain(sqe).is_err() {
-            // SAFETY: the fd is owned by this connection and no op is in flight on it.
-            unsafe { libc::close(self.net.conns[idx].fd) };
+            // The socket is owned by this connection and no op is in flight on it.
+            let c = &self.net.conns[idx];
+            self.close_now(c.fd, c.fixed);
             let gen = self.net.conns[idx].gen & 0xff_ffff;
             self.counters.io_started.add(1);
             self.on_closed(idx, gen);
@@ -816,8 +889,8 @@ impl Io {
     pub(crate) fn net_teardown(&mut self) {
         for (_, c) in self.net.conns.iter() {
             if !c.close_submitted {
-                // SAFETY: the connection owns its fd; the ring is about to be torn down.
-                unsafe { libc::close(c.fd) };
+                // The connection owns its socket; the ring is about to be torn down.
+                self.close_now(c.fd, c.fixed);
             }
         }
         self.net.conns.clear();

@@ -167,7 +167,8 @@ impl ListenConfig {
         self
     }
 
-    /// Set `TCP_NODELAY` on accepted sockets (default on).
+    /// Set `TCP_NODELAY` on accepted sockets (default on). It is set on the listening socket,
+    /// which accepted sockets inherit it from.
     pub fn nodelay(mut self, on: bool) -> Self {
         self.nodelay = on;
         self

@@ -25,14 +25,15 @@ mod worker;
 use std::any::Any;
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ringstage_sys::{Doorbell, RingConfig};
+use ringstage_sys::Doorbell;
+pub use ringstage_sys::RingConfig;
 
 use crate::metrics::{Snapshot, WorkerCounters};
 use crate::net::{ListenConfig, ListenerId, NetCmd, NetEvent, NetStage};
@@ -255,6 +256,14 @@ impl Builder {
             let first =
                 ringstage_sys::socket::listen(l.cfg.addr, l.cfg.backlog, false).map_err(|e| in_use(l.cfg.addr, e))?;
             let addr = ringstage_sys::socket::local_addr(first.as_raw_fd())?;
+            let nodelay = |fd: &OwnedFd| -> std::io::Result<()> {
+                // Accepted sockets inherit it from the listener: no setsockopt per connection.
+                if l.cfg.nodelay {
+                    ringstage_sys::socket::set_nodelay(fd.as_raw_fd())?;
+                }
+                Ok(())
+            };
+            nodelay(&first)?;
             if let [w] = l.cfg.workers[..] {
                 per_worker_listeners[w].push(worker::ListenerPlan {
                     id,
@@ -267,6 +276,7 @@ impl Builder {
                 drop(first);
                 for &w in &l.cfg.workers {
                     let fd = ringstage_sys::socket::listen(addr, l.cfg.backlog, true).map_err(|e| in_use(addr, e))?;
+                    nodelay(&fd)?;
                     per_worker_listeners[w].push(worker::ListenerPlan {
                         id,
                         fd,

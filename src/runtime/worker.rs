@@ -260,7 +260,7 @@ impl Worker {
             ring,
             features,
             pool,
-            net: Net::new(listeners),
+            net: Net::new(listeners, plan.ring.fixed_files),
             ops: slab::Slab::new(),
             counters,
             draining: false,

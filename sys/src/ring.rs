@@ -14,11 +14,15 @@ pub struct RingConfig {
     /// `IORING_SETUP_SINGLE_ISSUER` + `DEFER_TASKRUN`: only the creating thread submits, and
     /// completion work runs when that thread enters the kernel (6.1+). Falls back when refused.
     pub defer_taskrun: bool,
+    /// Connections as registered (direct) descriptors: accepted straight into a sparse file
+    /// table (5.19+), so no operation on them looks up or refcounts a `struct file`. Falls back
+    /// to plain descriptors when refused.
+    pub fixed_files: bool,
 }
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { entries: 1024, cq_entries: 0, defer_taskrun: true }
+        RingConfig { entries: 1024, cq_entries: 0, defer_taskrun: true, fixed_files: true }
     }
 }
 
