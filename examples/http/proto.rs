@@ -285,6 +285,24 @@ mod tests {
     }
 
     #[test]
+    fn date_line_reads_the_wall_clock_only_past_a_second_boundary() {
+        let t0 = Instant::now();
+        let mut d = DateLine::new();
+        let first = d.get(t0);
+        assert!(first.starts_with(b"Date: ") && first.ends_with(b" GMT\r\n"));
+        std::thread::sleep(Duration::from_millis(1100)); // the wall clock's second has changed
+                                                         // The same loop clock: no look at the wall clock, the same shared line.
+        assert_eq!(d.get(t0).as_ptr(), first.as_ptr());
+        // The loop clock moved past the boundary: the line follows the wall clock.
+        let before = unix_secs(SystemTime::now());
+        let now = d.get(Instant::now());
+        let after = unix_secs(SystemTime::now());
+        assert_ne!(&now[..], &first[..]);
+        let shown = &now[6..now.len() - 2];
+        assert!(shown == http_date(before).as_bytes() || shown == http_date(after).as_bytes());
+    }
+
+    #[test]
     fn paths_never_leave_the_root() {
         assert_eq!(decode_path(b"/a/./b//c?x=1").unwrap(), b"/a/b/c");
         assert_eq!(decode_path(b"/").unwrap(), b"/");

@@ -175,6 +175,11 @@ impl ListenConfig {
     }
 
     /// Most open connections per worker; further ones are closed at once (default 100 000).
+    ///
+    /// With direct descriptors ([`RingConfig::fixed_files`](crate::runtime::RingConfig), the
+    /// default) each worker's file table is sized at start to its listeners' limits plus a
+    /// little room for closes in flight, within `RLIMIT_NOFILE` as it is then: raise that
+    /// limit before starting the runtime to hold more connections per worker.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
