@@ -334,6 +334,35 @@ def wrk(port, path, conns, secs, pid=None, depth=1):
     return {"rate": rate, "p99_us": p99, "errors": errors, "cpu_us_per_req": cpu / 1000 / total if total else float("nan")}
 
 
+def cpu_cap(name, pid, frac):
+    """Moves every thread of `pid` into a cpu cgroup of its own limited to `frac` of one CPU
+    (10 ms period). Returns False when no cpu cgroup can be written (needs root)."""
+    period = 10000
+    quota = int(period * frac)
+    try:
+        v1 = "/sys/fs/cgroup/cpu"
+        if os.path.exists(os.path.join(v1, "cpu.cfs_period_us")):
+            g = os.path.join(v1, f"ringstage-bench-{name}")
+            os.makedirs(g, exist_ok=True)
+            open(os.path.join(g, "cpu.cfs_period_us"), "w").write(str(period))
+            open(os.path.join(g, "cpu.cfs_quota_us"), "w").write(str(quota))
+            for t in os.listdir(f"/proc/{pid}/task"):
+                open(os.path.join(g, "tasks"), "w").write(t)
+            return True
+        v2 = "/sys/fs/cgroup"
+        if os.path.exists(os.path.join(v2, "cgroup.subtree_control")):
+            if "cpu" not in open(os.path.join(v2, "cgroup.subtree_control")).read().split():
+                open(os.path.join(v2, "cgroup.subtree_control"), "w").write("+cpu")
+            g = os.path.join(v2, f"ringstage-bench-{name}")
+            os.makedirs(g, exist_ok=True)
+            open(os.path.join(g, "cpu.max"), "w").write(f"{quota} {period}")
+            open(os.path.join(g, "cgroup.procs"), "w").write(str(pid))
+            return True
+    except OSError as e:
+        print(f"cpu cgroup unavailable ({e}): server-bound capacity check skipped", flush=True)
+    return False
+
+
 def bench_http(a):
     sh(["cargo", "build", "--release", "--quiet", "--example", "http"])
     sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
@@ -347,6 +376,12 @@ def bench_http(a):
     fixed = {(n, c): [] for n in names for c, _, _ in cases}
     sweep_conns = [16, 64, 256, 1024]
     runs = {(n, c): [] for n in names for c in sweep_conns}
+    # Server-bound check: one request at a time, wrk's core caps both servers, so each server is
+    # also measured held to half a core by a cpu cgroup, where the server is the bottleneck.
+    capped_cases = [("plaintext", "/plaintext"), ("1 KiB file", "/files/1k.txt")]
+    capped = {(n, c): [] for n in names for c, _ in capped_cases}
+    capped_sweep = {(n, c): [] for n in names for c in sweep_conns}
+    cap_frac = 0.5
     # Both servers run for the whole round (the idle one costs nothing) and each measurement of
     # one is next to the same measurement of the other, alternating who goes first: this VM's
     # speed drifts by tens of percent over minutes, and paired runs keep that out of the ratios.
@@ -369,9 +404,32 @@ def bench_http(a):
                     runs[(n, c)].append(res)
                     print(f"round {r + 1} sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
                           f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
+            if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names):
+                for c, path in capped_cases:
+                    for n in order:
+                        proc, port = servers[n]
+                        wrk(port, path, 64, 1)
+                        res = wrk(port, path, 64, a.secs, proc.pid)
+                        capped[(n, c)].append(res)
+                        print(f"round {r + 1} capped {n:<10} {c:<13} {res['rate']:>10.0f} req/s  server cpu "
+                              f"{res['cpu_us_per_req']:.2f} us/req", flush=True)
+                for c in sweep_conns[r % len(sweep_conns):] + sweep_conns[:r % len(sweep_conns)]:
+                    for n in order:
+                        res = loadgen(["--addr", f"127.0.0.1:{servers[n][1]}", "--http", "/files/1k.txt", "--conns",
+                                       str(c), "--warmup", "1", "--secs", str(a.secs), "--server-pid",
+                                       str(servers[n][0].pid)])
+                        capped_sweep[(n, c)].append(res)
+                        print(f"round {r + 1} capped sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
+                              f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}", flush=True)
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
+            for n in names:
+                for g in (f"/sys/fs/cgroup/cpu/ringstage-bench-{n}", f"/sys/fs/cgroup/ringstage-bench-{n}"):
+                    try:
+                        os.rmdir(g)  # empty once its server exited
+                    except OSError:
+                        pass
     sweep = {n: [{"conns": c, "rate": median([x["rate"] for x in runs[(n, c)]]),
                   "p99_us": median([x["p99_us"] for x in runs[(n, c)]]),
                   "cpu_us": median([x["cpu_ns_per_msg"] / 1000 for x in runs[(n, c)]]),
@@ -406,6 +464,15 @@ def bench_http(a):
     pt, px = summary["plaintext"], summary["plaintext x16"]
     lines.append(f"plaintext vs nginx: pipelined x16 {px['ratio']:.2f}x (TechEmpower's plaintext method); one request at a "
                  f"time {pt['ratio']:.2f}x in req/s (both at wrk's ceiling) and {pt['capacity']:.2f}x in server CPU per request")
+    if all(capped.values()):
+        lines.append(f"server-bound: each server held to {cap_frac} of a core by a cpu cgroup (10 ms period), wrk as above; "
+                     "median of the per-round ratios:")
+        for c, _ in capped_cases:
+            pairs = list(zip(capped[("ringstage", c)], capped[("nginx", c)]))
+            ratio = median([x["rate"] / y["rate"] for x, y in pairs if y["rate"]])
+            summary[f"{c} capped"] = ratio
+            lines.append(f"  {c:<12} ringstage {median([x['rate'] for x, _ in pairs]):>8.0f} req/s  nginx "
+                         f"{median([y['rate'] for _, y in pairs]):>8.0f} req/s  ratio {ratio:.3f}")
     lines.append("")
     lines.append(f"connections sweep, 1 KiB file (project load client, closed loop; median of {a.rounds} rounds, "
                  "min Jain; us/req: server CPU per request):")
@@ -421,8 +488,25 @@ def bench_http(a):
         lines.append(f"{n}: throughput at 1024 conns / peak = {median(per_round):.3f} (flat: >= 0.90; median of the "
                      f"rounds: {', '.join(f'{x:.3f}' for x in per_round)}); min Jain "
                      f"{min(x['jain'] for x in sweep[n]):.4f} (>= 0.99)")
+    if all(capped_sweep.values()):
+        lines.append("")
+        lines.append(f"connections sweep with each server held to {cap_frac} of a core (server-bound at every point; "
+                     f"median of {len(capped_sweep[('ringstage', 16)])} rounds):")
+        lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}" for n in names))
+        for c in sweep_conns:
+            lines.append(f"{c:>6}" + "".join(f"{median([x['rate'] for x in capped_sweep[(n, c)]]):>17.0f}"
+                                             f"{median([x['p99_us'] for x in capped_sweep[(n, c)]]):>10.1f}"
+                                             f"{min(x['jain'] for x in capped_sweep[(n, c)]):>8.4f}" for n in names))
+        for n in names:
+            per_round = [capped_sweep[(n, sweep_conns[-1])][r]["rate"] / max(capped_sweep[(n, c)][r]["rate"] for c in sweep_conns)
+                         for r in range(len(capped_sweep[(n, 16)]))]
+            summary[f"{n} flat capped"] = median(per_round)
+            lines.append(f"{n} (server-bound): throughput at 1024 conns / peak = {median(per_round):.3f} (median of the "
+                         f"rounds: {', '.join(f'{x:.3f}' for x in per_round)})")
     publish("http", "\n".join(lines),
-            {"fixed": {f"{k[0]}|{k[1]}": v for k, v in fixed.items()}, "sweep": sweep, "summary": summary})
+            {"fixed": {f"{k[0]}|{k[1]}": v for k, v in fixed.items()}, "sweep": sweep, "summary": summary,
+             "capped": {f"{k[0]}|{k[1]}": v for k, v in capped.items()},
+             "capped_sweep": {f"{k[0]}|{k[1]}": v for k, v in capped_sweep.items()}})
     plt = pyplot()
     if plt is None:
         return
@@ -440,6 +524,9 @@ def bench_http(a):
         style = dict(color="#d62728" if n == "ringstage" else "#7f7f7f", marker="o", label=n)
         ax[1].plot(sweep_conns, [x["rate"] for x in sweep[n]], **style)
         ax[2].plot(sweep_conns, [x["p99_us"] for x in sweep[n]], **style)
+        if all(capped_sweep.values()):
+            style.update(linestyle="--", marker="s", label=f"{n}, {cap_frac} core")
+            ax[1].plot(sweep_conns, [median([x["rate"] for x in capped_sweep[(n, c)]]) for c in sweep_conns], **style)
     ax[1].set_ylim(bottom=0)  # flatness is judged from zero, not from a zoomed axis
     for axis, t in ((ax[1], "throughput vs connections (1 KiB file)"), (ax[2], "p99 latency (us) vs connections")):
         axis.set_xscale("log", base=2)
