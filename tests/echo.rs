@@ -301,3 +301,38 @@ fn events_parked_behind_a_full_remote_stage_neither_spin_nor_get_lost() {
     // retries is at most ~2000 plus one per completion.
     assert!(loops < 20_000, "net worker looped {loops} times in 200 ms while parked");
 }
+
+/// The listening socket of `addr` among this process's descriptors.
+fn listener_fd(addr: std::net::SocketAddr) -> i32 {
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let mut on = 0i32;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: getsockopt writes an int into a live i32 of the given length.
+        let r = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut on as *mut i32).cast(), &mut len)
+        };
+        if r == 0 && on == 1 && ringstage_sys::socket::local_addr(fd).is_ok_and(|a| a == addr) {
+            return fd;
+        }
+    }
+    panic!("no listening socket for {addr}");
+}
+
+#[test]
+fn a_listener_the_kernel_refuses_backs_off_instead_of_spinning() {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c);
+    roundtrip(addr, b"before".to_vec(), 6);
+    // Shutting a listening socket down makes every accept on it fail (EINVAL) for good.
+    // SAFETY: shutdown on a live descriptor; the runtime still owns and will close it.
+    assert_eq!(unsafe { libc::shutdown(listener_fd(addr), libc::SHUT_RDWR) }, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    let (loops0, t0) = (rt.metrics().total(|w| w.loops), Instant::now());
+    std::thread::sleep(Duration::from_millis(1000));
+    let m = rt.metrics();
+    let loops_per_sec = (m.total(|w| w.loops) - loops0) as f64 / t0.elapsed().as_secs_f64();
+    assert!(m.total(|w| w.accept_backoffs) > 0, "the failed accept backed off: {:?}", m.workers);
+    assert!(loops_per_sec < 2000.0, "the worker backs off instead of re-arming in a loop: {loops_per_sec:.0} loops/s");
+    rt.shutdown();
+    rt.join().unwrap();
+}
