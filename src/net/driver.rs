@@ -36,15 +36,15 @@ fn make_pipe() -> std::io::Result<(OwnedFd, OwnedFd, u32)> {
     Ok((r, w, if size > 0 { size as u32 } else { 65536 }))
 }
 
-/// Builds an SQE on a connection's socket, named by its registered slot or its descriptor:
-/// `sock!(c, |t| opcode::Send::new(t, ...).build())`.
+/// Builds an SQE on a connection's socket `fd`, a slot of the ring's file table when `fixed`
+/// (`Net::fixed`), else a descriptor: `sock!(fixed, fd, |t| opcode::Send::new(t, ...).build())`.
 macro_rules! sock {
-    ($c:expr, |$t:ident| $e:expr) => {
-        if $c.fixed {
-            let $t = types::Fixed($c.fd as u32);
+    ($fixed:expr, $fd:expr, |$t:ident| $e:expr) => {
+        if $fixed {
+            let $t = types::Fixed($fd as u32);
             $e
         } else {
-            let $t = types::Fd($c.fd);
+            let $t = types::Fd($fd);
             $e
         }
     };
@@ -107,13 +107,6 @@ struct FileSend {
     chunk: u32,
 }
 
-/// A socket as `sock!` names it, apart from its connection.
-#[derive(Clone, Copy)]
-struct ConnRef {
-    fd: RawFd,
-    fixed: bool,
-}
-
 /// Output queued behind a file transfer.
 enum Queued {
     Bufs(IoBufChain),
@@ -121,9 +114,8 @@ enum Queued {
 }
 
 struct ConnState {
-    /// The socket: a slot of the ring's file table when `fixed`, else a descriptor.
+    /// The socket: a slot of the ring's file table when `Net::fixed`, else a descriptor.
     fd: RawFd,
-    fixed: bool,
     gen: u32,
     listener: usize,
     recv_armed: bool,
@@ -185,7 +177,8 @@ pub(crate) struct Net {
     /// Connections given output during the current net batch, sent at its end.
     dirty: Vec<(usize, u32)>,
     last_sweep: Instant,
-    /// Accept into the ring's file table (registered at start when wanted and granted).
+    /// Connections live in the ring's file table (registered at start when wanted and
+    /// granted; fixed from then on).
     fixed: bool,
     fixed_wanted: bool,
 }
@@ -246,8 +239,8 @@ impl Io {
     }
 
     /// Releases a connection's socket now, outside the ring (no SQ space, or teardown).
-    fn close_now(&self, fd: RawFd, fixed: bool) {
-        if fixed {
+    fn close_now(&self, fd: RawFd) {
+        if self.net.fixed {
             // Emptying the slot drops the table's reference to the socket.
             let _ = self.ring.submitter().register_files_update(fd as u32, &[-1]);
         } else {
@@ -359,18 +352,17 @@ impl Io {
     /// A connection was accepted: `fd` is a slot of the file table when `Net::fixed`. It
     /// inherited `TCP_NODELAY` from the listener.
     fn accepted(&mut self, li: usize, fd: RawFd) {
-        let fixed = self.net.fixed;
         let l = &mut self.net.listeners[li];
         if l.open >= l.cfg.max_connections || self.draining {
             // Refused: nothing was started on it. A table slot is emptied on the ring (the
             // completion needs no action); a descriptor is closed at once.
-            if fixed {
+            if self.net.fixed {
                 let sqe = opcode::Close::new(types::Fixed(fd as u32)).build();
                 if self.push_plain(sqe.user_data(token::make(token::CANCEL, 0, 0))).is_ok() {
                     return;
                 }
             }
-            self.close_now(fd, fixed);
+            self.close_now(fd);
             return;
         }
         l.open += 1;
@@ -378,7 +370,6 @@ impl Io {
         let gen = self.net.next_gen;
         let idx = self.net.conns.insert(ConnState {
             fd,
-            fixed,
             gen,
             listener: li,
             recv_armed: false,
@@ -407,11 +398,8 @@ impl Io {
 
     fn arm_recv(&mut self, idx: usize) -> std::io::Result<()> {
         let c = &self.net.conns[idx];
-        let sqe = sock!(c, |t| opcode::RecvMulti::new(t, self.pool.bgid()).build()).user_data(token::make(
-            token::RECV,
-            idx as u32,
-            c.gen,
-        ));
+        let sqe = sock!(self.net.fixed, c.fd, |t| opcode::RecvMulti::new(t, self.pool.bgid()).build())
+            .user_data(token::make(token::RECV, idx as u32, c.gen));
         self.push_plain(sqe)?;
         self.net.conns[idx].recv_armed = true;
         self.counters.io_started.add(1);
@@ -569,7 +557,7 @@ impl Io {
     /// clears the transfer) when it is complete.
     fn submit_splice(&mut self, idx: usize) -> bool {
         let c = &mut self.net.conns[idx];
-        let (sock, gen) = (ConnRef { fd: c.fd, fixed: c.fixed }, c.gen);
+        let (sock, gen, fixed) = (c.fd, c.gen, self.net.fixed);
         let f = c.file.as_mut().expect("a file transfer");
         if f.in_pipe == 0 && f.remaining == 0 {
             c.file = None;
@@ -593,14 +581,17 @@ impl Io {
             // Finish what is in the pipe first (the socket took less last time).
             let n = f.in_pipe.min(u64::from(f.chunk)) as u32;
             c.splicing = 1;
-            self.push_plain(sock!(sock, |t| opcode::Splice::new(types::Fd(r), -1, t, -1, n).build()).user_data(out_tok))
+            self.push_plain(
+                sock!(fixed, sock, |t| opcode::Splice::new(types::Fd(r), -1, t, -1, n).build()).user_data(out_tok),
+            )
         } else {
             let n = f.remaining.min(u64::from(f.chunk)) as u32;
             let file_in = opcode::Splice::new(types::Fd(f.file.as_raw_fd()), f.offset as i64, types::Fd(w), -1, n)
                 .build()
                 .flags(squeue::Flags::IO_LINK)
                 .user_data(token::make(token::SPLICE_IN, idx as u32, gen));
-            let to_sock = sock!(sock, |t| opcode::Splice::new(types::Fd(r), -1, t, -1, n).build()).user_data(out_tok);
+            let to_sock =
+                sock!(fixed, sock, |t| opcode::Splice::new(types::Fd(r), -1, t, -1, n).build()).user_data(out_tok);
             c.splicing = 2;
             // SAFETY: splices refer to descriptors only; the file and the pipe are owned by the
             // transfer, which lives until both completions arrive.
@@ -670,13 +661,16 @@ impl Io {
         let send = if let [one] = st.iov[..] {
             // One segment: a plain send, without the msghdr and iovec import of sendmsg.
             let len = one.iov_len.min(u32::MAX as usize) as u32;
-            sock!(c, |t| opcode::Send::new(t, one.iov_base as *const u8, len).flags(libc::MSG_NOSIGNAL).build())
-                .user_data(ud)
+            sock!(self.net.fixed, c.fd, |t| opcode::Send::new(t, one.iov_base as *const u8, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build())
+            .user_data(ud)
         } else {
             st.msg.msg_iov = st.iov.as_mut_ptr();
             st.msg.msg_iovlen = st.iov.len();
             let msg = &st.msg as *const libc::msghdr;
-            sock!(c, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build()).user_data(ud)
+            sock!(self.net.fixed, c.fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
+                .user_data(ud)
         };
         c.sending = true;
         c.out_since = self.now;
@@ -775,11 +769,14 @@ impl Io {
             return;
         }
         c.close_submitted = true;
-        let sqe = sock!(c, |t| opcode::Close::new(t).build()).user_data(token::make(token::CLOSE, idx as u32, c.gen));
+        let sqe = sock!(self.net.fixed, c.fd, |t| opcode::Close::new(t).build()).user_data(token::make(
+            token::CLOSE,
+            idx as u32,
+            c.gen,
+        ));
         if self.push_plain(sqe).is_err() {
             // The socket is owned by this connection and no op is in flight on it.
-            let c = &self.net.conns[idx];
-            self.close_now(c.fd, c.fixed);
+            self.close_now(self.net.conns[idx].fd);
             let gen = self.net.conns[idx].gen & 0xff_ffff;
             self.counters.io_started.add(1);
             self.on_closed(idx, gen);
@@ -890,7 +887,7 @@ impl Io {
         for (_, c) in self.net.conns.iter() {
             if !c.close_submitted {
                 // The connection owns its socket; the ring is about to be torn down.
-                self.close_now(c.fd, c.fixed);
+                self.close_now(c.fd);
             }
         }
         self.net.conns.clear();

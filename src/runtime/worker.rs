@@ -123,9 +123,7 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
         self.next = (self.next + 1) % sources;
         if n > 0 {
             self.handler.batch_done(n, &mut cx);
-        }
-        if let Some(b) = &mut self.batcher {
-            if n > 0 {
+            if let Some(b) = &mut self.batcher {
                 b.record(n, cx.io.now);
                 self.batch = b.batch();
             }

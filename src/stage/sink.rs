@@ -182,11 +182,10 @@ impl<E: Send + 'static> Sink<E> {
             Some(p) => p.borrow_mut().free(),
             None => self.inner.local.as_ref().expect("local replica").1.free(),
         };
-        let admitted = match &self.inner.gates {
-            Some(gates) => free >= n && gates[r].admit_n(u8::MAX, n, self.inner.clock.get()),
-            None => true,
-        };
-        if free < n || !admitted {
+        // Tokens are taken only when the queue has room for all of them.
+        let admitted =
+            free >= n && self.inner.gates.as_ref().map_or(true, |g| g[r].admit_n(u8::MAX, n, self.inner.clock.get()));
+        if !admitted {
             self.account(false, n as u64, r);
             return Err(events);
         }
