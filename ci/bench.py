@@ -378,49 +378,41 @@ def bench_http(a):
     runs = {(n, c): [] for n in names for c in sweep_conns}
     # Server-bound check: one request at a time, wrk's core caps both servers, so each server is
     # also measured held to half a core by a cpu cgroup, where the server is the bottleneck.
-    capped_cases = [("plaintext", "/plaintext"), ("1 KiB file", "/files/1k.txt")]
-    capped = {(n, c): [] for n in names for c, _ in capped_cases}
+    capped_cases = [("plaintext", "/plaintext", 1), ("1 KiB file", "/files/1k.txt", 1)]
+    capped = {(n, c): [] for n in names for c, _, _ in capped_cases}
     capped_sweep = {(n, c): [] for n in names for c in sweep_conns}
     cap_frac = 0.5
     # Both servers run for the whole round (the idle one costs nothing) and each measurement of
     # one is next to the same measurement of the other, alternating who goes first: this VM's
     # speed drifts by tens of percent over minutes, and paired runs keep that out of the ratios.
+    def wrk_cases(r, servers, order, case_list, into, label):
+        for c, path, depth in case_list:
+            for n in order:
+                proc, port = servers[n]
+                wrk(port, path, 64, 1, depth=depth)  # warm caches and connections
+                res = wrk(port, path, 64, a.secs, proc.pid, depth)
+                into[(n, c)].append(res)
+                print(f"round {r + 1} {label}{n:<10} {c:<13} {res['rate']:>10.0f} req/s  p99 {res['p99_us']:>9.1f} us  "
+                      f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
+
+    def sweep_round(r, servers, order, into, label):
+        for c in sweep_conns[r % len(sweep_conns):] + sweep_conns[:r % len(sweep_conns)]:  # rotated per round
+            for n in order:
+                res = loadgen(["--addr", f"127.0.0.1:{servers[n][1]}", "--http", "/files/1k.txt", "--conns",
+                               str(c), "--warmup", "1", "--secs", str(a.secs), "--server-pid", str(servers[n][0].pid)])
+                into[(n, c)].append(res)
+                print(f"round {r + 1} {label} {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
+                      f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
+
     for r in range(a.rounds):
         servers = {n: start_http(n) for n in names}
         order = names if r % 2 == 0 else names[::-1]
         try:
-            for c, path, depth in cases:
-                for n in order:
-                    proc, port = servers[n]
-                    wrk(port, path, 64, 1, depth=depth)  # warm caches and connections
-                    res = wrk(port, path, 64, a.secs, proc.pid, depth)
-                    fixed[(n, c)].append(res)
-                    print(f"round {r + 1} {n:<10} {c:<13} {res['rate']:>10.0f} req/s  p99 {res['p99_us']:>9.1f} us  "
-                          f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
-            for c in sweep_conns[r % len(sweep_conns):] + sweep_conns[:r % len(sweep_conns)]:  # rotated per round
-                for n in order:
-                    res = loadgen(["--addr", f"127.0.0.1:{servers[n][1]}", "--http", "/files/1k.txt", "--conns",
-                                   str(c), "--warmup", "1", "--secs", str(a.secs), "--server-pid", str(servers[n][0].pid)])
-                    runs[(n, c)].append(res)
-                    print(f"round {r + 1} sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
-                          f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
+            wrk_cases(r, servers, order, cases, fixed, "")
+            sweep_round(r, servers, order, runs, "sweep")
             if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names):
-                for c, path in capped_cases:
-                    for n in order:
-                        proc, port = servers[n]
-                        wrk(port, path, 64, 1)
-                        res = wrk(port, path, 64, a.secs, proc.pid)
-                        capped[(n, c)].append(res)
-                        print(f"round {r + 1} capped {n:<10} {c:<13} {res['rate']:>10.0f} req/s  server cpu "
-                              f"{res['cpu_us_per_req']:.2f} us/req", flush=True)
-                for c in sweep_conns[r % len(sweep_conns):] + sweep_conns[:r % len(sweep_conns)]:
-                    for n in order:
-                        res = loadgen(["--addr", f"127.0.0.1:{servers[n][1]}", "--http", "/files/1k.txt", "--conns",
-                                       str(c), "--warmup", "1", "--secs", str(a.secs), "--server-pid",
-                                       str(servers[n][0].pid)])
-                        capped_sweep[(n, c)].append(res)
-                        print(f"round {r + 1} capped sweep {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
-                              f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}", flush=True)
+                wrk_cases(r, servers, order, capped_cases, capped, "capped ")
+                sweep_round(r, servers, order, capped_sweep, "capped sweep")
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
@@ -467,7 +459,7 @@ def bench_http(a):
     if all(capped.values()):
         lines.append(f"server-bound: each server held to {cap_frac} of a core by a cpu cgroup (10 ms period), wrk as above; "
                      "median of the per-round ratios:")
-        for c, _ in capped_cases:
+        for c, _, _ in capped_cases:
             pairs = list(zip(capped[("ringstage", c)], capped[("nginx", c)]))
             ratio = median([x["rate"] / y["rate"] for x, y in pairs if y["rate"]])
             summary[f"{c} capped"] = ratio
@@ -480,10 +472,14 @@ def bench_http(a):
     for i, c in enumerate(sweep_conns):
         lines.append(f"{c:>6}" + "".join(f"{sweep[n][i]['rate']:>17.0f}{sweep[n][i]['p99_us']:>10.1f}{sweep[n][i]['jain']:>8.4f}"
                                          f"{sweep[n][i]['cpu_us']:>8.2f}" for n in names))
+    def flatness(into, n):
+        """Throughput at the most connections over the round's peak, per round (the VM's speed
+        drifts between rounds, so flatness is judged within each)."""
+        return [into[(n, sweep_conns[-1])][r]["rate"] / max(into[(n, c)][r]["rate"] for c in sweep_conns)
+                for r in range(len(into[(n, sweep_conns[0])]))]
+
     for n in names:
-        # Flatness within each round (the VM's speed drifts between rounds), then the median.
-        per_round = [runs[(n, sweep_conns[-1])][r]["rate"] / max(runs[(n, c)][r]["rate"] for c in sweep_conns)
-                     for r in range(a.rounds)]
+        per_round = flatness(runs, n)
         summary[f"{n} flat"] = median(per_round)
         lines.append(f"{n}: throughput at 1024 conns / peak = {median(per_round):.3f} (flat: >= 0.90; median of the "
                      f"rounds: {', '.join(f'{x:.3f}' for x in per_round)}); min Jain "
@@ -498,8 +494,7 @@ def bench_http(a):
                                              f"{median([x['p99_us'] for x in capped_sweep[(n, c)]]):>10.1f}"
                                              f"{min(x['jain'] for x in capped_sweep[(n, c)]):>8.4f}" for n in names))
         for n in names:
-            per_round = [capped_sweep[(n, sweep_conns[-1])][r]["rate"] / max(capped_sweep[(n, c)][r]["rate"] for c in sweep_conns)
-                         for r in range(len(capped_sweep[(n, 16)]))]
+            per_round = flatness(capped_sweep, n)
             summary[f"{n} flat capped"] = median(per_round)
             lines.append(f"{n} (server-bound): throughput at 1024 conns / peak = {median(per_round):.3f} (median of the "
                          f"rounds: {', '.join(f'{x:.3f}' for x in per_round)})")
