@@ -290,8 +290,9 @@ mod tests {
         let mut d = DateLine::new();
         let first = d.get(t0);
         assert!(first.starts_with(b"Date: ") && first.ends_with(b" GMT\r\n"));
-        std::thread::sleep(Duration::from_millis(1100)); // the wall clock's second has changed
-                                                         // The same loop clock: no look at the wall clock, the same shared line.
+        // Let the wall clock's second change.
+        std::thread::sleep(Duration::from_millis(1100));
+        // The same loop clock: no look at the wall clock, the same shared line.
         assert_eq!(d.get(t0).as_ptr(), first.as_ptr());
         // The loop clock moved past the boundary: the line follows the wall clock.
         let before = unix_secs(SystemTime::now());
