@@ -1,48 +1,14 @@
 //! The staged HTTP example end to end on loopback: the real binary, real sockets.
 
+mod example;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-/// The example's binary, built on first use (`cargo test` builds the example only as a test
-/// harness, so a fresh checkout does not have it yet).
-fn example_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // target/<profile>/deps/http-<hash> -> target/<profile>/examples/http
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap();
-            let bin = profile_dir.join("examples").join("http");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "--example", "http", "--manifest-path"])
-                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo to build the http example");
-            assert!(status.success(), "building the http example failed");
-            assert!(bin.exists(), "{} missing after build", bin.display());
-            bin
-        })
-        .clone()
-}
+use example::Server;
 
 /// A fresh directory under the system temp dir for a test's files, removed when dropped (also
 /// when the test fails). Declare it before the server, so the server goes first.
@@ -76,17 +42,7 @@ fn bundled() -> PathBuf {
 }
 
 fn server(args: &[&str]) -> Server {
-    let mut child = Command::new(example_binary())
-        .args(["--addr", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start http example");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr =
-        line.split_whitespace().nth(3).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("banner: {line:?}"));
-    Server { child, addr }
+    example::start("http", args)
 }
 
 struct Response {

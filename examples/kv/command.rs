@@ -1,0 +1,596 @@
+//! The command stage: RESP framing per connection, then each command run against the keyspace,
+//! in arrival order.
+//!
+//! Fast commands run here, on the connection's core, and their replies go to the net stage as
+//! views: a `GET` reply is the stored block itself. A slow command (`DEBUG SLEEP`) goes to the
+//! slow stage on its own core; until its reply comes back (through the resume stage, which
+//! shares this stage's state on the same core) later commands of that connection wait, so
+//! replies stay in request order. If the slow stage refuses, the command is answered `-BUSY`
+//! at once.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ringstage::prelude::*;
+
+use crate::resp::{self, Frame, Limits};
+use crate::slow::{SlowDone, SlowReq};
+use crate::store::Store;
+
+struct KvConn {
+    conn: Conn,
+    /// Bytes of a command not complete yet, or that arrived while a slow command was out.
+    stash: Vec<u8>,
+    /// The stash completes its first command at this length (0: not known).
+    need: usize,
+    /// A slow command is out: later commands wait behind it.
+    waiting: bool,
+    /// A final reply was queued (`QUIT`, a protocol error): further input is ignored.
+    done: bool,
+}
+
+/// What running one command produced.
+enum Outcome {
+    Reply(IoBuf),
+    Chain(IoBufChain),
+    /// Hand to the slow stage: sleep this long, then reply `+OK`.
+    Slow(Duration),
+    /// Reply, then close the connection.
+    Close(IoBuf),
+}
+
+/// The state of one core's keyspace and connections, shared by the command and resume stages
+/// of that core (both run on its thread, so a `RefCell` suffices).
+pub struct Shard {
+    net: Sink<NetCmd>,
+    slow: Sink<SlowReq>,
+    limits: Limits,
+    store: Store,
+    conns: Vec<Option<KvConn>>,
+    /// Argument ranges of the command being run (kept to avoid an allocation per command).
+    args: Vec<Range<usize>>,
+    clients: usize,
+    commands: u64,
+}
+
+pub type SharedShard = Rc<RefCell<Shard>>;
+
+thread_local! {
+    static SHARD: RefCell<Option<SharedShard>> = const { RefCell::new(None) };
+}
+
+/// The shard of the calling worker thread, created by `make` on first use.
+pub fn shard_here(make: impl FnOnce() -> Shard) -> SharedShard {
+    SHARD.with(|s| s.borrow_mut().get_or_insert_with(|| Rc::new(RefCell::new(make()))).clone())
+}
+
+impl Shard {
+    pub fn new(net: Sink<NetCmd>, slow: Sink<SlowReq>, limits: Limits) -> Shard {
+        Shard {
+            net,
+            slow,
+            limits,
+            store: Store::default(),
+            conns: Vec::new(),
+            args: Vec::new(),
+            clients: 0,
+            commands: 0,
+        }
+    }
+
+    fn conn_mut(&mut self, conn: Conn) -> Option<&mut KvConn> {
+        self.conns.get_mut(conn.slot()).and_then(Option::as_mut).filter(|c| c.conn == conn)
+    }
+
+    /// Queues a reply; if the net stage refuses, the connection is closed (its replies could
+    /// no longer be delivered in order).
+    fn send(&mut self, conn: Conn, cmd: NetCmd) {
+        if self.net.try_enqueue(cmd).is_err() {
+            if let Some(st) = self.conn_mut(conn) {
+                st.done = true;
+            }
+            let _ = self.net.try_enqueue(NetCmd::Close { conn });
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent, now: Instant) {
+        match ev {
+            NetEvent::Opened { conn, .. } => {
+                let slot = conn.slot();
+                if self.conns.len() <= slot {
+                    self.conns.resize_with(slot + 1, || None);
+                }
+                self.conns[slot] = Some(KvConn { conn, stash: Vec::new(), need: 0, waiting: false, done: false });
+                self.clients += 1;
+            }
+            NetEvent::Data { conn, data } => self.on_data(conn, &data, now),
+            NetEvent::Closed { conn } => {
+                if self.conn_mut(conn).is_some() {
+                    self.conns[conn.slot()] = None;
+                    self.clients -= 1;
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, conn: Conn, data: &[u8], now: Instant) {
+        let limit = self.limits.max_bulk + self.limits.max_inline;
+        let Some(st) = self.conn_mut(conn) else { return };
+        if st.done {
+            return;
+        }
+        if !st.waiting && st.stash.is_empty() {
+            // The common case: whole commands in one receive, read straight from the pool buffer.
+            let used = self.run(conn, data, now);
+            let Some(st) = self.conn_mut(conn) else { return };
+            if used < data.len() && !st.done {
+                st.stash.extend_from_slice(&data[used..]);
+            }
+            return;
+        }
+        if st.stash.len() + data.len() > limit {
+            let e = resp::error("ERR Protocol error: query buffer limit reached");
+            st.done = true;
+            self.send(conn, NetCmd::Send { conn, data: e });
+            self.send(conn, NetCmd::Close { conn });
+            return;
+        }
+        st.stash.extend_from_slice(data);
+        if !st.waiting && st.stash.len() >= st.need {
+            self.run_stash(conn, now);
+        }
+    }
+
+    /// Runs the complete commands in the connection's stash and keeps the rest there.
+    fn run_stash(&mut self, conn: Conn, now: Instant) {
+        let Some(st) = self.conn_mut(conn) else { return };
+        let buf = std::mem::take(&mut st.stash);
+        let used = self.run(conn, &buf, now);
+        let Some(st) = self.conn_mut(conn) else { return };
+        st.stash = buf;
+        st.stash.drain(..used);
+        if st.stash.is_empty() && st.stash.capacity() > 64 << 10 {
+            st.stash = Vec::new(); // a large value passed through: give its memory back
+        }
+    }
+
+    /// Runs the commands at the front of `buf` until one is incomplete, a slow command is out
+    /// or the connection is done. Returns the bytes consumed.
+    fn run(&mut self, conn: Conn, buf: &[u8], now: Instant) -> usize {
+        let mut pos = 0;
+        let mut args = std::mem::take(&mut self.args);
+        loop {
+            match resp::parse(&buf[pos..], &self.limits, &mut args) {
+                Frame::Partial { need } => {
+                    if let Some(st) = self.conn_mut(conn) {
+                        st.need = need.unwrap_or(0);
+                    }
+                    break;
+                }
+                Frame::Error(msg) => {
+                    if let Some(st) = self.conn_mut(conn) {
+                        st.done = true;
+                    }
+                    self.send(conn, NetCmd::Send { conn, data: resp::error(&format!("ERR {msg}")) });
+                    self.send(conn, NetCmd::Close { conn });
+                    pos = buf.len();
+                    break;
+                }
+                Frame::Command { consumed } => {
+                    let data = &buf[pos..];
+                    pos += consumed;
+                    if args.is_empty() {
+                        continue;
+                    }
+                    self.commands += 1;
+                    let info = Info { clients: self.clients, commands: self.commands };
+                    match exec(&mut self.store, data, &args, now, info) {
+                        Outcome::Reply(r) => self.send(conn, NetCmd::Send { conn, data: r }),
+                        Outcome::Chain(c) => self.send(conn, NetCmd::SendChain { conn, data: c }),
+                        Outcome::Close(r) => {
+                            self.send(conn, NetCmd::Send { conn, data: r });
+                            self.send(conn, NetCmd::Close { conn });
+                            if let Some(st) = self.conn_mut(conn) {
+                                st.done = true;
+                            }
+                            pos = buf.len();
+                            break;
+                        }
+                        Outcome::Slow(dur) => match self.slow.try_enqueue(SlowReq { conn, dur }) {
+                            Ok(()) => {
+                                if let Some(st) = self.conn_mut(conn) {
+                                    st.waiting = true;
+                                    st.need = 0;
+                                }
+                                break;
+                            }
+                            Err(_) => {
+                                let busy = resp::error("BUSY the slow stage is saturated, try again later");
+                                self.send(conn, NetCmd::Send { conn, data: busy });
+                            }
+                        },
+                    }
+                    if self.conn_mut(conn).map_or(true, |st| st.done) {
+                        pos = buf.len();
+                        break;
+                    }
+                }
+            }
+        }
+        self.args = args;
+        pos
+    }
+
+    /// A slow command of `conn` finished: reply, then run what waited behind it.
+    fn resume(&mut self, done: SlowDone, now: Instant) {
+        let conn = done.conn;
+        let Some(st) = self.conn_mut(conn) else { return }; // closed meanwhile
+        st.waiting = false;
+        if st.done {
+            return;
+        }
+        self.send(conn, NetCmd::Send { conn, data: resp::OK.clone() });
+        self.run_stash(conn, now);
+    }
+}
+
+/// Figures for `INFO`.
+#[derive(Clone, Copy)]
+struct Info {
+    clients: usize,
+    commands: u64,
+}
+
+/// Parses an integer argument as Redis does: canonical decimal only (no `+`, no leading zeros,
+/// no spaces).
+fn int(s: &[u8]) -> Option<i64> {
+    let v: i64 = std::str::from_utf8(s).ok()?.parse().ok()?;
+    (v.to_string().as_bytes() == s).then_some(v)
+}
+
+fn wrong_args(name: &[u8]) -> Outcome {
+    let name = String::from_utf8_lossy(name).to_lowercase();
+    Outcome::Reply(resp::error(&format!("ERR wrong number of arguments for '{name}' command")))
+}
+
+fn err(msg: &str) -> Outcome {
+    Outcome::Reply(resp::error(msg))
+}
+
+/// A deadline `amount` units (of `unit`) from `now`, if positive and representable.
+fn deadline(now: Instant, amount: &[u8], unit: Duration) -> Result<Instant, Outcome> {
+    let bad = || err("ERR invalid expire time in 'set' command");
+    let n = int(amount).ok_or_else(|| err("ERR value is not an integer or out of range"))?;
+    if n <= 0 {
+        return Err(bad());
+    }
+    let d = unit.checked_mul(u32::try_from(n).map_err(|_| bad())?).ok_or_else(bad)?;
+    now.checked_add(d).ok_or_else(bad)
+}
+
+/// Runs one command. `data` holds the bytes `args` index into.
+fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, info: Info) -> Outcome {
+    let a = |i: usize| &data[args[i].clone()];
+    let n = args.len();
+    let name = a(0);
+    let mut up = [0u8; 12];
+    let cmd: &[u8] = if name.len() <= up.len() {
+        up[..name.len()].copy_from_slice(name);
+        up[..name.len()].make_ascii_uppercase();
+        &up[..name.len()]
+    } else {
+        b""
+    };
+    let arity = |ok: bool| if ok { None } else { Some(wrong_args(name)) };
+    let check = match cmd {
+        b"GET" | b"TTL" | b"PTTL" | b"PERSIST" | b"INCR" | b"DECR" | b"ECHO" => arity(n == 2),
+        b"SET" => arity(n >= 3),
+        b"INCRBY" | b"DECRBY" | b"EXPIRE" | b"PEXPIRE" => arity(n == 3),
+        b"DEL" | b"EXISTS" | b"MGET" => arity(n >= 2),
+        b"MSET" => arity(n >= 3 && n % 2 == 1),
+        b"PING" => arity(n <= 2),
+        b"DBSIZE" | b"QUIT" => arity(n == 1),
+        b"SELECT" => arity(n == 2),
+        b"DEBUG" | b"CONFIG" => arity(n >= 2),
+        _ => None,
+    };
+    if let Some(e) = check {
+        return e;
+    }
+    match cmd {
+        b"GET" => Outcome::Reply(store.get(a(1), now).cloned().unwrap_or_else(|| resp::NIL.clone())),
+        b"SET" => set(store, data, args, now),
+        b"DEL" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.remove(a(i), now)).count() as i64)),
+        b"EXISTS" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.contains(a(i), now)).count() as i64)),
+        b"MGET" => {
+            let mut c = IoBufChain::new();
+            c.push(resp::array_header(n - 1));
+            for i in 1..n {
+                c.push(store.get(a(i), now).cloned().unwrap_or_else(|| resp::NIL.clone()));
+            }
+            Outcome::Chain(c)
+        }
+        b"MSET" => {
+            for i in (1..n).step_by(2) {
+                store.set(a(i), resp::bulk(a(i + 1)), None);
+            }
+            Outcome::Reply(resp::OK.clone())
+        }
+        b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY" => {
+            let by = if n == 3 {
+                match int(a(2)) {
+                    Some(v) => v,
+                    None => return err("ERR value is not an integer or out of range"),
+                }
+            } else {
+                1
+            };
+            let by = if cmd.starts_with(b"DECR") { by.checked_neg() } else { Some(by) };
+            let cur = match store.get(a(1), now) {
+                None => 0,
+                Some(v) => match int(resp::bulk_payload(v)) {
+                    Some(v) => v,
+                    None => return err("ERR value is not an integer or out of range"),
+                },
+            };
+            let Some(v) = by.and_then(|by| cur.checked_add(by)) else {
+                return err("ERR increment or decrement would overflow");
+            };
+            let framed = resp::bulk(v.to_string().as_bytes());
+            if !store.replace(a(1), framed.clone(), now) {
+                store.set(a(1), framed, None);
+            }
+            Outcome::Reply(resp::integer(v))
+        }
+        b"EXPIRE" | b"PEXPIRE" => {
+            let Some(t) = int(a(2)) else { return err("ERR value is not an integer or out of range") };
+            if t <= 0 {
+                return Outcome::Reply(resp::integer(i64::from(store.remove(a(1), now))));
+            }
+            let unit = if cmd == b"EXPIRE" { Duration::from_secs(1) } else { Duration::from_millis(1) };
+            match deadline(now, a(2), unit) {
+                Ok(at) => Outcome::Reply(resp::integer(i64::from(store.set_deadline(a(1), Some(at), now)))),
+                Err(_) => err("ERR invalid expire time in 'expire' command"),
+            }
+        }
+        b"TTL" | b"PTTL" => Outcome::Reply(resp::integer(match store.deadline(a(1), now) {
+            None => -2,
+            Some(None) => -1,
+            Some(Some(t)) => {
+                let ms = t.saturating_duration_since(now).as_millis() as i64;
+                if cmd == b"TTL" {
+                    (ms + 500) / 1000
+                } else {
+                    ms
+                }
+            }
+        })),
+        b"PERSIST" => {
+            let had = matches!(store.deadline(a(1), now), Some(Some(_)));
+            Outcome::Reply(resp::integer(i64::from(had && store.set_deadline(a(1), None, now))))
+        }
+        b"DBSIZE" => Outcome::Reply(resp::integer(store.len() as i64)),
+        b"FLUSHALL" | b"FLUSHDB" => {
+            store.clear();
+            Outcome::Reply(resp::OK.clone())
+        }
+        b"PING" if n == 2 => Outcome::Reply(resp::bulk(a(1))),
+        b"PING" => Outcome::Reply(resp::PONG.clone()),
+        b"ECHO" => Outcome::Reply(resp::bulk(a(1))),
+        b"SELECT" if a(1) == b"0" => Outcome::Reply(resp::OK.clone()),
+        b"SELECT" => err("ERR DB index is out of range"),
+        b"QUIT" => Outcome::Close(resp::OK.clone()),
+        // Clients ask for a few settings and the command table on connect (redis-benchmark
+        // reads `save` and `appendonly`). Nothing is persisted or configurable at run time.
+        b"CONFIG" if a(1).eq_ignore_ascii_case(b"GET") && n == 3 => {
+            let value: &[u8] = match a(2).to_ascii_lowercase().as_slice() {
+                b"save" => b"",
+                b"appendonly" => b"no",
+                b"databases" => b"1",
+                _ => return Outcome::Reply(resp::EMPTY_ARRAY.clone()),
+            };
+            let mut c = IoBufChain::new();
+            c.push(resp::array_header(2));
+            c.push(resp::bulk(&a(2).to_ascii_lowercase()));
+            c.push(resp::bulk(value));
+            Outcome::Chain(c)
+        }
+        b"COMMAND" => Outcome::Reply(resp::EMPTY_ARRAY.clone()),
+        b"INFO" => {
+            let text = format!(
+                "# Server\r\nredis_version:7.0.0\r\nringstage_kv:1\r\n# Clients\r\nconnected_clients:{}\r\n\
+                 # Stats\r\ntotal_commands_processed:{}\r\n# Keyspace\r\ndb0:keys={}\r\n",
+                info.clients,
+                info.commands,
+                store.len()
+            );
+            Outcome::Reply(resp::bulk(text.as_bytes()))
+        }
+        b"DEBUG" if a(1).eq_ignore_ascii_case(b"SLEEP") && n == 3 => {
+            let secs = std::str::from_utf8(a(2)).ok().and_then(|s| s.parse::<f64>().ok());
+            match secs {
+                Some(s) if (0.0..=60.0).contains(&s) => Outcome::Slow(Duration::from_secs_f64(s)),
+                _ => err("ERR value is not a valid float in 0..=60"),
+            }
+        }
+        b"DEBUG" | b"CONFIG" => {
+            err(&format!("ERR unknown subcommand '{}'", String::from_utf8_lossy(&a(1)[..a(1).len().min(64)])))
+        }
+        _ => {
+            let mut msg = format!("ERR unknown command '{}', with args beginning with: ", printable(name));
+            for i in 1..n.min(4) {
+                msg.push_str(&format!("'{}' ", printable(a(i))));
+            }
+            err(&msg)
+        }
+    }
+}
+
+/// At most 64 bytes of `s`, control characters replaced (error text must stay one line).
+fn printable(s: &[u8]) -> String {
+    String::from_utf8_lossy(&s[..s.len().min(64)]).chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// `SET key value [NX | XX] [EX seconds | PX milliseconds | KEEPTTL]`.
+fn set(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+    let a = |i: usize| &data[args[i].clone()];
+    let syntax = || err("ERR syntax error");
+    let (mut nx, mut xx, mut keep) = (false, false, false);
+    let mut expires = None;
+    let mut i = 3;
+    while i < args.len() {
+        let o = a(i);
+        if o.eq_ignore_ascii_case(b"NX") && !xx {
+            nx = true;
+        } else if o.eq_ignore_ascii_case(b"XX") && !nx {
+            xx = true;
+        } else if o.eq_ignore_ascii_case(b"KEEPTTL") && expires.is_none() {
+            keep = true;
+        } else if (o.eq_ignore_ascii_case(b"EX") || o.eq_ignore_ascii_case(b"PX")) && !keep && expires.is_none() {
+            let Some(amount) = args.get(i + 1).map(|r| &data[r.clone()]) else { return syntax() };
+            let unit = if o.eq_ignore_ascii_case(b"EX") { Duration::from_secs(1) } else { Duration::from_millis(1) };
+            match deadline(now, amount, unit) {
+                Ok(t) => expires = Some(t),
+                Err(e) => return e,
+            }
+            i += 1;
+        } else {
+            return syntax();
+        }
+        i += 1;
+    }
+    let key = a(1);
+    if nx || xx || keep {
+        match store.deadline(key, now) {
+            None if xx => return Outcome::Reply(resp::NIL.clone()),
+            Some(_) if nx => return Outcome::Reply(resp::NIL.clone()),
+            Some(d) if keep => expires = d,
+            _ => {}
+        }
+    }
+    store.set(key, resp::bulk(a(2)), expires);
+    Outcome::Reply(resp::OK.clone())
+}
+
+/// The command stage: RESP in from the net stage.
+pub struct Command {
+    pub shard: SharedShard,
+}
+
+impl Handler for Command {
+    type Event = NetEvent;
+
+    fn handle(&mut self, ev: NetEvent, cx: &mut Context<'_>) {
+        self.shard.borrow_mut().on_net(ev, cx.now());
+    }
+
+    /// Active expiry: up to 1000 keys past their deadline per tick.
+    fn tick(&mut self, cx: &mut Context<'_>) {
+        self.shard.borrow_mut().store.expire(cx.now(), 1000);
+    }
+}
+
+/// The resume stage: replies of slow commands, back on the connection's core.
+pub struct Resume {
+    pub shard: SharedShard,
+}
+
+impl Handler for Resume {
+    type Event = SlowDone;
+
+    fn handle(&mut self, done: SlowDone, cx: &mut Context<'_>) {
+        self.shard.borrow_mut().resume(done, cx.now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs one command given as words against `store`; returns the reply bytes.
+    fn run(store: &mut Store, words: &[&[u8]], now: Instant) -> Vec<u8> {
+        let mut data = Vec::new();
+        let mut args = Vec::new();
+        for w in words {
+            args.push(data.len()..data.len() + w.len());
+            data.extend_from_slice(w);
+        }
+        match exec(store, &data, &args, now, Info { clients: 1, commands: 1 }) {
+            Outcome::Reply(r) | Outcome::Close(r) => r.to_vec(),
+            Outcome::Chain(c) => c.to_vec(),
+            Outcome::Slow(d) => format!("slow {}ms", d.as_millis()).into_bytes(),
+        }
+    }
+
+    #[test]
+    fn strings_counters_and_errors() {
+        let t = Instant::now();
+        let mut s = Store::default();
+        let mut r = |w: &[&[u8]]| String::from_utf8(run(&mut s, w, t)).unwrap();
+        assert_eq!(r(&[b"get", b"k"]), "$-1\r\n");
+        assert_eq!(r(&[b"SET", b"k", b"hello"]), "+OK\r\n");
+        assert_eq!(r(&[b"GET", b"k"]), "$5\r\nhello\r\n");
+        assert_eq!(r(&[b"SET", b"k", b"x", b"NX"]), "$-1\r\n");
+        assert_eq!(r(&[b"SET", b"j", b"x", b"XX"]), "$-1\r\n");
+        assert_eq!(r(&[b"SET", b"k", b"x", b"NX", b"XX"]), "-ERR syntax error\r\n");
+        assert_eq!(r(&[b"MSET", b"a", b"1", b"b", b"2"]), "+OK\r\n");
+        assert_eq!(r(&[b"MGET", b"a", b"nope", b"b"]), "*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n");
+        assert_eq!(r(&[b"INCR", b"a"]), ":2\r\n");
+        assert_eq!(r(&[b"INCRBY", b"a", b"-5"]), ":-3\r\n");
+        assert_eq!(r(&[b"DECR", b"new"]), ":-1\r\n");
+        assert_eq!(r(&[b"INCR", b"k"]), "-ERR value is not an integer or out of range\r\n");
+        assert_eq!(r(&[b"INCRBY", b"a", b"+1"]), "-ERR value is not an integer or out of range\r\n");
+        assert_eq!(r(&[b"SET", b"m", b"9223372036854775807"]), "+OK\r\n");
+        assert_eq!(r(&[b"INCR", b"m"]), "-ERR increment or decrement would overflow\r\n");
+        assert_eq!(r(&[b"EXISTS", b"a", b"a", b"zz"]), ":2\r\n");
+        assert_eq!(r(&[b"DEL", b"a", b"b", b"zz"]), ":2\r\n");
+        assert_eq!(r(&[b"DBSIZE"]), ":3\r\n", "k, new and m");
+        assert_eq!(r(&[b"GET"]), "-ERR wrong number of arguments for 'get' command\r\n");
+        assert_eq!(r(&[b"MSET", b"a"]), "-ERR wrong number of arguments for 'mset' command\r\n");
+        assert_eq!(r(&[b"NOPE", b"x\r"]), "-ERR unknown command 'NOPE', with args beginning with: 'x?' \r\n");
+        assert_eq!(r(&[b"PING"]), "+PONG\r\n");
+        assert_eq!(r(&[b"ECHO", b"e"]), "$1\r\ne\r\n");
+        assert_eq!(r(&[b"SELECT", b"1"]), "-ERR DB index is out of range\r\n");
+        assert_eq!(r(&[b"QUIT"]), "+OK\r\n");
+        assert_eq!(r(&[b"DEBUG", b"SLEEP", b"0.005"]), "slow 5ms");
+        assert_eq!(r(&[b"DEBUG", b"SLEEP", b"x"]), "-ERR value is not a valid float in 0..=60\r\n");
+        assert_eq!(r(&[b"CONFIG", b"GET", b"SAVE"]), "*2\r\n$4\r\nsave\r\n$0\r\n\r\n");
+        assert_eq!(r(&[b"CONFIG", b"GET", b"maxmemory"]), "*0\r\n");
+        assert_eq!(r(&[b"CONFIG", b"SET", b"x", b"y"]), "-ERR unknown subcommand 'SET'\r\n");
+        assert_eq!(r(&[b"FLUSHALL"]), "+OK\r\n");
+        assert_eq!(r(&[b"DBSIZE"]), ":0\r\n");
+    }
+
+    #[test]
+    fn expiry_commands() {
+        let t = Instant::now();
+        let mut s = Store::default();
+        let mut r = |w: &[&[u8]], now| String::from_utf8(run(&mut s, w, now)).unwrap();
+        assert_eq!(r(&[b"SET", b"k", b"v", b"EX", b"10"], t), "+OK\r\n");
+        assert_eq!(r(&[b"TTL", b"k"], t), ":10\r\n");
+        assert_eq!(r(&[b"PTTL", b"k"], t + Duration::from_millis(2500)), ":7500\r\n");
+        assert_eq!(r(&[b"SET", b"k", b"w", b"KEEPTTL"], t), "+OK\r\n");
+        assert_eq!(r(&[b"TTL", b"k"], t), ":10\r\n", "KEEPTTL kept the deadline");
+        assert_eq!(r(&[b"INCR", b"n"], t), ":1\r\n");
+        assert_eq!(r(&[b"PEXPIRE", b"n", b"100"], t), ":1\r\n");
+        assert_eq!(r(&[b"INCR", b"n"], t), ":2\r\n");
+        assert_eq!(r(&[b"PTTL", b"n"], t), ":100\r\n", "INCR keeps the deadline");
+        assert_eq!(r(&[b"GET", b"n"], t + Duration::from_millis(100)), "$-1\r\n");
+        assert_eq!(r(&[b"SET", b"k", b"v"], t), "+OK\r\n");
+        assert_eq!(r(&[b"TTL", b"k"], t), ":-1\r\n", "a plain SET clears the deadline");
+        assert_eq!(r(&[b"TTL", b"zz"], t), ":-2\r\n");
+        assert_eq!(r(&[b"EXPIRE", b"k", b"5"], t), ":1\r\n");
+        assert_eq!(r(&[b"PERSIST", b"k"], t), ":1\r\n");
+        assert_eq!(r(&[b"PERSIST", b"k"], t), ":0\r\n");
+        assert_eq!(r(&[b"SET", b"k", b"v", b"EX", b"0"], t), "-ERR invalid expire time in 'set' command\r\n");
+        assert_eq!(r(&[b"SET", b"k", b"v", b"PX"], t), "-ERR syntax error\r\n");
+        assert_eq!(
+            r(&[b"SET", b"k", b"v", b"EX", b"99999999999999"], t),
+            "-ERR invalid expire time in 'set' command\r\n"
+        );
+        assert_eq!(r(&[b"EXPIRE", b"k", b"-1"], t), ":1\r\n", "a non-positive expiry deletes");
+        assert_eq!(r(&[b"GET", b"k"], t), "$-1\r\n");
+    }
+}

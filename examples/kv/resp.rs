@@ -1,0 +1,265 @@
+//! RESP2 request framing (what `redis-cli` and `redis-benchmark` send) and reply encoding.
+//!
+//! A request is a multibulk array of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) or an
+//! inline command (`GET k\r\n`, whitespace separated, as typed into `telnet`). Parsing works on
+//! a byte slice and yields the arguments as ranges of it, so the command stage reads keys and
+//! values straight out of the received pool buffer. Errors use Redis's wording; after a
+//! protocol error the connection is answered and closed, as Redis does.
+
+use std::ops::Range;
+
+use ringstage::buf::IoBuf;
+
+/// Size limits of a request (Redis's `proto-max-bulk-len` and friends).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest bulk string (key or value).
+    pub max_bulk: usize,
+    /// Most arguments in one command.
+    pub max_args: usize,
+    /// Longest inline command or `*`/`$` header line.
+    pub max_inline: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_bulk: 64 << 20, max_args: 1 << 20, max_inline: 64 << 10 }
+    }
+}
+
+/// Outcome of parsing the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// One command, whose arguments were pushed, spans the first `consumed` bytes. An empty
+    /// argument list is a blank line or `*0`, which Redis skips.
+    Command { consumed: usize },
+    /// More bytes are needed; when known, the command is complete at `need` bytes, so the
+    /// caller need not parse again before it has that many (large values stay O(n)).
+    Partial { need: Option<usize> },
+    /// Malformed: answer with this error and close.
+    Error(String),
+}
+
+/// Parses one command at the start of `data`, pushing its arguments (ranges of `data`) into
+/// `args` (cleared first). Hot path: no allocation once `args` has grown.
+pub fn parse(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
+    args.clear();
+    match data.first() {
+        None => Frame::Partial { need: None },
+        Some(b'*') => multibulk(data, lim, args),
+        Some(_) => inline(data, lim, args),
+    }
+}
+
+/// The position after the `\r\n` ending the line that starts at `from`, and the line's end.
+fn line(data: &[u8], from: usize) -> Option<(usize, usize)> {
+    let nl = from + data[from..].iter().position(|&b| b == b'\n')?;
+    let end = if nl > from && data[nl - 1] == b'\r' { nl - 1 } else { nl };
+    Some((end, nl + 1))
+}
+
+/// A decimal integer as Redis reads a length: optional `-`, digits, no more than 18 of them.
+fn number(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = digits.iter().fold(0i64, |v, &d| v * 10 + i64::from(d - b'0'));
+    Some(if neg { -v } else { v })
+}
+
+fn multibulk(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
+    let Some((end, mut pos)) = line(data, 0) else {
+        return if data.len() > lim.max_inline {
+            Frame::Error("Protocol error: too big mbulk count string".into())
+        } else {
+            Frame::Partial { need: None }
+        };
+    };
+    let n = match number(&data[1..end]) {
+        Some(n) if n <= lim.max_args as i64 => n,
+        _ => return Frame::Error("Protocol error: invalid multibulk length".into()),
+    };
+    for _ in 0..n.max(0) {
+        let Some(&first) = data.get(pos) else { return Frame::Partial { need: None } };
+        if first != b'$' {
+            return Frame::Error(format!("Protocol error: expected '$', got '{}'", first as char));
+        }
+        let Some((end, body)) = line(data, pos) else {
+            return if data.len() - pos > lim.max_inline {
+                Frame::Error("Protocol error: too big bulk count string".into())
+            } else {
+                Frame::Partial { need: None }
+            };
+        };
+        let len = match number(&data[pos + 1..end]) {
+            Some(l) if (0..=lim.max_bulk as i64).contains(&l) => l as usize,
+            _ => return Frame::Error("Protocol error: invalid bulk length".into()),
+        };
+        let need = body + len + 2;
+        if data.len() < need {
+            return Frame::Partial { need: Some(need) };
+        }
+        if &data[body + len..need] != b"\r\n" {
+            return Frame::Error("Protocol error: bulk string not ended by CRLF".into());
+        }
+        args.push(body..body + len);
+        pos = need;
+    }
+    Frame::Command { consumed: pos }
+}
+
+fn inline(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
+    let Some((end, next)) = line(data, 0) else {
+        return if data.len() > lim.max_inline {
+            Frame::Error("Protocol error: too big inline request".into())
+        } else {
+            Frame::Partial { need: None }
+        };
+    };
+    if end > lim.max_inline {
+        return Frame::Error("Protocol error: too big inline request".into());
+    }
+    let mut i = 0;
+    while i < end {
+        if data[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < end && !data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if args.len() == lim.max_args {
+            return Frame::Error("Protocol error: invalid multibulk length".into());
+        }
+        args.push(start..i);
+    }
+    Frame::Command { consumed: next }
+}
+
+pub static OK: IoBuf = IoBuf::from_static(b"+OK\r\n");
+pub static PONG: IoBuf = IoBuf::from_static(b"+PONG\r\n");
+pub static NIL: IoBuf = IoBuf::from_static(b"$-1\r\n");
+pub static ZERO: IoBuf = IoBuf::from_static(b":0\r\n");
+pub static ONE: IoBuf = IoBuf::from_static(b":1\r\n");
+pub static EMPTY_ARRAY: IoBuf = IoBuf::from_static(b"*0\r\n");
+
+/// `-<msg>\r\n` (the message starts with its error code: `ERR`, `WRONGTYPE`, `BUSY`).
+pub fn error(msg: &str) -> IoBuf {
+    IoBuf::from(format!("-{msg}\r\n").into_bytes())
+}
+
+/// `:<n>\r\n`.
+pub fn integer(n: i64) -> IoBuf {
+    match n {
+        0 => ZERO.clone(),
+        1 => ONE.clone(),
+        n => IoBuf::from(format!(":{n}\r\n").into_bytes()),
+    }
+}
+
+/// `$<len>\r\n<bytes>\r\n`: one allocation holding the framed bytes, so the value can later
+/// be sent as it is, any number of times, without formatting or copying.
+pub fn bulk(bytes: &[u8]) -> IoBuf {
+    let mut v = Vec::with_capacity(bytes.len() + 24);
+    v.push(b'$');
+    v.extend_from_slice(bytes.len().to_string().as_bytes());
+    v.extend_from_slice(b"\r\n");
+    v.extend_from_slice(bytes);
+    v.extend_from_slice(b"\r\n");
+    IoBuf::from(v)
+}
+
+/// `*<n>\r\n` (the header of an array whose elements follow).
+pub fn array_header(n: usize) -> IoBuf {
+    IoBuf::from(format!("*{n}\r\n").into_bytes())
+}
+
+/// The bytes of a framed bulk string made by [`bulk`] (without its header and CRLF).
+pub fn bulk_payload(framed: &IoBuf) -> &[u8] {
+    let start = framed.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
+    &framed[start..framed.len().saturating_sub(2).max(start)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(data: &[u8]) -> (Frame, Vec<Vec<u8>>) {
+        let mut args = Vec::new();
+        let f = parse(data, &Limits::default(), &mut args);
+        (f, args.into_iter().map(|r| data[r].to_vec()).collect())
+    }
+
+    #[test]
+    fn multibulk_and_inline_commands() {
+        let (f, a) = words(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nva\r\nl\r\nrest");
+        assert_eq!(f, Frame::Command { consumed: 31 });
+        assert_eq!(a, [&b"SET"[..], b"k", b"va\r\nl"], "a bulk string may hold CRLF");
+        let (f, a) = words(b"  GET   key\r\nPING\r\n");
+        assert_eq!(f, Frame::Command { consumed: 13 });
+        assert_eq!(a, [&b"GET"[..], b"key"]);
+        let (f, a) = words(b"PING\n");
+        assert_eq!((f, a), (Frame::Command { consumed: 5 }, vec![b"PING".to_vec()]), "bare LF ends a line");
+        let (f, a) = words(b"*0\r\n");
+        assert_eq!((f, a.len()), (Frame::Command { consumed: 4 }, 0));
+        let (f, a) = words(b"*1\r\n$0\r\n\r\n");
+        assert_eq!((f, a), (Frame::Command { consumed: 10 }, vec![Vec::new()]), "empty bulk string");
+    }
+
+    #[test]
+    fn every_split_point_is_partial_then_the_same_command() {
+        let msg = b"*3\r\n$3\r\nSET\r\n$4\r\nkey1\r\n$10\r\n0123456789\r\n";
+        let (full, args) = words(msg);
+        assert_eq!(full, Frame::Command { consumed: msg.len() });
+        for cut in 0..msg.len() {
+            let (f, _) = words(&msg[..cut]);
+            match f {
+                Frame::Partial { need: Some(n) } => assert!(n > cut && n <= msg.len(), "need {n} at cut {cut}"),
+                Frame::Partial { need: None } => {}
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+        assert_eq!(args[2], b"0123456789");
+        // The hint names exactly the end of the command once the last bulk header is in.
+        assert_eq!(words(&msg[..msg.len() - 3]).0, Frame::Partial { need: Some(msg.len()) });
+    }
+
+    #[test]
+    fn malformed_requests_get_redis_errors() {
+        let err = |d: &[u8]| match words(d).0 {
+            Frame::Error(e) => e,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(d)),
+        };
+        assert_eq!(err(b"*x\r\n"), "Protocol error: invalid multibulk length");
+        assert_eq!(err(b"*2\r\n$3\r\nGET\r\n:1\r\n"), "Protocol error: expected '$', got ':'");
+        assert_eq!(err(b"*1\r\n$-1\r\n"), "Protocol error: invalid bulk length");
+        assert_eq!(err(b"*1\r\n$99999999999999999999\r\n"), "Protocol error: invalid bulk length");
+        assert_eq!(err(b"*1\r\n$3\r\nGETxx"), "Protocol error: bulk string not ended by CRLF");
+        let lim = Limits { max_bulk: 4, max_args: 2, max_inline: 16 };
+        let mut a = Vec::new();
+        assert!(matches!(parse(b"*1\r\n$5\r\n", &lim, &mut a), Frame::Error(e) if e.contains("bulk length")));
+        assert!(matches!(parse(b"*3\r\n", &lim, &mut a), Frame::Error(e) if e.contains("multibulk length")));
+        assert!(matches!(parse(&[b'a'; 17], &lim, &mut a), Frame::Error(e) if e.contains("too big inline")));
+        assert!(matches!(parse(b"a b c\r\n", &lim, &mut a), Frame::Error(_)), "too many inline args");
+        assert_eq!(parse(&[b'a'; 16], &lim, &mut a), Frame::Partial { need: None }, "at the limit: wait");
+    }
+
+    #[test]
+    fn replies_are_framed() {
+        assert_eq!(&bulk(b"hi")[..], b"$2\r\nhi\r\n");
+        assert_eq!(bulk_payload(&bulk(b"hi")), b"hi");
+        assert_eq!(bulk_payload(&bulk(b"")), b"");
+        assert_eq!(&integer(-42)[..], b":-42\r\n");
+        assert_eq!(&integer(1)[..], b":1\r\n");
+        assert_eq!(&error("ERR x")[..], b"-ERR x\r\n");
+        assert_eq!(&array_header(3)[..], b"*3\r\n");
+        assert_eq!(number(b"-1"), Some(-1));
+        assert_eq!(number(b"+1"), None);
+        assert_eq!(number(b""), None);
+    }
+}

@@ -1,0 +1,311 @@
+//! The key-value example end to end on loopback: the real binary, real sockets, and the real
+//! `redis-cli` and `redis-benchmark` where installed (`ci/test` installs them).
+
+mod example;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use example::Server;
+
+fn server(args: &[&str]) -> Server {
+    example::start("kv", args)
+}
+
+struct Client(BufReader<TcpStream>);
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client(BufReader::new(s))
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.0.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Reads one reply (a line, or a bulk string, or an array of those) as raw RESP text.
+    fn reply(&mut self) -> String {
+        let mut line = String::new();
+        assert!(self.0.read_line(&mut line).unwrap() > 0, "connection closed instead of a reply");
+        match line.as_bytes()[0] {
+            b'$' => {
+                let n: i64 = line[1..].trim_end().parse().unwrap();
+                if n >= 0 {
+                    let mut body = vec![0; n as usize + 2];
+                    self.0.read_exact(&mut body).unwrap();
+                    line.push_str(&String::from_utf8_lossy(&body));
+                }
+            }
+            b'*' => {
+                let n: i64 = line[1..].trim_end().parse().unwrap();
+                for _ in 0..n.max(0) {
+                    let item = self.reply();
+                    line.push_str(&item);
+                }
+            }
+            _ => {}
+        }
+        line
+    }
+
+    fn call(&mut self, words: &[&[u8]]) -> String {
+        self.send(&cmd(words));
+        self.reply()
+    }
+
+    /// The server closed the connection (EOF or reset) within the read timeout.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.0.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// A command as a RESP multibulk array.
+fn cmd(words: &[&[u8]]) -> Vec<u8> {
+    let mut m = format!("*{}\r\n", words.len()).into_bytes();
+    for w in words {
+        m.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+        m.extend_from_slice(w);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+#[test]
+fn commands_over_the_wire() {
+    let s = server(&[]);
+    let mut c = Client::new(s.addr);
+    assert_eq!(c.call(&[b"PING"]), "+PONG\r\n");
+    assert_eq!(c.call(&[b"GET", b"k"]), "$-1\r\n");
+    assert_eq!(c.call(&[b"SET", b"k", b"v\r\n1"]), "+OK\r\n");
+    assert_eq!(c.call(&[b"GET", b"k"]), "$4\r\nv\r\n1\r\n", "values are binary safe");
+    assert_eq!(c.call(&[b"INCR", b"n"]), ":1\r\n");
+    assert_eq!(c.call(&[b"INCRBY", b"n", b"41"]), ":42\r\n");
+    assert_eq!(c.call(&[b"MGET", b"n", b"zz", b"k"]), "*3\r\n$2\r\n42\r\n$-1\r\n$4\r\nv\r\n1\r\n");
+    assert_eq!(c.call(&[b"DEL", b"n", b"zz"]), ":1\r\n");
+    assert_eq!(c.call(&[b"DBSIZE"]), ":1\r\n");
+    // Inline commands, as typed into telnet.
+    c.send(b"SET greeting hello\r\nGET greeting\r\n");
+    assert_eq!(c.reply(), "+OK\r\n");
+    assert_eq!(c.reply(), "$5\r\nhello\r\n");
+    // Another connection sees the same keyspace.
+    let mut d = Client::new(s.addr);
+    assert_eq!(d.call(&[b"GET", b"greeting"]), "$5\r\nhello\r\n");
+    assert_eq!(d.call(&[b"QUIT"]), "+OK\r\n");
+    assert!(d.closed(), "QUIT closes the connection");
+    assert_eq!(c.call(&[b"NOPE"]), "-ERR unknown command 'NOPE', with args beginning with: \r\n");
+    assert_eq!(c.call(&[b"PING"]), "+PONG\r\n", "an unknown command does not end the connection");
+}
+
+#[test]
+fn pipelined_commands_split_anywhere_are_answered_in_order() {
+    let s = server(&[]);
+    let mut c = Client::new(s.addr);
+    // ASCII, so that `reply`'s text form keeps its length.
+    let big: Vec<u8> = (0..1_500_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut stream = Vec::new();
+    let mut expect = Vec::new();
+    for i in 0..200 {
+        let key = format!("key{i}");
+        let val = format!("value-{i}");
+        stream.extend(cmd(&[b"SET", key.as_bytes(), val.as_bytes()]));
+        expect.push("+OK\r\n".to_string());
+        stream.extend(cmd(&[b"GET", key.as_bytes()]));
+        expect.push(format!("${}\r\n{val}\r\n", val.len()));
+        if i == 100 {
+            // A value spanning many receives, in the middle of the pipeline.
+            stream.extend(cmd(&[b"SET", b"big", &big]));
+            expect.push("+OK\r\n".to_string());
+        }
+    }
+    stream.extend(cmd(&[b"STRLEN?", b"x"]));
+    expect.push("-ERR unknown command 'STRLEN?', with args beginning with: 'x' \r\n".to_string());
+    // Writes of every size from 1 byte up, so commands and headers are cut at every kind of
+    // place, from a second thread so replies can flow back meanwhile.
+    let mut w = c.0.get_ref().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut pos = 0;
+        let mut size = 1;
+        while pos < stream.len() {
+            let end = (pos + size).min(stream.len());
+            w.write_all(&stream[pos..end]).unwrap();
+            pos = end;
+            size = if size > 4096 { 1 } else { size * 3 + 1 };
+        }
+    });
+    for (i, e) in expect.iter().enumerate() {
+        assert_eq!(&c.reply(), e, "reply {i}");
+    }
+    writer.join().unwrap();
+    let got = c.call(&[b"GET", b"big"]);
+    let head = format!("${}\r\n", big.len());
+    assert!(got.starts_with(&head) && got.len() == head.len() + big.len() + 2, "big value comes back whole");
+    let mut raw = cmd(&[b"GET", b"big"]);
+    raw.extend(cmd(&[b"PING"]));
+    c.send(&raw);
+    let mut back = vec![0u8; head.len() + big.len() + 2];
+    c.0.read_exact(&mut back).unwrap();
+    assert!(back[head.len()..head.len() + big.len()] == big[..], "big value's bytes intact");
+    assert_eq!(c.reply(), "+PONG\r\n");
+}
+
+#[test]
+fn protocol_errors_are_answered_then_the_connection_closes() {
+    let s = server(&["--max-bulk-mb", "1"]);
+    let cases: [(&[u8], &str); 5] = [
+        (b"*x\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$2000000\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n:5\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
+        (b"*1\r\n$3\r\nGETxx", "-ERR Protocol error: bulk string not ended by CRLF\r\n"),
+        (&[b'a'; 70_000], "-ERR Protocol error: too big inline request\r\n"),
+    ];
+    for (input, want) in cases {
+        let mut c = Client::new(s.addr);
+        c.send(b"SET before ok\r\n");
+        assert_eq!(c.reply(), "+OK\r\n");
+        c.send(input);
+        assert_eq!(c.reply(), want, "for {:?}", String::from_utf8_lossy(&input[..input.len().min(20)]));
+        assert!(c.closed(), "closed after {want:?}");
+    }
+    // The server is unharmed.
+    assert_eq!(Client::new(s.addr).call(&[b"GET", b"before"]), "$2\r\nok\r\n");
+}
+
+#[test]
+fn slow_commands_neither_delay_other_clients_nor_reorder_replies() {
+    let s = server(&[]);
+    let mut slow = Client::new(s.addr);
+    slow.call(&[b"SET", b"k", b"v"]);
+    let t0 = Instant::now();
+    let mut pipe = cmd(&[b"DEBUG", b"SLEEP", b"0.4"]);
+    pipe.extend(cmd(&[b"GET", b"k"]));
+    slow.send(&pipe);
+    // Meanwhile another client is served at full speed: its commands do not wait behind the
+    // slow one, which runs on another core.
+    let mut fast = Client::new(s.addr);
+    let mut served = 0;
+    while t0.elapsed() < Duration::from_millis(300) {
+        let t = Instant::now();
+        assert_eq!(fast.call(&[b"GET", b"k"]), "$1\r\nv\r\n");
+        assert!(t.elapsed() < Duration::from_millis(100), "a fast command took {:?}", t.elapsed());
+        served += 1;
+    }
+    assert!(served > 10, "only {served} fast commands in 300 ms");
+    // The slow client's replies come in request order, the GET only after the sleep.
+    assert_eq!(slow.reply(), "+OK\r\n");
+    assert!(t0.elapsed() >= Duration::from_millis(400));
+    assert_eq!(slow.reply(), "$1\r\nv\r\n");
+    // A connection that goes away while its slow command runs leaves nothing behind.
+    let mut gone = Client::new(s.addr);
+    gone.send(&cmd(&[b"DEBUG", b"SLEEP", b"0.1"]));
+    drop(gone);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fast.call(&[b"PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn a_full_slow_stage_answers_busy_at_once() {
+    let s = server(&["--slow-capacity", "1"]);
+    let addr = s.addr;
+    let t0 = Instant::now();
+    let clients: Vec<_> = (0..4u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30 * i));
+                let mut c = Client::new(addr);
+                let r = c.call(&[b"DEBUG", b"SLEEP", b"0.5"]);
+                (r, t0.elapsed(), c)
+            })
+        })
+        .collect();
+    // One runs and one waits in the bounded queue; the rest are refused, and told so at once.
+    let mut busy = 0;
+    let mut ok = 0;
+    let mut done = Vec::new();
+    for h in clients {
+        let (r, at, c) = h.join().unwrap();
+        if r.starts_with("-BUSY") {
+            assert!(at < Duration::from_millis(400), "-BUSY came late: {at:?}");
+            busy += 1;
+        } else {
+            assert_eq!(r, "+OK\r\n");
+            assert!(at >= Duration::from_millis(500));
+            ok += 1;
+        }
+        done.push(c);
+    }
+    assert!(busy >= 1 && ok >= 1, "busy {busy}, ok {ok}");
+    // A refused client goes on normally.
+    for c in &mut done {
+        assert_eq!(c.call(&[b"PING"]), "+PONG\r\n");
+    }
+}
+
+#[test]
+fn expired_keys_go_without_being_read() {
+    let s = server(&[]);
+    let mut c = Client::new(s.addr);
+    for i in 0..100 {
+        assert_eq!(c.call(&[b"SET", format!("t{i}").as_bytes(), b"x", b"PX", b"100"]), "+OK\r\n");
+    }
+    assert_eq!(c.call(&[b"SET", b"keep", b"x"]), "+OK\r\n");
+    let pttl: i64 = c.call(&[b"PTTL", b"t0"]).trim_start_matches(':').trim_end().parse().unwrap();
+    assert!((0..=100).contains(&pttl), "PTTL {pttl}");
+    let t0 = Instant::now();
+    loop {
+        // DBSIZE counts expired keys until they are removed: only active expiry empties it.
+        if c.call(&[b"DBSIZE"]) == ":1\r\n" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "expired keys were never removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.call(&[b"GET", b"keep"]), "$1\r\nx\r\n");
+}
+
+fn installed(tool: &str) -> bool {
+    let found = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("{tool} not installed: skipping (ci/test installs redis-tools)");
+    }
+    found
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_work_against_it() {
+    if !installed("redis-cli") {
+        return;
+    }
+    let s = server(&[]);
+    let port = s.addr.port().to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port]).args(args).output().unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["set", "greeting", "hello world"]), "OK\n");
+    assert_eq!(cli(&["get", "greeting"]), "hello world\n");
+    assert_eq!(cli(&["incrby", "n", "5"]), "5\n");
+    assert_eq!(cli(&["mget", "greeting", "nope", "n"]), "hello world\n\n5\n");
+    if !installed("redis-benchmark") {
+        return;
+    }
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "set,get", "-n", "20000", "-c", "8", "-P", "4", "--csv"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "redis-benchmark failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    for test in ["\"SET\"", "\"GET\""] {
+        let line = text.lines().find(|l| l.starts_with(test)).unwrap_or_else(|| panic!("no {test} row in {text}"));
+        let rps: f64 = line.split(',').nth(1).unwrap().trim_matches('"').parse().unwrap();
+        assert!(rps > 0.0, "{line}");
+    }
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"), "redis-benchmark warned");
+    assert_eq!(cli(&["dbsize"]), "3\n", "redis-benchmark's key plus ours");
+}
