@@ -13,6 +13,10 @@ http:  the staged HTTP example vs nginx (one worker each, both pinned to CPU 0, 
 overload: the CPU-heavy /dynamic endpoint under open-loop load at 0.5x, 1x, 2x and 4x its
        measured capacity, adaptive admission control on and off: goodput, p50/p90/p99 of
        admitted requests, refusal rate, Jain's fairness.
+kv:    the key-value example vs redis-server (one thread), both pinned to CPU 0, redis-benchmark
+       -c 50 on CPU 1: SET and GET, one request at a time and pipelined 16 deep, with each
+       server's CPU per request. Then isolation: the project's load client (50 connections,
+       GET) without and with 1% of commands slow (DEBUG SLEEP 5 ms): p99 of the fast commands.
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -695,6 +699,148 @@ def bench_overload(a):
     print(f"wrote {os.path.join(OUT, 'overload.png')}")
 
 
+def start_kv(name):
+    """The kv example (keyspace on CPU 0, slow stage on CPU 1) or redis-server (CPU 0)."""
+    if name == "ringstage":
+        port = 6400
+        argvs = [[os.path.join(ROOT, "target/release/examples/kv"), "--addr", f"127.0.0.1:{port}", "--cpu", "0",
+                  "--slow-cpu", "1"]]
+    else:
+        port = 6401
+        base = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--logfile", "", "--io-threads", "1"]
+        # DEBUG is off by default from Redis 7 on; older versions lack the option but allow it.
+        argvs = [base + ["--enable-debug-command", "yes"], base]
+    wait_port_free(port)
+    for argv in argvs:
+        proc = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port, proc)
+            return proc, port
+        except RuntimeError:
+            if argv is argvs[-1]:
+                raise
+    raise RuntimeError("unreachable")
+
+
+def redis_benchmark(port, test, n, pipeline, pid):
+    """redis-benchmark -c 50 on CPU 1 for one test; rps, p99 and the server's CPU per request."""
+    c0 = cpu_ns(pid)
+    r = subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "50",
+                        "-n", str(n), "-P", str(pipeline), "-t", test, "--csv"], capture_output=True, text=True, timeout=300)
+    cpu = cpu_ns(pid) - c0
+    rows = [l.replace('"', "").split(",") for l in r.stdout.splitlines()]
+    head = next((x for x in rows if x and x[0] == "test"), None)
+    row = next((x for x in rows if x and x[0] == test.upper()), None)
+    if head is None or row is None:
+        raise RuntimeError(f"redis-benchmark {test}: {r.stdout[-300:]} {r.stderr[-300:]}")
+    d = dict(zip(head, row))
+    return {"rate": float(d["rps"]), "p99_us": float(d.get("p99_latency_ms", "nan")) * 1000, "cpu_us_per_req": cpu / 1000 / n}
+
+
+def bench_kv(a):
+    sh(["cargo", "build", "--release", "--quiet", "--example", "kv"])
+    sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
+    names = ["ringstage", "redis"]
+    cases = [("SET", "set", 1), ("GET", "get", 1), ("SET -P 16", "set", 16), ("GET -P 16", "get", 16)]
+    # Requests per run, sized for about --secs each at this machine's usual rates.
+    per_sec = {1: 160_000, 16: 2_000_000}
+    runs = {(n, c[0]): [] for n in names for c in cases}
+    iso = {(n, k): [] for n in names for k in ("none", "slow")}
+    for r in range(a.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        servers = {n: start_kv(n) for n in names}
+        try:
+            for label, test, depth in cases:
+                for n in order:
+                    proc, port = servers[n]
+                    res = redis_benchmark(port, test, int(per_sec[depth] * a.secs), depth, proc.pid)
+                    runs[(n, label)].append(res)
+                    print(f"round {r + 1} {n:<10} {label:<10} {res['rate']:>11.0f} req/s  p99 {res['p99_us']:>8.0f} us  "
+                          f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
+            for kind, every in (("none", 0), ("slow", 100)):
+                for n in order:
+                    proc, port = servers[n]
+                    res = loadgen(["--addr", f"127.0.0.1:{port}", "--resp", "get", "--conns", "50", "--warmup", "1",
+                                   "--secs", str(a.secs), "--slow-every", str(every), "--slow-ms", "5"])
+                    iso[(n, kind)].append(res)
+                    print(f"round {r + 1} {n:<10} {'1% slow' if every else 'no slow':<10} {res['rate']:>11.0f} req/s  "
+                          f"fast p99 {res['p99_us']:>8.1f} us  slow {res['slow']}  busy {res['refused']}  errors {res['errors']}",
+                          flush=True)
+        finally:
+            for proc, _ in servers.values():
+                stop_server(proc)
+    lines = [f"kv: one server core each (CPU 0; the kv example's slow stage has CPU 1), redis-benchmark -c 50 on CPU 1;",
+             f"{a.rounds} rounds of about {a.secs}s, each server's run next to the other's; req/s, p99 and us/req are medians,",
+             "ratio and capacity medians of the per-round ratios. One request at a time, redis-benchmark's core is the",
+             "ceiling for both servers; 'capacity' is redis's server CPU per request over ringstage's.",
+             f"{'case':<12}{'ringstage req/s':>16}{'redis req/s':>13}{'ratio':>8}{'capacity':>10}{'target':>8}"
+             f"{'rs us/req':>11}{'redis us/req':>13}{'rs p99 us':>11}{'redis p99':>11}"]
+    rows = []
+    for label, _, _ in cases:
+        A, B = runs[("ringstage", label)], runs[("redis", label)]
+        row = {"case": label,
+               "ringstage": median([x["rate"] for x in A]), "redis": median([x["rate"] for x in B]),
+               "ratio": median([x["rate"] / y["rate"] for x, y in zip(A, B) if y["rate"]]),
+               "capacity": median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in zip(A, B) if x["cpu_us_per_req"]]),
+               "rs_us": median([x["cpu_us_per_req"] for x in A]), "redis_us": median([x["cpu_us_per_req"] for x in B]),
+               "rs_p99": median([x["p99_us"] for x in A]), "redis_p99": median([x["p99_us"] for x in B])}
+        rows.append(row)
+        lines.append(f"{label:<12}{row['ringstage']:>16.0f}{row['redis']:>13.0f}{row['ratio']:>8.3f}{row['capacity']:>10.3f}"
+                     f"{'>=1.0':>8}{row['rs_us']:>11.2f}{row['redis_us']:>13.2f}{row['rs_p99']:>11.0f}{row['redis_p99']:>11.0f}")
+    lines.append("")
+    lines.append("isolation: GET, 50 connections closed loop (project load client); '1% slow': every 100th command of a")
+    lines.append("connection is DEBUG SLEEP 0.005. p99 is of the fast commands only; target: with slow <= 2x without.")
+    lines.append(f"{'server':<11}{'p99 no slow':>12}{'p99 1% slow':>13}{'ratio':>8}{'req/s no slow':>15}{'req/s 1% slow':>15}"
+                 f"{'slow done':>11}{'busy':>7}{'errors':>8}")
+    iso_rows = []
+    for n in names:
+        A, B = iso[(n, "none")], iso[(n, "slow")]
+        row = {"server": n, "p99_none": median([x["p99_us"] for x in A]), "p99_slow": median([x["p99_us"] for x in B]),
+               "ratio": median([y["p99_us"] / x["p99_us"] for x, y in zip(A, B) if x["p99_us"]]),
+               "rate_none": median([x["rate"] for x in A]), "rate_slow": median([x["rate"] for x in B]),
+               "slow": sum(x["slow"] for x in B), "busy": sum(x["refused"] for x in B),
+               "errors": sum(x["errors"] for x in A + B)}
+        iso_rows.append(row)
+        lines.append(f"{n:<11}{row['p99_none']:>12.1f}{row['p99_slow']:>13.1f}{row['ratio']:>8.2f}{row['rate_none']:>15.0f}"
+                     f"{row['rate_slow']:>15.0f}{row['slow']:>11}{row['busy']:>7}{row['errors']:>8}")
+    publish("kv", "\n".join(lines), {"cases": rows, "isolation": iso_rows,
+                                     "runs": {f"{k[0]} {k[1]}": v for k, v in runs.items()},
+                                     "isolation_runs": {f"{k[0]} {k[1]}": v for k, v in iso.items()}})
+    plot_kv(rows, iso_rows, a)
+
+
+def plot_kv(rows, iso_rows, a):
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    labels = [r["case"] for r in rows]
+    x = range(len(labels))
+    for i, (key, color) in enumerate((("ringstage", "#d62728"), ("redis", "#7f7f7f"))):
+        ax[0].bar([k + (i - 0.5) * 0.4 for k in x], [r[key] for r in rows], width=0.4, color=color, label=key)
+    ax[0].set_xticks(list(x), labels, fontsize=8)
+    ax[0].set_yscale("log")
+    ax[0].set_title("requests/s (redis-benchmark -c 50)", fontsize=9)
+    ax[0].legend(fontsize=8)
+    ax[1].bar(labels, [r["capacity"] for r in rows], color="#d62728")
+    ax[1].axhline(1.0, color="black", lw=0.8)
+    ax[1].set_title("server CPU per request: redis / ringstage (higher: ringstage cheaper)", fontsize=9)
+    ax[1].tick_params(axis="x", labelsize=8)
+    for i, (key, title) in enumerate((("p99_none", "no slow commands"), ("p99_slow", "1% DEBUG SLEEP 5 ms"))):
+        ax[2].bar([k + (i - 0.5) * 0.4 for k in range(len(iso_rows))], [r[key] / 1000 for r in iso_rows], width=0.4,
+                  color=["#1f77b4", "#ff7f0e"][i], label=title)
+    ax[2].set_xticks(list(range(len(iso_rows))), [r["server"] for r in iso_rows])
+    ax[2].set_yscale("log")
+    ax[2].set_title("p99 of the fast GETs, ms (log)", fontsize=9)
+    ax[2].legend(fontsize=8)
+    fig.suptitle(f"kv example vs redis-server, one server core each (median of {a.rounds} rounds)")
+    fig.tight_layout()
+    path = os.path.join(OUT, "kv.png")
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")
+
+
 def bench_queue(a):
     r = subprocess.run(["cargo", "bench", "--quiet", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
     cases = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -715,7 +861,7 @@ def bench_queue(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "overload", "queue", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "overload", "queue", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
@@ -729,6 +875,8 @@ def main():
         bench_echo(a)
     if a.what in ("http", "all"):
         bench_http(a)
+    if a.what in ("kv", "all"):
+        bench_kv(a)
     if a.what in ("overload", "all"):
         bench_overload(a)
 

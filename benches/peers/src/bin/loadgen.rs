@@ -4,6 +4,12 @@
 //! across exactly the measured window. Prints one JSON line.
 //!
 //! `--idle N`: open N idle connections, print `ready`, hold them until stdin closes.
+//!
+//! `--resp get|set`: Redis protocol, one command in flight per connection, each connection on
+//! its own key. With `--slow-every K`, every K-th command of a connection (staggered across
+//! connections) is `DEBUG SLEEP <--slow-ms>/1000` instead; those are counted in `slow` and kept
+//! out of the latency histogram, which then holds the fast commands only. `-BUSY` replies
+//! count as `refused`, other error replies as `errors`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -30,10 +36,16 @@ struct Args {
     /// Connections are grouped into this many clients (connection c belongs to client
     /// c % clients) for Jain's fairness index; default: one client per connection.
     clients: Option<usize>,
+    /// RESP mode: `get` or `set` commands.
+    resp: Option<String>,
+    /// RESP mode: every K-th command is a slow one (0: none).
+    slow_every: u64,
+    /// RESP mode: how long a slow command takes, in ms.
+    slow_ms: f64,
 }
 
 fn parse() -> Args {
-    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0, http: None, rate: None, clients: None };
+    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0, http: None, rate: None, clients: None, resp: None, slow_every: 0, slow_ms: 5.0 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -49,6 +61,9 @@ fn parse() -> Args {
             "--http" => a.http = Some(v),
             "--rate" => a.rate = Some(v.parse().unwrap()),
             "--clients" => a.clients = Some(v.parse().unwrap()),
+            "--resp" => a.resp = Some(v),
+            "--slow-every" => a.slow_every = v.parse().unwrap(),
+            "--slow-ms" => a.slow_ms = v.parse().unwrap(),
             _ => panic!("unknown flag {k}"),
         }
     }
@@ -187,7 +202,87 @@ fn main() {
                 }));
             }
         }
-        for c in 0..if a.http.is_some() { 0 } else { a.conns } {
+        let slow = Rc::new(Cell::new(0u64));
+        if let Some(mode) = a.resp.clone() {
+            assert!(mode == "get" || mode == "set", "--resp get|set");
+            for c in 0..a.conns {
+                let (hist, count, measuring, stop) = (hist.clone(), count.clone(), measuring.clone(), stop.clone());
+                let (errors, refused, slow, per_conn) = (errors.clone(), refused.clone(), slow.clone(), per_conn.clone());
+                let (addr, every) = (a.addr.clone(), a.slow_every);
+                let key = format!("key:{c:06}");
+                let cmd = |words: &[&str]| {
+                    let mut m = format!("*{}\r\n", words.len());
+                    for w in words {
+                        m.push_str(&format!("${}\r\n{w}\r\n", w.len()));
+                    }
+                    m.into_bytes()
+                };
+                let set = cmd(&["SET", &key, "xyz"]);
+                let fast = if mode == "get" { cmd(&["GET", &key]) } else { set.clone() };
+                let slow_cmd = cmd(&["DEBUG", "SLEEP", &format!("{}", a.slow_ms / 1000.0)]);
+                tasks.push(tokio::task::spawn_local(async move {
+                    let Ok(mut s) = TcpStream::connect(&addr).await else {
+                        errors.set(errors.get() + 1);
+                        return;
+                    };
+                    s.set_nodelay(true).unwrap();
+                    let mut buf: Vec<u8> = Vec::with_capacity(512);
+                    let mut n = 0u64;
+                    let mut first = true;
+                    while !stop.get() {
+                        n += 1;
+                        let is_slow = every > 0 && (n + c as u64) % every == 0;
+                        let req = if first { &set } else if is_slow { &slow_cmd } else { &fast };
+                        let t0 = Instant::now();
+                        if s.write_all(req).await.is_err() {
+                            errors.set(errors.get() + 1);
+                            return;
+                        }
+                        // One reply: a line (+ - :), or a bulk string ($len, then len bytes + CRLF).
+                        let total = loop {
+                            if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                                if buf[0] != b'$' {
+                                    break nl + 1;
+                                }
+                                let len: i64 = std::str::from_utf8(&buf[1..nl - 1]).ok().and_then(|v| v.parse().ok()).unwrap_or(-1);
+                                let need = if len < 0 { nl + 1 } else { nl + 1 + len as usize + 2 };
+                                if buf.len() >= need {
+                                    break need;
+                                }
+                            }
+                            match s.read_buf(&mut buf).await {
+                                Ok(0) | Err(_) => {
+                                    errors.set(errors.get() + 1);
+                                    return;
+                                }
+                                Ok(_) => {}
+                            }
+                        };
+                        let (kind, busy) = (buf[0], buf.starts_with(b"-BUSY"));
+                        buf.drain(..total);
+                        if first {
+                            first = false;
+                            continue;
+                        }
+                        if !measuring.get() {
+                            continue;
+                        }
+                        if busy {
+                            refused.set(refused.get() + 1);
+                        } else if kind == b'-' {
+                            errors.set(errors.get() + 1);
+                        } else if is_slow {
+                            slow.set(slow.get() + 1);
+                        } else {
+                            hist.borrow_mut().record((t0.elapsed().as_nanos() as u64).max(100)).unwrap();
+                            count.set(count.get() + 1);
+                            per_conn.borrow_mut()[c % clients] += 1;
+                        }
+                    }
+                }));
+            }
+        }
+        for c in 0..if a.http.is_some() || a.resp.is_some() { 0 } else { a.conns } {
             let (hist, count, measuring, stop) = (hist.clone(), count.clone(), measuring.clone(), stop.clone());
             let (addr, size, depth) = (a.addr.clone(), a.size, a.depth);
             tasks.push(tokio::task::spawn_local(async move {
@@ -231,7 +326,8 @@ fn main() {
         let (sum, sq) = pc.iter().fold((0f64, 0f64), |(s, q), &x| (s + x as f64, q + (x as f64) * (x as f64)));
         let jain = if sq > 0.0 { sum * sum / (pc.len() as f64 * sq) } else { 0.0 };
         println!(
-            "{{\"refused\":{},\"jain\":{:.4},\"errors\":{},\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            "{{\"slow\":{},\"refused\":{},\"jain\":{:.4},\"errors\":{},\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            slow.get(),
             refused.get(),
             jain,
             errors.get(),
