@@ -103,7 +103,8 @@ pub fn parse_http_date(s: &[u8]) -> Option<i64> {
     let y: i64 = y.parse().ok()?;
     let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
     let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+    // Four-digit years only (IMF-fixdate): also keeps the day arithmetic far from overflow.
+    if !(1..=31).contains(&d) || !(0..=9999).contains(&y) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
     Some(days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + se)
@@ -282,6 +283,9 @@ mod tests {
             assert_eq!(parse_http_date(http_date(t).as_bytes()), Some(t));
         }
         assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        // A huge year used to overflow the day arithmetic (a panic in debug builds).
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 9223372036854775807 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov -1 08:49:37 GMT"), None);
     }
 
     #[test]
