@@ -177,6 +177,31 @@ fn protocol_errors_are_answered_then_the_connection_closes() {
 }
 
 #[test]
+fn garbage_input_never_takes_the_server_down() {
+    let s = server(&["--max-bulk-mb", "1"]);
+    let alphabet = b"*$\r\n0123456789-:+ SETGETDEBUGSLEEPxyz\0\xff";
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..60 {
+        let len = 1 + (next() % 3000) as usize;
+        let junk: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+        let mut c = Client::new(s.addr);
+        c.send(&junk);
+        c.0.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+        // Whatever it answers, the server ends the exchange: it closes once it has read EOF.
+        let mut rest = Vec::new();
+        c.0.read_to_end(&mut rest).expect("the server closes the connection, no hang");
+    }
+    let mut c = Client::new(s.addr);
+    assert_eq!(c.call(&[b"PING"]), "+PONG\r\n", "still serving");
+}
+
+#[test]
 fn slow_commands_neither_delay_other_clients_nor_reorder_replies() {
     let s = server(&[]);
     let mut slow = Client::new(s.addr);

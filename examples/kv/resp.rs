@@ -114,7 +114,8 @@ fn multibulk(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
 
 fn inline(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
     let Some((end, next)) = line(data, 0) else {
-        return if data.len() > lim.max_inline {
+        // Until its LF arrives, a line at the limit may still be followed by its CR.
+        return if data.strip_suffix(b"\r").unwrap_or(data).len() > lim.max_inline {
             Frame::Error("Protocol error: too big inline request".into())
         } else {
             Frame::Partial { need: None }
@@ -247,6 +248,54 @@ mod tests {
         assert!(matches!(parse(&[b'a'; 17], &lim, &mut a), Frame::Error(e) if e.contains("too big inline")));
         assert!(matches!(parse(b"a b c\r\n", &lim, &mut a), Frame::Error(_)), "too many inline args");
         assert_eq!(parse(&[b'a'; 16], &lim, &mut a), Frame::Partial { need: None }, "at the limit: wait");
+        // A line right at the limit, cut between its CR and LF (found by fuzz/resp), is waited
+        // for, then parsed.
+        let mut at_limit = [b'a'; 18];
+        at_limit[16] = b'\r';
+        assert_eq!(parse(&at_limit[..17], &lim, &mut a), Frame::Partial { need: None });
+        at_limit[17] = b'\n';
+        assert_eq!(parse(&at_limit, &lim, &mut a), Frame::Command { consumed: 18 });
+        at_limit[16] = b'b';
+        assert!(matches!(parse(&at_limit[..17], &lim, &mut a), Frame::Error(e) if e.contains("too big inline")));
+    }
+
+    /// The invariants `fuzz/fuzz_targets/resp.rs` checks, over deterministic random inputs
+    /// drawn from the protocol's own bytes (so the parser gets deep), in every `cargo test`.
+    #[test]
+    fn random_input_stays_in_bounds_and_prefixes_wait() {
+        let alphabet = b"*$\r\n0123-9 :SETGETx\t";
+        let lim = Limits { max_bulk: 16, max_args: 4, max_inline: 24 };
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut args, mut scratch) = (Vec::new(), Vec::new());
+        let mut complete = 0;
+        for _ in 0..200_000 {
+            let len = (next() % 40) as usize;
+            let data: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            match parse(&data, &lim, &mut args) {
+                Frame::Command { consumed } => {
+                    complete += 1;
+                    assert!(consumed > 0 && consumed <= data.len());
+                    assert!(args.len() <= lim.max_args && args.iter().all(|r| r.end <= consumed));
+                    for cut in 0..consumed {
+                        let f = parse(&data[..cut], &lim, &mut scratch);
+                        assert!(
+                            matches!(f, Frame::Partial { need } if need.map_or(true, |n| n > cut && n <= consumed)),
+                            "{:?} cut at {cut}: {f:?}",
+                            String::from_utf8_lossy(&data)
+                        );
+                    }
+                }
+                Frame::Partial { need } => assert!(need.map_or(true, |n| n > data.len())),
+                Frame::Error(e) => assert!(e.starts_with("Protocol error")),
+            }
+        }
+        assert!(complete > 1000, "only {complete} inputs parsed as commands: the test is too shallow");
     }
 
     #[test]
