@@ -39,6 +39,9 @@ struct Load {
 }
 
 fn status_of(e: &std::io::Error) -> u16 {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return 503; // the file system did not answer within --file-timeout-ms: retry later
+    }
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => 404,
         Some(libc::EXDEV | libc::ELOOP | libc::EACCES | libc::EPERM) => 403, // outside the root
@@ -158,5 +161,19 @@ impl Handler for Files {
 
     fn tick(&mut self, _cx: &mut Context<'_>) {
         self.redeliver();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_of;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn load_errors_map_to_statuses() {
+        assert_eq!(status_of(&Error::from_raw_os_error(libc::ENOENT)), 404);
+        assert_eq!(status_of(&Error::from_raw_os_error(libc::EXDEV)), 403, "outside the root");
+        assert_eq!(status_of(&Error::new(ErrorKind::TimedOut, "stuck")), 503, "file op timed out");
+        assert_eq!(status_of(&Error::from_raw_os_error(libc::EIO)), 500);
     }
 }

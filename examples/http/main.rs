@@ -45,6 +45,7 @@ struct Opts {
     ttl: Duration,
     idle: Duration,
     send_timeout: Duration,
+    file_timeout: Duration,
     work: Duration,
     overload_target: Option<Duration>,
 }
@@ -52,7 +53,7 @@ struct Opts {
 const USAGE: &str = "usage: http [--addr HOST:PORT] [--root DIR] [--workers N] [--cpu FIRST]
   [--max-line BYTES] [--max-head BYTES] [--max-body BYTES] [--header-timeout-ms MS]
   [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]
-  [--send-timeout-ms MS]
+  [--send-timeout-ms MS] [--file-timeout-ms MS]
   [--dynamic-us US] [--overload-target-ms MS (0: no admission control)]";
 
 fn opts() -> Result<Opts, String> {
@@ -68,6 +69,7 @@ fn opts() -> Result<Opts, String> {
         ttl: Duration::from_secs(5),
         idle: Duration::from_secs(60),
         send_timeout: Duration::from_secs(30),
+        file_timeout: Duration::from_secs(10),
         work: Duration::from_micros(200),
         overload_target: None,
     };
@@ -94,6 +96,7 @@ fn opts() -> Result<Opts, String> {
             "--cache-ttl-ms" => o.ttl = Duration::from_millis(num(&v)?),
             "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?),
             "--send-timeout-ms" => o.send_timeout = Duration::from_millis(num(&v)?.max(1)),
+            "--file-timeout-ms" => o.file_timeout = Duration::from_millis(num(&v)?.max(1)),
             "--dynamic-us" => o.work = Duration::from_micros(num(&v)?),
             "--overload-target-ms" => {
                 let ms = num(&v)?;
@@ -123,7 +126,10 @@ fn run(o: Opts) -> std::io::Result<()> {
     let root = Arc::new(Root::open(&o.root)?);
     let shared = Arc::new(SharedCache::new(o.cache_bytes, o.cache_file, o.ttl));
     let all: Vec<usize> = (0..o.workers).collect();
-    let mut b = Runtime::builder(o.workers).cpus((0..o.workers).map(|i| o.cpu + i)).signals(true);
+    let mut b = Runtime::builder(o.workers)
+        .cpus((0..o.workers).map(|i| o.cpu + i))
+        .file_timeout(Some(o.file_timeout))
+        .signals(true);
     let cap = o.capacity;
     // One page per visit: the cheap stages on the same core run between pages. Declared first
     // (replicas run in declaration order), so a rendered page passes cache and net and leaves

@@ -9,6 +9,12 @@
 //!
 //! Paths are opened with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: `..`, absolute paths and
 //! symlinks that would leave the root fail with `EXDEV` in the kernel, whatever the path says.
+//!
+//! Each operation is bounded by [`crate::runtime::Builder::file_timeout`] (30 s by default): its
+//! SQE is linked to an `IORING_OP_LINK_TIMEOUT`, so an operation stuck on a hung network or FUSE
+//! file system (or a FIFO) is cancelled by the kernel and `done` gets an error of kind
+//! [`io::ErrorKind::TimedOut`]. That costs a second SQE and CQE per operation, which is why the
+//! network's hot-path sends are bounded by a sweep instead (see the net module).
 
 use std::ffi::CString;
 use std::io;
@@ -69,7 +75,9 @@ pub struct FileStat {
 pub(crate) type OpDone = Box<dyn FnOnce(i32, &mut Io)>;
 
 fn result(res: i32) -> io::Result<i32> {
-    if res < 0 {
+    if res == -libc::ETIMEDOUT {
+        Err(io::Error::new(io::ErrorKind::TimedOut, "file operation timed out (see Builder::file_timeout)"))
+    } else if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {
         Ok(res)

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use io_uring::{squeue, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::buf::BufPool;
 use crate::fs::OpDone;
@@ -24,6 +24,8 @@ pub(crate) mod token {
     pub(crate) const OP: u8 = 9;
     pub(crate) const SPLICE_IN: u8 = 10;
     pub(crate) const SPLICE_OUT: u8 = 11;
+    /// The linked timeout of a generic op (its completion is ignored).
+    pub(crate) const OP_TIMEOUT: u8 = 12;
 
     #[inline]
     pub(crate) fn make(kind: u8, idx: u32, gen: u32) -> u64 {
@@ -51,6 +53,9 @@ pub(crate) struct Io {
     pub(crate) net: Net,
     /// Records of generic ops (file I/O): completion callbacks keyed by `user_data`.
     pub(crate) ops: slab::Slab<OpDone>,
+    /// Time limit linked to each generic op (boxed: the kernel reads it when the SQE is
+    /// submitted, which is after `submit_op` returns).
+    pub(crate) op_timeout: Option<Box<types::Timespec>>,
     pub(crate) counters: Arc<WorkerCounters>,
     pub(crate) draining: bool,
     /// Refreshed once per loop iteration.
@@ -79,16 +84,41 @@ impl Io {
         Err(io::Error::other("submission queue stays full after submit"))
     }
 
-    /// Submits a generic op whose completion runs `done`.
+    /// Submits a generic op whose completion runs `done`. With an op time limit, the op is
+    /// linked to a timeout (two SQEs, queued together or not at all); if the timeout fires
+    /// first the kernel cancels the op, and `done` gets `-ETIMEDOUT`.
     ///
     /// # Safety
     /// As [`Io::push`]: whatever the SQE points to must stay valid until completion (keep it in
     /// `done`'s captures, on the heap).
     pub(crate) unsafe fn submit_op(&mut self, sqe: squeue::Entry, done: OpDone) {
+        let linked = self.op_timeout.is_some();
+        let done: OpDone = if linked {
+            // A linked op cancelled by its timeout ends with ECANCELED, or EINTR when it was
+            // blocked in an io-wq worker (interrupted by the cancellation).
+            Box::new(move |res, io| {
+                let res = if res == -libc::ECANCELED || res == -libc::EINTR { -libc::ETIMEDOUT } else { res };
+                done(res, io)
+            })
+        } else {
+            done
+        };
         let key = self.ops.insert(done);
         let sqe = sqe.user_data(token::make(token::OP, key as u32, 0));
-        // SAFETY: forwarded contract.
-        if unsafe { self.push(&[sqe]) }.is_err() {
+        let pushed =
+            match &self.op_timeout {
+                Some(ts) => {
+                    let limit = opcode::LinkTimeout::new(&**ts as *const types::Timespec)
+                        .build()
+                        .user_data(token::make(token::OP_TIMEOUT, key as u32, 0));
+                    // SAFETY: forwarded contract; the timespec is boxed in `self` and outlives the
+                    // submission, when the kernel copies it.
+                    unsafe { self.push(&[sqe.flags(squeue::Flags::IO_LINK), limit]) }
+                }
+                // SAFETY: forwarded contract.
+                None => unsafe { self.push(&[sqe]) },
+            };
+        if pushed.is_err() {
             let done = self.ops.remove(key);
             return done(-libc::EBUSY, self);
         }

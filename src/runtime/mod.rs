@@ -77,6 +77,7 @@ pub struct Builder {
     buf_size: usize,
     tick: Duration,
     drain_timeout: Duration,
+    file_timeout: Option<Duration>,
     signals: bool,
     decls: Vec<Decl>,
     listeners: Vec<ListenDecl>,
@@ -120,6 +121,15 @@ impl Builder {
     /// How long shutdown waits for in-flight work before closing anyway (default 5 s).
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
+        self
+    }
+
+    /// Time limit of each file operation of [`crate::fs`] (open, stat, read), enforced in the
+    /// kernel by a linked timeout (`IORING_OP_LINK_TIMEOUT`): an operation stuck on a hung
+    /// network or FUSE file system, or on a FIFO, is cancelled and its callback gets an
+    /// `io::ErrorKind::TimedOut` error. Default 30 s; `None` for no limit.
+    pub fn file_timeout(mut self, d: Option<Duration>) -> Self {
+        self.file_timeout = d;
         self
     }
 
@@ -346,6 +356,7 @@ impl Builder {
                 ring: self.ring.clone(),
                 pool: (self.pool_buffers, self.buf_size),
                 tick: self.tick,
+                file_timeout: self.file_timeout,
                 meta: meta.clone(),
                 factories: factories.clone(),
                 parts,
@@ -613,6 +624,7 @@ impl Runtime {
             buf_size: 4096,
             tick: Duration::from_millis(50),
             drain_timeout: Duration::from_secs(5),
+            file_timeout: Some(Duration::from_secs(30)),
             signals: false,
             decls: Vec::new(),
             listeners: Vec::new(),

@@ -33,6 +33,7 @@ pub(crate) struct Plan {
     pub(crate) ring: RingConfig,
     pub(crate) pool: (u16, usize),
     pub(crate) tick: Duration,
+    pub(crate) file_timeout: Option<Duration>,
     pub(crate) meta: Arc<Vec<StageMeta>>,
     pub(crate) factories: Arc<Vec<Factory>>,
     pub(crate) parts: Vec<Option<Box<dyn Any + Send>>>,
@@ -260,6 +261,7 @@ impl Worker {
             pool,
             net: Net::new(listeners, plan.ring.fixed_files),
             ops: slab::Slab::new(),
+            op_timeout: plan.file_timeout.map(|d| Box::new(types::Timespec::from(d))),
             counters,
             draining: false,
             now: Instant::now(),
@@ -364,6 +366,8 @@ impl Worker {
                     self.arm_doorbell()?;
                 } else if kind == token::OP {
                     self.io.complete_op(idx, res);
+                } else if kind == token::OP_TIMEOUT {
+                    // The op's own completion carries the outcome (ECANCELED if this fired).
                 } else {
                     self.io.net_complete(kind, idx, gen, res, flags);
                 }
