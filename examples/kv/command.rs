@@ -300,7 +300,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
         return e;
     }
     match cmd {
-        b"GET" => Outcome::Reply(store.get(a(1), now).cloned().unwrap_or_else(|| resp::NIL.clone())),
+        b"GET" => Outcome::Reply(store.get(a(1), now).unwrap_or_else(|| resp::NIL.clone())),
         b"SET" => set(store, data, args, now),
         b"DEL" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.remove(a(i), now)).count() as i64)),
         b"EXISTS" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.contains(a(i), now)).count() as i64)),
@@ -308,7 +308,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let mut c = IoBufChain::new();
             c.push(resp::array_header(n - 1));
             for i in 1..n {
-                c.push(store.get(a(i), now).cloned().unwrap_or_else(|| resp::NIL.clone()));
+                c.push(store.get(a(i), now).unwrap_or_else(|| resp::NIL.clone()));
             }
             Outcome::Chain(c)
         }
@@ -330,7 +330,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let by = if cmd.starts_with(b"DECR") { by.checked_neg() } else { Some(by) };
             let cur = match store.get(a(1), now) {
                 None => 0,
-                Some(v) => match int(resp::bulk_payload(v)) {
+                Some(v) => match int(resp::bulk_payload(&v)) {
                     Some(v) => v,
                     None => return err("ERR value is not an integer or out of range"),
                 },
