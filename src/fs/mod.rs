@@ -110,7 +110,7 @@ impl Context<'_> {
         });
         // SAFETY: the path and `open_how` are heap-allocated and owned by the op record until
         // its completion.
-        unsafe { self.io.submit_op(sqe, rec) };
+        unsafe { self.io.submit_op(sqe, rec, true) };
     }
 
     /// `statx` of an open file.
@@ -140,7 +140,7 @@ impl Context<'_> {
         });
         // SAFETY: the statx buffer is boxed in the op record until completion; the empty path
         // is static.
-        unsafe { self.io.submit_op(sqe, rec) };
+        unsafe { self.io.submit_op(sqe, rec, true) };
     }
 
     /// Reads up to `len` bytes at `offset` into a new buffer (one allocation of `len` bytes);
@@ -165,7 +165,7 @@ impl Context<'_> {
         });
         // SAFETY: the vector's heap block is owned by the op record until completion and not
         // touched before.
-        unsafe { self.io.submit_op(sqe, rec) };
+        unsafe { self.io.submit_op(sqe, rec, true) };
     }
 
     /// Closes `fd` on the ring (fire and forget).
@@ -174,6 +174,6 @@ impl Context<'_> {
         std::mem::forget(fd); // the ring closes it
         let sqe = opcode::Close::new(types::Fd(raw)).build();
         // SAFETY: the close refers to no user memory.
-        unsafe { self.io.submit_op(sqe, Box::new(|_, _| {})) };
+        unsafe { self.io.submit_op(sqe, Box::new(|_, _| {}), false) };
     }
 }

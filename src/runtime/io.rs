@@ -84,15 +84,16 @@ impl Io {
         Err(io::Error::other("submission queue stays full after submit"))
     }
 
-    /// Submits a generic op whose completion runs `done`. With an op time limit, the op is
-    /// linked to a timeout (two SQEs, queued together or not at all); if the timeout fires
-    /// first the kernel cancels the op, and `done` gets `-ETIMEDOUT`.
+    /// Submits a generic op whose completion runs `done`. If `bounded` and the worker has an op
+    /// time limit, the op is linked to a timeout (two SQEs, queued together or not at all);
+    /// if the timeout fires first the kernel cancels the op, and `done` gets `-ETIMEDOUT`.
     ///
     /// # Safety
     /// As [`Io::push`]: whatever the SQE points to must stay valid until completion (keep it in
     /// `done`'s captures, on the heap).
-    pub(crate) unsafe fn submit_op(&mut self, sqe: squeue::Entry, done: OpDone) {
-        let linked = self.op_timeout.is_some();
+    pub(crate) unsafe fn submit_op(&mut self, sqe: squeue::Entry, done: OpDone, bounded: bool) {
+        let limit = self.op_timeout.as_deref().filter(|_| bounded).map(|ts| ts as *const types::Timespec);
+        let linked = limit.is_some();
         let done: OpDone = if linked {
             // A linked op cancelled by its timeout ends with ECANCELED, or EINTR when it was
             // blocked in an io-wq worker (interrupted by the cancellation).
@@ -105,19 +106,17 @@ impl Io {
         };
         let key = self.ops.insert(done);
         let sqe = sqe.user_data(token::make(token::OP, key as u32, 0));
-        let pushed =
-            match &self.op_timeout {
-                Some(ts) => {
-                    let limit = opcode::LinkTimeout::new(&**ts as *const types::Timespec)
-                        .build()
-                        .user_data(token::make(token::OP_TIMEOUT, key as u32, 0));
-                    // SAFETY: forwarded contract; the timespec is boxed in `self` and outlives the
-                    // submission, when the kernel copies it.
-                    unsafe { self.push(&[sqe.flags(squeue::Flags::IO_LINK), limit]) }
-                }
-                // SAFETY: forwarded contract.
-                None => unsafe { self.push(&[sqe]) },
-            };
+        let pushed = match limit {
+            Some(ts) => {
+                let limit =
+                    opcode::LinkTimeout::new(ts).build().user_data(token::make(token::OP_TIMEOUT, key as u32, 0));
+                // SAFETY: forwarded contract; the timespec is boxed in `self` and outlives the
+                // submission, when the kernel copies it.
+                unsafe { self.push(&[sqe.flags(squeue::Flags::IO_LINK), limit]) }
+            }
+            // SAFETY: forwarded contract.
+            None => unsafe { self.push(&[sqe]) },
+        };
         if pushed.is_err() {
             let done = self.ops.remove(key);
             return done(-libc::EBUSY, self);
