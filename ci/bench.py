@@ -291,6 +291,9 @@ def start_http(name, extra=()):
     if name == "ringstage":
         port = 8200
         argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0", *extra]
+    elif name == "c-io_uring":
+        port = 8203
+        argv = [os.path.join(ROOT, "target/bench/uring_http"), str(port)]
     else:
         port = 8201
         argv = ["nginx", "-e", "stderr", "-c", nginx_conf(port)]
@@ -370,6 +373,8 @@ def cpu_cap(name, pid, frac):
 def bench_http(a):
     sh(["cargo", "build", "--release", "--quiet", "--example", "http"])
     sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
+    os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
+    sh(["gcc", "-O2", "-o", "target/bench/uring_http", "benches/peers/c/uring_http.c", "-luring"])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     names = ["ringstage", "nginx"]
@@ -386,12 +391,16 @@ def bench_http(a):
     capped = {(n, c): [] for n in names for c, _, _ in capped_cases}
     capped_sweep = {(n, c): [] for n in names for c in sweep_conns}
     cap_frac = 0.5
+    # The floor: a minimal C io_uring responder (a canned response per request, no parsing), on
+    # /plaintext only, measured in the same rounds: how far below nginx any io_uring server
+    # gets here, framework or not.
+    floor = "c-io_uring"
     # Both servers run for the whole round (the idle one costs nothing) and each measurement of
     # one is next to the same measurement of the other, alternating who goes first: this VM's
     # speed drifts by tens of percent over minutes, and paired runs keep that out of the ratios.
     def wrk_cases(r, servers, order, case_list, into, label):
         for c, path, depth in case_list:
-            for n in order:
+            for n in order + ([floor] if c == "plaintext" else []):
                 proc, port = servers[n]
                 wrk(port, path, 64, 1, depth=depth)  # warm caches and connections
                 res = wrk(port, path, 64, a.secs, proc.pid, depth)
@@ -408,19 +417,22 @@ def bench_http(a):
                 print(f"round {r + 1} {label} {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
                       f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
 
+    for n in (floor,):
+        for c in ("plaintext",):
+            fixed[(n, c)], capped[(n, c)] = [], []
     for r in range(a.rounds):
-        servers = {n: start_http(n) for n in names}
+        servers = {n: start_http(n) for n in names + [floor]}
         order = names if r % 2 == 0 else names[::-1]
         try:
             wrk_cases(r, servers, order, cases, fixed, "")
             sweep_round(r, servers, order, runs, "sweep")
-            if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names):
+            if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names + [floor]):
                 wrk_cases(r, servers, order, capped_cases, capped, "capped ")
                 sweep_round(r, servers, order, capped_sweep, "capped sweep")
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
-            for n in names:
+            for n in names + [floor]:
                 for g in (f"/sys/fs/cgroup/cpu/ringstage-bench-{n}", f"/sys/fs/cgroup/ringstage-bench-{n}"):
                     try:
                         os.rmdir(g)  # empty once its server exited
@@ -460,6 +472,15 @@ def bench_http(a):
     pt, px = summary["plaintext"], summary["plaintext x16"]
     lines.append(f"plaintext vs nginx: pipelined x16 {px['ratio']:.2f}x (TechEmpower's plaintext method); one request at a "
                  f"time {pt['ratio']:.2f}x in req/s (both at wrk's ceiling) and {pt['capacity']:.2f}x in server CPU per request")
+    fl = fixed[(floor, "plaintext")]
+    if fl:
+        fpairs = list(zip(fl, fixed[("nginx", "plaintext")]))
+        fcap = median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in fpairs if x["cpu_us_per_req"]])
+        summary["floor plaintext capacity"] = fcap
+        lines.append(f"floor: a minimal C io_uring responder (benches/peers/c/uring_http.c: one canned response per request, "
+                     f"no parsing),")
+        lines.append(f"  plaintext: {median([x['cpu_us_per_req'] for x in fl]):.2f} us/req, capacity vs nginx {fcap:.3f} "
+                     f"(ringstage {pt['capacity']:.3f})")
     if all(capped.values()):
         lines.append(f"server-bound: each server held to {cap_frac} of a core by a cpu cgroup (10 ms period), wrk as above; "
                      "median of the per-round ratios:")
@@ -469,6 +490,12 @@ def bench_http(a):
             summary[f"{c} capped"] = ratio
             lines.append(f"  {c:<12} ringstage {median([x['rate'] for x, _ in pairs]):>8.0f} req/s  nginx "
                          f"{median([y['rate'] for _, y in pairs]):>8.0f} req/s  ratio {ratio:.3f}")
+            if capped.get((floor, c)):
+                fp = list(zip(capped[(floor, c)], capped[("nginx", c)]))
+                fr = median([x["rate"] / y["rate"] for x, y in fp if y["rate"]])
+                summary[f"floor {c} capped"] = fr
+                lines.append(f"  {'':<12} floor     {median([x['rate'] for x, _ in fp]):>8.0f} req/s  (C io_uring)"
+                             f"{'':>10}ratio {fr:.3f}")
     lines.append("")
     lines.append(f"connections sweep, 1 KiB file (project load client, closed loop; median of {a.rounds} rounds, "
                  "min Jain; us/req: server CPU per request;")
