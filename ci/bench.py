@@ -9,7 +9,8 @@ echo:  64-byte echo, 64 connections, closed loop; server pinned to CPU 0, load c
 http:  the staged HTTP example vs nginx (one worker each, both pinned to CPU 0, wrk on CPU 1):
        plaintext (one request at a time, and pipelined 16 deep as TechEmpower's plaintext test
        is defined), 1 KiB and 100 KiB files with 64 connections; then throughput, p99 and Jain's
-       fairness versus connections (16..1024) with the project's load client.
+       fairness versus connections (16..1024) with the project's load client. On /plaintext a
+       minimal C io_uring responder (no framework, no parsing) runs alongside as the floor.
 overload: the CPU-heavy /dynamic endpoint under open-loop load at 0.5x, 1x, 2x and 4x its
        measured capacity, adaptive admission control on and off: goodput, p50/p90/p99 of
        admitted requests, refusal rate, Jain's fairness.
