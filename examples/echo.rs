@@ -1,12 +1,13 @@
 //! Echo server built from two stages: the network I/O stage and an echo handler stage.
 //!
 //! ```text
-//! cargo run --release --example echo -- [--addr 127.0.0.1:7000] [--split] [--cpu N]
+//! cargo run --release --example echo -- [--addr 127.0.0.1:7000] [--split] [--cpu N] [--zero-copy-min BYTES]
 //! ```
 //!
 //! By default both stages share one pinned worker, so an event never leaves its core.
 //! `--split` puts the echo stage on a second worker: received buffers then cross cores to the
-//! handler and back to the I/O stage, without being copied.
+//! handler and back to the I/O stage, without being copied. `--zero-copy-min` sends replies of
+//! at least that many bytes with SEND_ZC, so even the kernel does not copy them on the way out.
 
 use std::net::SocketAddr;
 
@@ -36,14 +37,18 @@ fn main() -> std::io::Result<()> {
     let mut addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
     let mut split = false;
     let mut cpu = 0usize;
+    let mut zc_min = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--addr" => addr = args.next().and_then(|v| v.parse().ok()).expect("--addr HOST:PORT"),
             "--split" => split = true,
             "--cpu" => cpu = args.next().and_then(|v| v.parse().ok()).expect("--cpu N"),
+            "--zero-copy-min" => {
+                zc_min = Some(args.next().and_then(|v| v.parse().ok()).expect("--zero-copy-min BYTES"));
+            }
             "-h" | "--help" => {
-                println!("usage: echo [--addr HOST:PORT] [--split] [--cpu N]");
+                println!("usage: echo [--addr HOST:PORT] [--split] [--cpu N] [--zero-copy-min BYTES]");
                 return Ok(());
             }
             other => {
@@ -55,7 +60,7 @@ fn main() -> std::io::Result<()> {
     let workers = if split { 2 } else { 1 };
     let mut b = Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).signals(true);
     let echo = b.stage::<NetEvent>("echo", StageConfig::on([workers - 1]));
-    let (net, listener) = b.listen(ListenConfig::new(addr, [0]), echo);
+    let (net, listener) = b.listen(ListenConfig::new(addr, [0]).zero_copy_sends(zc_min), echo);
     b.handler(echo, move |s| Echo { net: s.sink(net) });
     let rt = b.start()?;
     println!("echo listening on {} ({} worker{})", rt.local_addr(listener), workers, if split { "s" } else { "" });

@@ -58,12 +58,11 @@ fn large_messages_in_small_pieces() {
     drop(rt); // drop shuts down and joins
 }
 
-#[test]
-fn buffer_exhaustion_rearms_and_loses_nothing() {
-    // 8 buffers of 512 bytes for 8 clients each streaming 256 KiB: receives run out of buffers
-    // (ENOBUFS) over and over, and every byte still comes back.
+/// 8 buffers of 512 bytes for 8 clients each streaming 256 KiB: receives run out of buffers
+/// (ENOBUFS) over and over, and every byte still comes back. Returns the runtime's metrics.
+fn exhaust_buffers(cfg: impl FnOnce(ListenConfig) -> ListenConfig) -> ringstage::metrics::Snapshot {
     let b = Runtime::builder(2).buffers(8, 512);
-    let (rt, addr) = echo_server(b, 1, |c| c);
+    let (rt, addr) = echo_server(b, 1, cfg);
     let clients: Vec<_> =
         (0..8).map(|i| std::thread::spawn(move || roundtrip(addr, pattern(i, 256 << 10), 8192))).collect();
     for c in clients {
@@ -71,11 +70,27 @@ fn buffer_exhaustion_rearms_and_loses_nothing() {
     }
     let m = rt.metrics();
     assert!(m.total(|w| w.enobufs) > 0, "the pool really ran dry: {:?}", m.workers);
+    m
 }
 
 #[test]
-fn peer_reset_mid_send_closes_only_that_connection() {
-    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c);
+fn buffer_exhaustion_rearms_and_loses_nothing() {
+    let m = exhaust_buffers(|c| c);
+    assert_eq!(m.total(|w| w.zc_sends), 0, "zero copy is off by default");
+}
+
+#[test]
+fn zero_copy_sends_deliver_every_byte_and_give_buffers_back() {
+    // Every send is a SEND_ZC. The echoed pool buffers are held until the kernel's
+    // notification: were one never given back, the 8-buffer pool would stay dry and the
+    // clients would stall.
+    let m = exhaust_buffers(|c| c.zero_copy_sends(Some(0)));
+    let (zc, sends) = (m.total(|w| w.zc_sends), m.total(|w| w.sends));
+    assert!(zc > 0 && zc == sends, "{zc} of {sends} sends were zero copy");
+}
+
+fn peer_reset_mid_send(cfg: impl FnOnce(ListenConfig) -> ListenConfig) {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, cfg);
     {
         // Push data but never read: the server's sends back up, then the peer resets.
         let mut s = connect(addr);
@@ -108,6 +123,16 @@ fn peer_reset_mid_send_closes_only_that_connection() {
     }
     // The server still serves others.
     roundtrip(addr, pattern(9, 10_000), 1000);
+}
+
+#[test]
+fn peer_reset_mid_send_closes_only_that_connection() {
+    peer_reset_mid_send(|c| c);
+}
+
+#[test]
+fn peer_reset_mid_zero_copy_send_closes_only_that_connection() {
+    peer_reset_mid_send(|c| c.zero_copy_sends(Some(0)));
 }
 
 #[test]

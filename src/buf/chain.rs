@@ -87,6 +87,37 @@ impl IoBufChain {
         self.bufs.drain(..whole);
     }
 
+    /// Splits off the first `n` bytes as a chain of their own (views, no copy); `self` keeps
+    /// the rest. Allocates only when more than four views go.
+    ///
+    /// # Panics
+    /// If `n > len`.
+    pub fn split_to(&mut self, mut n: usize) -> IoBufChain {
+        assert!(n <= self.len, "split_to {n} past chain end {}", self.len);
+        let mut front = IoBufChain::new();
+        let mut whole = 0;
+        for b in self.bufs.iter_mut() {
+            if n == 0 {
+                break;
+            }
+            if b.len() <= n {
+                n -= b.len();
+                whole += 1;
+            } else {
+                front.push(b.split_to(n));
+                n = 0;
+            }
+        }
+        let mut taken: SmallVec<[IoBuf; 4]> = self.bufs.drain(..whole).collect();
+        // The partly taken view (if any) comes after the whole ones.
+        let partial = std::mem::take(&mut front.bufs);
+        taken.extend(partial);
+        front.len = taken.iter().map(|b| b.len()).sum();
+        front.bufs = taken;
+        self.len -= front.len;
+        front
+    }
+
     /// Drops every view.
     pub fn clear(&mut self) {
         self.bufs.clear();
@@ -136,6 +167,27 @@ mod tests {
         assert_eq!(c.to_vec(), b"ody!");
         c.clear();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn split_to_takes_a_prefix_as_views() {
+        let base = IoBuf::from(b"0123456789".to_vec());
+        let mut c = IoBufChain::new();
+        c.push(base.slice(0..4));
+        c.push(IoBuf::from_static(b"ab"));
+        c.push(base.slice(4..10));
+        let whole = c.split_to(0);
+        assert!(whole.is_empty() && c.len() == 12);
+        let front = c.split_to(7);
+        assert_eq!((front.to_vec(), front.segments()), (b"0123ab4".to_vec(), 3));
+        assert_eq!((c.to_vec(), c.len(), c.segments()), (b"56789".to_vec(), 5, 1));
+        assert_eq!(front.iter().nth(2).unwrap().as_ptr(), base[4..].as_ptr(), "a view, not a copy");
+        let rest = c.split_to(5);
+        assert_eq!(rest.to_vec(), b"56789");
+        assert!(c.is_empty() && c.segments() == 0);
+        let mut d = IoBufChain::from(IoBuf::from_static(b"xy"));
+        assert_eq!(d.split_to(2).to_vec(), b"xy");
+        assert!(d.is_empty());
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct WorkerCounters {
     pub spliced: Counter,
     /// Socket sends submitted (each gathers all the output a connection had queued).
     pub sends: Counter,
+    /// Of those, sends submitted as SEND_ZC (zero copy).
+    pub zc_sends: Counter,
     /// Network events parked because their stage refused them (retried in order).
     pub parked: Counter,
     /// I/O operations armed (monotone; for quiescence).
@@ -110,6 +112,7 @@ impl WorkerCounters {
             closed: Counter::default(),
             spliced: Counter::default(),
             sends: Counter::default(),
+            zc_sends: Counter::default(),
             parked: Counter::default(),
             io_started: Counter::default(),
             io_finished: Counter::default(),
@@ -173,6 +176,8 @@ pub struct WorkerSnapshot {
     pub spliced: u64,
     /// Socket sends submitted.
     pub sends: u64,
+    /// Of those, zero-copy sends (SEND_ZC).
+    pub zc_sends: u64,
     /// Network events parked behind a refusing stage.
     pub parked: u64,
 }
@@ -230,6 +235,7 @@ impl Snapshot {
                 closed: w.closed.get(),
                 spliced: w.spliced.get(),
                 sends: w.sends.get(),
+                zc_sends: w.zc_sends.get(),
                 parked: w.parked.get(),
             })
             .collect();
@@ -282,7 +288,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 12] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 13] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -295,6 +301,7 @@ impl Snapshot {
             ("ringstage_worker_accepted_total", "Connections accepted.", |w| w.accepted),
             ("ringstage_worker_closed_total", "Connections closed.", |w| w.closed),
             ("ringstage_worker_spliced_bytes_total", "File bytes spliced to sockets (zero copy).", |w| w.spliced),
+            ("ringstage_worker_zero_copy_sends_total", "Sends submitted as SEND_ZC.", |w| w.zc_sends),
             (
                 "ringstage_worker_sends_total",
                 "Socket sends submitted (each gathers a connection's queued output).",

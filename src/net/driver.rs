@@ -120,6 +120,11 @@ struct ConnState {
     listener: usize,
     recv_armed: bool,
     sending: bool,
+    /// The send in flight is a SEND_ZC.
+    zc: bool,
+    /// Views sent by SEND_ZC, oldest first, each held until the kernel's notification says it
+    /// no longer reads them (one entry per notification due).
+    zc_held: VecDeque<IoBufChain>,
     /// Waiting for buffers (recv ended with ENOBUFS).
     starved: bool,
     /// Closing: no more reads; `graceful` flushes queued sends first.
@@ -277,7 +282,7 @@ impl Io {
                 self.arm_accept(idx)
             }
             token::RECV => self.on_recv(idx, gen, res, flags),
-            token::SEND => self.on_send(idx, gen, res),
+            token::SEND => self.on_send(idx, gen, res, flags),
             token::SPLICE_IN | token::SPLICE_OUT => {
                 self.on_splice(idx, gen, kind == token::SPLICE_IN, res);
                 Ok(())
@@ -374,6 +379,8 @@ impl Io {
             listener: li,
             recv_armed: false,
             sending: false,
+            zc: false,
+            zc_held: VecDeque::new(),
             starved: false,
             closing: false,
             graceful: false,
@@ -656,9 +663,28 @@ impl Io {
                 msg: unsafe { std::mem::zeroed() },
             })
         });
-        c.out.fill_iovecs(&mut st.iov, MAX_IOV);
+        let bytes = c.out.fill_iovecs(&mut st.iov, MAX_IOV);
         let ud = token::make(token::SEND, idx as u32, c.gen);
-        let send = if let [one] = st.iov[..] {
+        let zc_min = self.net.listeners[c.listener].cfg.zc_min;
+        c.zc = self.features.send_zc && zc_min.is_some_and(|m| bytes >= m);
+        let send = if c.zc {
+            // Zero copy: the kernel reads the views' memory in place; they stay alive in
+            // `zc_held` until its notification (see `on_send`).
+            self.counters.zc_sends.add(1);
+            if let [one] = st.iov[..] {
+                let len = one.iov_len.min(u32::MAX as usize) as u32;
+                sock!(self.net.fixed, c.fd, |t| opcode::SendZc::new(t, one.iov_base as *const u8, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build())
+                .user_data(ud)
+            } else {
+                st.msg.msg_iov = st.iov.as_mut_ptr();
+                st.msg.msg_iovlen = st.iov.len();
+                let msg = &st.msg as *const libc::msghdr;
+                sock!(self.net.fixed, c.fd, |t| opcode::SendMsgZc::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
+                    .user_data(ud)
+            }
+        } else if let [one] = st.iov[..] {
             // One segment: a plain send, without the msghdr and iovec import of sendmsg.
             let len = one.iov_len.min(u32::MAX as usize) as u32;
             sock!(self.net.fixed, c.fd, |t| opcode::Send::new(t, one.iov_base as *const u8, len)
@@ -688,19 +714,41 @@ impl Io {
         }
     }
 
-    fn on_send(&mut self, idx: usize, gen: u32, res: i32) -> std::io::Result<()> {
+    fn on_send(&mut self, idx: usize, gen: u32, res: i32, flags: u32) -> std::io::Result<()> {
         self.counters.io_finished.add(1);
         let Some(c) = self.net.conns.get_mut(idx).filter(|c| token::same_gen(c.gen, gen)) else {
             return Ok(());
         };
+        if cqueue::notif(flags) {
+            // A SEND_ZC's memory is no longer read by the kernel: release the oldest views.
+            c.zc_held.pop_front();
+            self.maybe_finish_close(idx);
+            return Ok(());
+        }
         c.sending = false;
         c.last_active = self.now;
+        let zc = std::mem::take(&mut c.zc);
+        // A SEND_ZC's result with F_MORE promises a notification, until which whatever it may
+        // have read (the sent bytes; after a failure, all of them) must stay alive.
+        let hold = zc && cqueue::more(flags);
+        if hold {
+            self.counters.io_started.add(1); // the notification, finished above
+        }
         if res < 0 {
             // EPIPE/ECONNRESET (peer gone) or ECANCELED (send timeout): abort.
+            if hold {
+                let all = std::mem::take(&mut c.out);
+                c.zc_held.push_back(all);
+            }
             c.drop_output();
             self.begin_close(idx, false);
         } else {
-            c.out.advance(res as usize);
+            if hold {
+                let sent = c.out.split_to(res as usize);
+                c.zc_held.push_back(sent);
+            } else {
+                c.out.advance(res as usize);
+            }
             if c.aborting() {
                 c.drop_output();
             } else {
@@ -757,7 +805,9 @@ impl Io {
     /// cancel took effect, so the fd stays open until then.
     fn maybe_finish_close(&mut self, idx: usize) {
         let Some(c) = self.net.conns.get_mut(idx) else { return };
-        if !c.closing || c.close_submitted || c.busy() {
+        // The socket (and the slot with the views a SEND_ZC still reads) outlives every
+        // pending notification.
+        if !c.closing || c.close_submitted || c.busy() || !c.zc_held.is_empty() {
             return;
         }
         if c.graceful && c.has_output() {
@@ -889,6 +939,11 @@ impl Io {
                 // The connection owns its socket; the ring is about to be torn down.
                 self.close_now(c.fd);
             }
+        }
+        for (_, c) in self.net.conns.iter_mut() {
+            // Views a SEND_ZC may still be reading (no notification yet): leaked, not freed,
+            // so their memory cannot be reused under the kernel.
+            std::mem::forget(std::mem::take(&mut c.zc_held));
         }
         self.net.conns.clear();
         self.net.stalled.clear();
