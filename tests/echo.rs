@@ -157,7 +157,18 @@ fn idle_connections_time_out() {
 
 #[test]
 fn send_timeout_aborts_a_peer_that_stops_reading() {
-    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c.send_timeout(Duration::from_millis(300)));
+    stalled_peer_is_cut_off(|c| c);
+}
+
+#[test]
+fn send_timeout_aborts_a_peer_that_stops_reading_zero_copy() {
+    // Zero-copy sends whose notifications cannot come while the peer reads nothing: the abort
+    // still closes the socket, and the views wait for the notifications that follow.
+    stalled_peer_is_cut_off(|c| c.zero_copy_sends(Some(0)));
+}
+
+fn stalled_peer_is_cut_off(cfg: impl FnOnce(ListenConfig) -> ListenConfig) {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| cfg(c.send_timeout(Duration::from_millis(300))));
     let mut s = connect(addr);
     s.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
     let chunk = vec![1u8; 256 << 10];

@@ -1,6 +1,6 @@
 //! The per-worker connection table and its completion handling.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,6 +186,9 @@ pub(crate) struct Net {
     /// granted; fixed from then on).
     fixed: bool,
     fixed_wanted: bool,
+    /// Views of closed connections that SEND_ZC notifications are still due for, by the
+    /// send's token. A closed socket frees its queued data, so they come soon.
+    zc_orphans: HashMap<u64, VecDeque<IoBufChain>>,
 }
 
 impl Net {
@@ -200,6 +203,7 @@ impl Net {
             starved: Vec::new(),
             dirty: Vec::new(),
             last_sweep: Instant::now(),
+            zc_orphans: HashMap::new(),
         }
     }
 
@@ -716,15 +720,25 @@ impl Io {
 
     fn on_send(&mut self, idx: usize, gen: u32, res: i32, flags: u32) -> std::io::Result<()> {
         self.counters.io_finished.add(1);
+        if cqueue::notif(flags) {
+            // A SEND_ZC's memory is no longer read by the kernel: release the oldest views,
+            // held by the connection or, once it closed, by the orphans.
+            if let Some(c) = self.net.conns.get_mut(idx).filter(|c| token::same_gen(c.gen, gen)) {
+                c.zc_held.pop_front();
+            } else {
+                let key = token::make(token::SEND, idx as u32, gen);
+                if let Some(q) = self.net.zc_orphans.get_mut(&key) {
+                    q.pop_front();
+                    if q.is_empty() {
+                        self.net.zc_orphans.remove(&key);
+                    }
+                }
+            }
+            return Ok(());
+        }
         let Some(c) = self.net.conns.get_mut(idx).filter(|c| token::same_gen(c.gen, gen)) else {
             return Ok(());
         };
-        if cqueue::notif(flags) {
-            // A SEND_ZC's memory is no longer read by the kernel: release the oldest views.
-            c.zc_held.pop_front();
-            self.maybe_finish_close(idx);
-            return Ok(());
-        }
         c.sending = false;
         c.last_active = self.now;
         let zc = std::mem::take(&mut c.zc);
@@ -805,9 +819,9 @@ impl Io {
     /// cancel took effect, so the fd stays open until then.
     fn maybe_finish_close(&mut self, idx: usize) {
         let Some(c) = self.net.conns.get_mut(idx) else { return };
-        // The socket (and the slot with the views a SEND_ZC still reads) outlives every
-        // pending notification.
-        if !c.closing || c.close_submitted || c.busy() || !c.zc_held.is_empty() {
+        // Pending SEND_ZC notifications do not hold the close back: a peer that reads nothing
+        // would never let them come while the socket is open (its views move to the orphans).
+        if !c.closing || c.close_submitted || c.busy() {
             return;
         }
         if c.graceful && c.has_output() {
@@ -840,7 +854,11 @@ impl Io {
         if !self.net.conns.get(idx).is_some_and(|c| token::same_gen(c.gen, gen) && c.close_submitted) {
             return;
         }
-        let c = self.net.conns.remove(idx);
+        let mut c = self.net.conns.remove(idx);
+        if !c.zc_held.is_empty() {
+            let key = token::make(token::SEND, idx as u32, c.gen);
+            self.net.zc_orphans.insert(key, std::mem::take(&mut c.zc_held));
+        }
         self.net.listeners[c.listener].open -= 1;
         self.counters.closed.add(1);
         let conn = self.conn_id(idx, c.gen);
@@ -945,6 +963,7 @@ impl Io {
             // so their memory cannot be reused under the kernel.
             std::mem::forget(std::mem::take(&mut c.zc_held));
         }
+        std::mem::forget(std::mem::take(&mut self.net.zc_orphans));
         self.net.conns.clear();
         self.net.stalled.clear();
         for l in &mut self.net.listeners {
