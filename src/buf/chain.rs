@@ -92,30 +92,20 @@ impl IoBufChain {
     ///
     /// # Panics
     /// If `n > len`.
-    pub fn split_to(&mut self, mut n: usize) -> IoBufChain {
+    pub fn split_to(&mut self, n: usize) -> IoBufChain {
         assert!(n <= self.len, "split_to {n} past chain end {}", self.len);
-        let mut front = IoBufChain::new();
-        let mut whole = 0;
-        for b in self.bufs.iter_mut() {
-            if n == 0 {
-                break;
-            }
-            if b.len() <= n {
-                n -= b.len();
-                whole += 1;
-            } else {
-                front.push(b.split_to(n));
-                n = 0;
-            }
+        // The views wholly inside the first `n` bytes, and how far `n` reaches into the next.
+        let (mut whole, mut rest) = (0, n);
+        while whole < self.bufs.len() && self.bufs[whole].len() <= rest {
+            rest -= self.bufs[whole].len();
+            whole += 1;
         }
-        let mut taken: SmallVec<[IoBuf; 4]> = self.bufs.drain(..whole).collect();
-        // The partly taken view (if any) comes after the whole ones.
-        let partial = std::mem::take(&mut front.bufs);
-        taken.extend(partial);
-        front.len = taken.iter().map(|b| b.len()).sum();
-        front.bufs = taken;
-        self.len -= front.len;
-        front
+        let mut bufs: SmallVec<[IoBuf; 4]> = self.bufs.drain(..whole).collect();
+        if rest > 0 {
+            bufs.push(self.bufs[0].split_to(rest));
+        }
+        self.len -= n;
+        IoBufChain { bufs, len: n }
     }
 
     /// Drops every view.
