@@ -671,37 +671,31 @@ impl Io {
         let ud = token::make(token::SEND, idx as u32, c.gen);
         let zc_min = self.net.listeners[c.listener].cfg.zc_min;
         c.zc = self.features.send_zc && zc_min.is_some_and(|m| bytes >= m);
-        let send = if c.zc {
-            // Zero copy: the kernel reads the views' memory in place; they stay alive in
-            // `zc_held` until its notification (see `on_send`).
-            self.counters.zc_sends.add(1);
-            if let [one] = st.iov[..] {
-                let len = one.iov_len.min(u32::MAX as usize) as u32;
-                sock!(self.net.fixed, c.fd, |t| opcode::SendZc::new(t, one.iov_base as *const u8, len)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build())
-                .user_data(ud)
-            } else {
-                st.msg.msg_iov = st.iov.as_mut_ptr();
-                st.msg.msg_iovlen = st.iov.len();
-                let msg = &st.msg as *const libc::msghdr;
-                sock!(self.net.fixed, c.fd, |t| opcode::SendMsgZc::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
-                    .user_data(ud)
-            }
-        } else if let [one] = st.iov[..] {
+        // Zero copy: the kernel reads the views' memory in place; they stay alive in `zc_held`
+        // until its notification (see `on_send`).
+        let send = if let [one] = st.iov[..] {
             // One segment: a plain send, without the msghdr and iovec import of sendmsg.
-            let len = one.iov_len.min(u32::MAX as usize) as u32;
-            sock!(self.net.fixed, c.fd, |t| opcode::Send::new(t, one.iov_base as *const u8, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build())
-            .user_data(ud)
+            let (buf, len) = (one.iov_base as *const u8, one.iov_len.min(u32::MAX as usize) as u32);
+            if c.zc {
+                sock!(self.net.fixed, c.fd, |t| opcode::SendZc::new(t, buf, len).flags(libc::MSG_NOSIGNAL).build())
+            } else {
+                sock!(self.net.fixed, c.fd, |t| opcode::Send::new(t, buf, len).flags(libc::MSG_NOSIGNAL).build())
+            }
         } else {
             st.msg.msg_iov = st.iov.as_mut_ptr();
             st.msg.msg_iovlen = st.iov.len();
             let msg = &st.msg as *const libc::msghdr;
-            sock!(self.net.fixed, c.fd, |t| opcode::SendMsg::new(t, msg).flags(libc::MSG_NOSIGNAL as u32).build())
-                .user_data(ud)
-        };
+            let flags = libc::MSG_NOSIGNAL as u32;
+            if c.zc {
+                sock!(self.net.fixed, c.fd, |t| opcode::SendMsgZc::new(t, msg).flags(flags).build())
+            } else {
+                sock!(self.net.fixed, c.fd, |t| opcode::SendMsg::new(t, msg).flags(flags).build())
+            }
+        }
+        .user_data(ud);
+        if c.zc {
+            self.counters.zc_sends.add(1);
+        }
         c.sending = true;
         c.out_since = self.now;
         self.counters.sends.add(1);
