@@ -59,6 +59,16 @@ impl Dir {
         std::fs::write(d.join("sub/hello.txt"), b"hello, ring").unwrap();
         Dir(d)
     }
+
+    /// Makes the FIFO `fifo` in the directory and opens it for writing (read-write, so the open
+    /// does not wait for a reader). Reads of it wait until the writer writes.
+    fn fifo_with_writer(&self) -> std::fs::File {
+        let fifo = self.0.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap()
+    }
 }
 
 impl Drop for Dir {
@@ -116,12 +126,8 @@ fn opens_stats_and_reads_beneath_the_root_only() {
 #[test]
 fn a_stuck_read_is_cancelled_by_its_linked_timeout() {
     let dir = Dir::new("stuck");
-    let fifo = dir.0.join("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     // A writer that never writes: reads of the FIFO wait for data that does not come.
-    let writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    let writer = dir.fifo_with_writer();
     let limit = Duration::from_millis(300);
     let (rt, inj) = runtime(&dir, Some(limit));
     let t0 = Instant::now();
@@ -139,11 +145,7 @@ fn a_stuck_read_is_cancelled_by_its_linked_timeout() {
 #[test]
 fn without_a_limit_an_operation_waits_for_its_data() {
     let dir = Dir::new("nolimit");
-    let fifo = dir.0.join("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let mut writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    let mut writer = dir.fifo_with_writer();
     let (rt, inj) = runtime(&dir, None);
     let (tx, rx) = mpsc::channel();
     assert!(inj.try_enqueue(Job::Read(b"fifo".to_vec(), tx)).is_ok());
