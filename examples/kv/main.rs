@@ -102,11 +102,9 @@ fn run(o: Opts) -> std::io::Result<()> {
     let listen = ListenConfig::new(o.addr, [0]).idle_timeout(o.idle);
     let (net, listener) = b.listen(listen, command);
     let limits = o.limits.clone();
-    // Both stages of worker 0 get the same shard: the first to be set up creates it.
-    let make_shard = move |s: &mut Setup<'_>| {
-        let (net, slow) = (s.sink(net), s.sink(slow));
-        shard_here(|| Shard::new(net, slow, limits.clone()))
-    };
+    // Both stages of worker 0 get the same shard: the first to be set up creates it (and
+    // takes its sinks).
+    let make_shard = move |s: &mut Setup<'_>| shard_here(|| Shard::new(s.sink(net), s.sink(slow), limits.clone()));
     let make = make_shard.clone();
     b.handler(command, move |s| Command { shard: make(s) });
     b.handler(resume, move |s| Resume { shard: make_shard(s) });
