@@ -418,9 +418,7 @@ def bench_http(a):
                 print(f"round {r + 1} {label} {n:<10} {c:>5} conns {res['rate']:>10.0f} req/s  "
                       f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
 
-    for n in (floor,):
-        for c in ("plaintext",):
-            fixed[(n, c)], capped[(n, c)] = [], []
+    fixed[(floor, "plaintext")], capped[(floor, "plaintext")] = [], []
     for r in range(a.rounds):
         servers = {n: start_http(n) for n in names + [floor]}
         order = names if r % 2 == 0 else names[::-1]
