@@ -2,70 +2,15 @@
  * Multishot accept, multishot recv into a provided buffer ring, send of the received buffer,
  * buffer returned to the ring when the send completes. One thread, one ring, no framework.
  * Build: gcc -O2 -o uring_echo uring_echo.c -luring */
-#include <liburing.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
+#include "uring_floor.h"
 
-#define NBUF 4096
-#define BUFSZ 4096
-#define BGID 0
 enum { ACCEPT = 1, RECV = 2, SEND = 3 };
 #define UD(kind, fd, bid) (((unsigned long long)(kind) << 56) | ((unsigned long long)(bid) << 32) | (unsigned)(fd))
 
-static struct io_uring ring;
-static struct io_uring_buf_ring *br;
-static char *bufs;
-
-static struct io_uring_sqe *sqe_get(void) {
-    struct io_uring_sqe *s = io_uring_get_sqe(&ring);
-    if (!s) { io_uring_submit(&ring); s = io_uring_get_sqe(&ring); }
-    if (!s) { fprintf(stderr, "SQ full\n"); exit(1); }
-    return s;
-}
-
-static void arm_recv(int fd) {
-    struct io_uring_sqe *s = sqe_get();
-    io_uring_prep_recv_multishot(s, fd, NULL, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = BGID;
-    io_uring_sqe_set_data64(s, UD(RECV, fd, 0));
-}
-
-static void give_back(int bid) {
-    io_uring_buf_ring_add(br, bufs + (size_t)bid * BUFSZ, BUFSZ, bid, io_uring_buf_ring_mask(NBUF), 0);
-    io_uring_buf_ring_advance(br, 1);
-}
-
 int main(int argc, char **argv) {
-    int port = argc > 1 ? atoi(argv[1]) : 7003;
-    struct io_uring_params p = {0};
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
-    p.cq_entries = 16384;
-    if (io_uring_queue_init_params(4096, &ring, &p) < 0) { perror("io_uring_queue_init"); return 1; }
-    br = mmap(NULL, NBUF * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    bufs = malloc((size_t)NBUF * BUFSZ);
-    struct io_uring_buf_reg reg = { .ring_addr = (unsigned long)br, .ring_entries = NBUF, .bgid = BGID };
-    if (io_uring_register_buf_ring(&ring, &reg, 0)) { fprintf(stderr, "register_buf_ring failed\n"); return 1; }
-    io_uring_buf_ring_init(br);
-    for (int i = 0; i < NBUF; i++)
-        io_uring_buf_ring_add(br, bufs + (size_t)i * BUFSZ, BUFSZ, i, io_uring_buf_ring_mask(NBUF), i);
-    io_uring_buf_ring_advance(br, NBUF);
-
-    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    if (bind(lfd, (struct sockaddr *)&a, sizeof a) || listen(lfd, 1024)) { perror("bind/listen"); return 1; }
-    printf("c io_uring echo listening on 127.0.0.1:%d\n", port);
-    fflush(stdout);
-    struct io_uring_sqe *s = sqe_get();
-    io_uring_prep_multishot_accept(s, lfd, NULL, NULL, 0);
-    io_uring_sqe_set_data64(s, UD(ACCEPT, lfd, 0));
+    int port = argc > 1 ? atoi(argv[1]) : 7003, one = 1;
+    int lfd = floor_setup(port, 1024, 0, "c io_uring echo");
+    arm_accept(lfd, UD(ACCEPT, lfd, 0));
 
     for (;;) {
         io_uring_submit_and_wait(&ring, 1);
@@ -76,21 +21,17 @@ int main(int argc, char **argv) {
             unsigned long long ud = cqe->user_data;
             int kind = ud >> 56, fd = (int)(ud & 0xffffffff), bid = (ud >> 32) & 0xffff, res = cqe->res;
             if (kind == ACCEPT) {
-                if (res >= 0) { setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); arm_recv(res); }
-                if (!(cqe->flags & IORING_CQE_F_MORE)) {
-                    s = sqe_get();
-                    io_uring_prep_multishot_accept(s, lfd, NULL, NULL, 0);
-                    io_uring_sqe_set_data64(s, UD(ACCEPT, lfd, 0));
-                }
+                if (res >= 0) { setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); arm_recv(res, UD(RECV, res, 0)); }
+                if (!(cqe->flags & IORING_CQE_F_MORE)) arm_accept(lfd, UD(ACCEPT, lfd, 0));
             } else if (kind == RECV) {
                 if (res > 0) {
                     int b = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-                    s = sqe_get();
+                    struct io_uring_sqe *s = sqe_get();
                     io_uring_prep_send(s, fd, bufs + (size_t)b * BUFSZ, res, MSG_NOSIGNAL);
                     io_uring_sqe_set_data64(s, UD(SEND, fd, b));
-                    if (!(cqe->flags & IORING_CQE_F_MORE)) arm_recv(fd);
+                    if (!(cqe->flags & IORING_CQE_F_MORE)) arm_recv(fd, UD(RECV, fd, 0));
                 } else if (res == -ENOBUFS) {
-                    arm_recv(fd);
+                    arm_recv(fd, UD(RECV, fd, 0));
                 } else if (!(cqe->flags & IORING_CQE_F_MORE)) {
                     close(fd);
                 }
