@@ -79,7 +79,7 @@ pub fn http_date(secs: i64) -> String {
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil(days);
     format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
         DAYS[days.rem_euclid(7) as usize],
         d,
         MONTHS[m - 1],
@@ -99,15 +99,29 @@ pub fn parse_http_date(s: &[u8]) -> Option<i64> {
         return None;
     }
     let m = MONTHS.iter().position(|&x| x == mon)? as i64 + 1;
-    let d: i64 = d.parse().ok()?;
-    let y: i64 = y.parse().ok()?;
-    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
-    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    // Four-digit years only (IMF-fixdate): also keeps the day arithmetic far from overflow.
-    if !(1..=31).contains(&d) || !(0..=9999).contains(&y) || h > 23 || mi > 59 || se > 60 {
+    // Digits only (no sign): `i64::from_str` would take "-5" and "+5". A one-digit day is
+    // tolerated; the year has four digits (IMF-fixdate), which also keeps the day arithmetic
+    // far from overflow; the time is exactly `HH:MM:SS`.
+    let d = if d.len() <= 2 { digits(d)? } else { return None };
+    let y = if y.len() == 4 { digits(y)? } else { return None };
+    let hms = hms.as_bytes();
+    if hms.len() != 8 || hms[2] != b':' || hms[5] != b':' {
+        return None;
+    }
+    let field = |i: usize| digits(std::str::from_utf8(&hms[i..i + 2]).ok()?);
+    let (h, mi, se) = (field(0)?, field(3)?, field(6)?);
+    if !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
     Some(days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+/// A non-empty run of ASCII digits as a number (short runs only: callers bound the length).
+fn digits(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 pub fn unix_secs(t: SystemTime) -> i64 {
@@ -286,6 +300,18 @@ mod tests {
         // A huge year used to overflow the day arithmetic (a panic in debug builds).
         assert_eq!(parse_http_date(b"Sun, 06 Nov 9223372036854775807 08:49:37 GMT"), None);
         assert_eq!(parse_http_date(b"Sun, 06 Nov -1 08:49:37 GMT"), None);
+        // Signs and short or long fields used to parse (the fuzzer found a time with
+        // "-0...049" seconds that landed before year 0 and did not print back).
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:-0000000049 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 -8:49:37 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, +6 Nov 1994 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 8:49:37 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37:00 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, 06 Nov 94 08:49:37 GMT"), None);
+        assert_eq!(parse_http_date(b"Sun, 6 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        // Years below 1000 print with four digits, so they parse back.
+        let early = parse_http_date(b"Thu, 01 Jan 0043 00:00:00 GMT").unwrap();
+        assert_eq!(http_date(early), "Thu, 01 Jan 0043 00:00:00 GMT");
     }
 
     #[test]
