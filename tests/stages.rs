@@ -230,6 +230,25 @@ fn misconfiguration_is_a_clear_error() {
 }
 
 #[test]
+fn a_handler_set_up_that_panics_fails_start_instead_of_hanging_it() {
+    // Worker 1's set-up panics while worker 0 starts fine: `start` used to wait for worker 1's
+    // answer for ever. Run it on a thread so a regression fails here instead of hanging.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = Runtime::builder(2).cpus([]);
+        let s = b.stage::<u8>("fragile", StageConfig::on([0, 1]));
+        b.handler(s, |setup| {
+            assert!(setup.worker() != 1, "no config for worker 1");
+            handler_fn(|_: u8, _: &mut Context<'_>| {})
+        });
+        tx.send(b.start().map(drop).map_err(|e| e.to_string())).unwrap();
+    });
+    let r = rx.recv_timeout(Duration::from_secs(20)).expect("start returns");
+    let e = r.expect_err("start fails");
+    assert!(e.contains("worker 1 setup") && e.contains("no config for worker 1"), "{e}");
+}
+
+#[test]
 fn a_second_server_on_a_taken_port_fails_instead_of_sharing_it() {
     fn server(addr: std::net::SocketAddr, workers: usize) -> std::io::Result<(Runtime, std::net::SocketAddr)> {
         let mut b = Runtime::builder(workers).cpus([]);

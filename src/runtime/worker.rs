@@ -190,9 +190,18 @@ struct Worker {
 /// Thread body: set up, report readiness, run.
 pub(crate) fn main(plan: Plan, ready: std_mpsc::Sender<io::Result<()>>) -> io::Result<()> {
     let id = plan.id;
-    match Worker::new(plan) {
+    // A handler factory that panics (a misconfigured graph) fails `start` with its message;
+    // unwinding past here would leave `start` waiting for this worker.
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Worker::new(plan))).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<&str>().copied().or(p.downcast_ref::<String>().map(String::as_str));
+        Err(io::Error::other(format!("panicked: {}", msg.unwrap_or("(no message)"))))
+    });
+    match made {
         Ok(mut w) => {
             let _ = ready.send(Ok(()));
+            // `start` counts the workers that answered; a sender kept alive would hide a
+            // worker that died without answering.
+            drop(ready);
             let r = w.run();
             w.teardown();
             if let Err(e) = &r {
