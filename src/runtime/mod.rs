@@ -181,6 +181,7 @@ impl Builder {
             let handler = make(s);
             let (remote, inject) = s.take_consumer::<H::Event>(idx);
             let local = s.local::<H::Event>(idx);
+            let timers = s.timer_table::<H::Event>(idx);
             let batch = s.meta[idx].cfg.batch;
             let admission = s.controller(idx);
             let batcher = s.meta[idx].cfg.batching.clone().map(crate::control::BatchController::new);
@@ -188,6 +189,7 @@ impl Builder {
                 stage: idx,
                 handler,
                 local,
+                timers,
                 remote,
                 inject,
                 batch,
@@ -471,6 +473,7 @@ pub struct Setup<'a> {
     parts: &'a mut [Option<Box<dyn Any + Send>>],
     sinks: Vec<Option<Rc<dyn Any>>>,
     locals: Vec<Option<Rc<dyn Any>>>,
+    timers: Vec<Option<Rc<dyn Any>>>,
     counters: Arc<WorkerCounters>,
     wake: Rc<Cell<u64>>,
     clock: Rc<Cell<u32>>,
@@ -559,6 +562,31 @@ impl Setup<'_> {
             Rc::new(std::cell::RefCell::new(crate::control::OverloadController::with_gate(cfg, gate, Some(epoch))))
         });
         Some(c.clone())
+    }
+
+    /// A [`Timer`](crate::stage::Timer) into stage `id`'s replica on this worker: events it
+    /// schedules are handed to that replica's handler once their delay has passed. Typically
+    /// taken by the stage's own handler to send itself events later (timeouts, retries,
+    /// back-off); any stage on the same worker may take one. Allocates the replica's timer
+    /// table ([`StageConfig::timers`]) on first use.
+    ///
+    /// # Panics
+    /// If stage `id` has no replica on this worker, or `id` belongs to another builder.
+    pub fn timer<E: Send + 'static>(&mut self, id: StageId<E>) -> crate::stage::Timer<E> {
+        let name = &self.meta[id.idx].name;
+        assert!(
+            self.meta[id.idx].cfg.workers.contains(&self.worker),
+            "stage '{name}' has no replica on worker {}: timers deliver on their own worker",
+            self.worker
+        );
+        crate::stage::Timer::new(self.timer_table::<E>(id.idx), self.now.clone())
+    }
+
+    pub(crate) fn timer_table<E: Send + 'static>(&mut self, idx: usize) -> Rc<crate::stage::TimerTable<E>> {
+        let cap = self.meta[idx].cfg.timers;
+        let rc =
+            self.timers[idx].get_or_insert_with(|| Rc::new(crate::stage::TimerTable::<E>::new(cap)) as Rc<dyn Any>);
+        rc.clone().downcast::<crate::stage::TimerTable<E>>().expect("timer table type matches stage")
     }
 
     fn local<E: Send + 'static>(&mut self, idx: usize) -> Rc<LocalQueue<E>> {

@@ -24,7 +24,7 @@ use crate::buf::BufPool;
 use crate::metrics::WorkerCounters;
 use crate::net::{ListenConfig, Listener, Net, NetEvent};
 use crate::queue::{mpsc, spsc};
-use crate::stage::{Context, Handler, LocalQueue, StageId, Stamped};
+use crate::stage::{Context, Handler, LocalQueue, StageId, Stamped, TimerTable};
 
 /// Everything a worker thread needs to set itself up.
 pub(crate) struct Plan {
@@ -57,12 +57,15 @@ pub(crate) trait ReplicaDyn {
     fn has_work(&mut self) -> bool;
     /// Runs the handler's periodic hook.
     fn tick(&mut self, io: &mut Io);
+    /// The earliest deadline in the replica's timer table.
+    fn next_deadline(&self) -> Option<Instant>;
 }
 
 pub(crate) struct Replica<H: Handler> {
     pub(crate) stage: usize,
     pub(crate) handler: H,
     pub(crate) local: Rc<LocalQueue<H::Event>>,
+    pub(crate) timers: Rc<TimerTable<H::Event>>,
     pub(crate) remote: Vec<spsc::Consumer<Stamped<H::Event>>>,
     pub(crate) inject: Arc<mpsc::Queue<Stamped<H::Event>>>,
     pub(crate) batch: usize,
@@ -102,6 +105,15 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
         let c = &self.counters.stages[self.stage];
         let mut cx = Context { io };
         let mut t0 = None;
+        // Due timers first: they were admitted when scheduled, and are late already.
+        while n < self.batch {
+            let Some((ev, late)) = self.timers.pop_due(cx.io.now) else { break };
+            t0.get_or_insert_with(Instant::now);
+            c.enqueued.add(1);
+            c.wait_us.record(late.as_micros() as u64, 1);
+            self.handler.handle(ev, &mut cx);
+            n += 1;
+        }
         for k in 0..sources {
             let s = (self.next + k) % sources;
             while n < self.batch {
@@ -158,6 +170,10 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
 
     fn has_work(&mut self) -> bool {
         self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter().any(|r| !r.is_empty())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next_deadline()
     }
 }
 
@@ -242,6 +258,7 @@ impl Worker {
             parts: &mut plan.parts,
             sinks: (0..nstages).map(|_| None).collect(),
             locals: (0..nstages).map(|_| None).collect(),
+            timers: (0..nstages).map(|_| None).collect(),
             counters: counters.clone(),
             wake: wake.clone(),
             clock: clock.clone(),
@@ -457,8 +474,23 @@ impl Worker {
             return self.enter_nowait();
         }
         let t0 = Instant::now();
+        let stalled = self.io.net.has_stalled();
+        let nap = if stalled { STALL_NAP.min(self.tick) } else { self.tick };
+        let mut ts: &types::Timespec = if stalled { &self.stall_ts } else { &self.tick_ts };
+        // Wake for the earliest timer if it comes before the tick (or the stall nap).
+        let timer_ts;
+        if let Some(d) = self.replicas.iter().filter_map(|r| r.next_deadline()).min() {
+            let wait = d.saturating_duration_since(t0);
+            if wait.is_zero() {
+                self.bell.awake();
+                return self.enter_nowait();
+            }
+            if wait < nap {
+                timer_ts = types::Timespec::from(wait);
+                ts = &timer_ts;
+            }
+        }
         self.io.counters.enters.add(1);
-        let ts = if self.io.net.has_stalled() { &self.stall_ts } else { &self.tick_ts };
         let args = types::SubmitArgs::new().timespec(ts);
         let r = self.io.ring.submitter().submit_with_args(1, &args);
         self.bell.awake();

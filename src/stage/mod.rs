@@ -14,12 +14,15 @@
 
 pub(crate) mod injector;
 mod sink;
+mod timer;
 
 use std::marker::PhantomData;
 
 pub use injector::Injector;
 pub use sink::Sink;
 pub(crate) use sink::{LocalQueue, SinkInner};
+pub use timer::Timer;
+pub(crate) use timer::TimerTable;
 
 use crate::runtime::io::Io;
 
@@ -79,6 +82,7 @@ pub struct StageConfig {
     pub(crate) overload: Option<crate::control::OverloadConfig>,
     pub(crate) batching: Option<crate::control::BatchConfig>,
     pub(crate) elastic: Option<crate::control::CoreConfig>,
+    pub(crate) timers: usize,
 }
 
 impl StageConfig {
@@ -91,6 +95,7 @@ impl StageConfig {
             overload: None,
             batching: None,
             elastic: None,
+            timers: 1024,
         }
     }
 
@@ -124,6 +129,13 @@ impl StageConfig {
     /// them when the stage idles. A router, if any, still decides on its own.
     pub fn elastic(mut self, cfg: crate::control::CoreConfig) -> StageConfig {
         self.elastic = Some(cfg);
+        self
+    }
+
+    /// Most events that may wait in each replica's timer table at once (default 1024; see
+    /// [`Timer`]). The table is allocated only when a [`Timer`] is made for the replica.
+    pub fn timers(mut self, n: usize) -> StageConfig {
+        self.timers = n;
         self
     }
 
