@@ -333,4 +333,46 @@ fn redis_cli_and_redis_benchmark_work_against_it() {
     }
     assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"), "redis-benchmark warned");
     assert_eq!(cli(&["dbsize"]), "3\n", "redis-benchmark's key plus ours");
+    // redis-benchmark's whole default suite (lists, sets, hashes, sorted sets, LRANGE, MSET):
+    // it stops at the first error reply, so every row must be there.
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port, "-n", "2000", "-c", "4", "-P", "4", "--csv"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("Error"), "redis-benchmark failed: {text} {err}");
+    let rows = [
+        "PING_INLINE",
+        "PING_MBULK",
+        "SET",
+        "GET",
+        "INCR",
+        "LPUSH",
+        "RPUSH",
+        "LPOP",
+        "RPOP",
+        "SADD",
+        "HSET",
+        "SPOP",
+        "ZADD",
+        "ZPOPMIN",
+        "LRANGE_100",
+        "LRANGE_300",
+        "LRANGE_500",
+        "LRANGE_600",
+        "MSET",
+    ];
+    for test in rows {
+        let line = text
+            .lines()
+            .find(|l| l.trim_matches('"').starts_with(test))
+            .unwrap_or_else(|| panic!("no {test} row in {text} {err}"));
+        let rps: f64 = line.split("\",\"").nth(1).unwrap().parse().unwrap();
+        assert!(rps > 0.0, "{line}");
+    }
+    assert_eq!(cli(&["type", "mylist"]), "list\n");
+    assert_eq!(cli(&["llen", "mylist"]), "2000\n", "LRANGE's LPUSH pass");
+    let two = cli(&["lrange", "mylist", "0", "1"]);
+    assert!(two.lines().count() == 2 && two.lines().all(|l| l.len() == 3), "two 3-byte elements (-d 3): {two:?}");
 }

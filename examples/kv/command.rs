@@ -9,6 +9,7 @@
 //! at once.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use ringstage::prelude::*;
 
 use crate::resp::{self, Frame, Limits};
 use crate::slow::{SlowDone, SlowReq};
-use crate::store::Store;
+use crate::store::{Store, Value, WrongType, ZSet};
 
 struct KvConn {
     conn: Conn,
@@ -294,13 +295,28 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
         b"DBSIZE" | b"QUIT" => arity(n == 1),
         b"SELECT" => arity(n == 2),
         b"DEBUG" | b"CONFIG" => arity(n >= 2),
+        b"LLEN" | b"SCARD" | b"SMEMBERS" | b"HLEN" | b"HGETALL" | b"TYPE" => arity(n == 2),
+        b"LPUSH" | b"RPUSH" | b"SADD" | b"SREM" | b"HDEL" => arity(n >= 3),
+        b"LPOP" | b"RPOP" | b"SPOP" => arity(n == 2 || n == 3),
+        b"LRANGE" => arity(n == 4),
+        b"LINDEX" | b"SISMEMBER" | b"HGET" | b"HEXISTS" => arity(n == 3),
+        b"HSET" => arity(n >= 4 && n % 2 == 0),
+        b"ZADD" => arity(n >= 4),
+        b"ZCARD" => arity(n == 2),
+        b"ZPOPMIN" => arity(n == 2 || n == 3),
+        b"ZSCORE" => arity(n == 3),
+        b"ZREM" => arity(n >= 3),
+        b"ZRANGE" => arity(n == 4 || n == 5),
         _ => None,
     };
     if let Some(e) = check {
         return e;
     }
     match cmd {
-        b"GET" => Outcome::Reply(store.get(a(1), now).unwrap_or_else(|| resp::NIL.clone())),
+        b"GET" => Outcome::Reply(match store.get(a(1), now) {
+            Ok(v) => v.unwrap_or_else(|| resp::NIL.clone()),
+            Err(WrongType) => resp::WRONGTYPE.clone(),
+        }),
         b"SET" => set(store, data, args, now),
         b"DEL" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.remove(a(i), now)).count() as i64)),
         b"EXISTS" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.contains(a(i), now)).count() as i64)),
@@ -308,7 +324,8 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let mut c = IoBufChain::new();
             c.push(resp::array_header(n - 1));
             for i in 1..n {
-                c.push(store.get(a(i), now).unwrap_or_else(|| resp::NIL.clone()));
+                // As in Redis, a key of another type reads as missing here.
+                c.push(store.get(a(i), now).ok().flatten().unwrap_or_else(|| resp::NIL.clone()));
             }
             Outcome::Chain(c)
         }
@@ -329,8 +346,9 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             };
             let by = if cmd.starts_with(b"DECR") { by.checked_neg() } else { Some(by) };
             let cur = match store.get(a(1), now) {
-                None => 0,
-                Some(v) => match int(resp::bulk_payload(&v)) {
+                Err(WrongType) => return Outcome::Reply(resp::WRONGTYPE.clone()),
+                Ok(None) => 0,
+                Ok(Some(v)) => match int(resp::bulk_payload(&v)) {
                     Some(v) => v,
                     None => return err("ERR value is not an integer or out of range"),
                 },
@@ -371,6 +389,14 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let had = matches!(store.deadline(a(1), now), Some(Some(_)));
             Outcome::Reply(resp::integer(i64::from(had && store.set_deadline(a(1), None, now))))
         }
+        b"TYPE" => {
+            let name = store.value(a(1), now).map_or("none", Value::type_name);
+            Outcome::Reply(IoBuf::from(format!("+{name}\r\n").into_bytes()))
+        }
+        b"LPUSH" | b"RPUSH" | b"LPOP" | b"RPOP" | b"LLEN" | b"LRANGE" | b"LINDEX" => list(store, cmd, data, args, now),
+        b"SADD" | b"SREM" | b"SCARD" | b"SISMEMBER" | b"SMEMBERS" | b"SPOP" => set_cmd(store, cmd, data, args, now),
+        b"HSET" | b"HGET" | b"HDEL" | b"HLEN" | b"HEXISTS" | b"HGETALL" => hash(store, cmd, data, args, now),
+        b"ZADD" | b"ZCARD" | b"ZPOPMIN" | b"ZSCORE" | b"ZREM" | b"ZRANGE" => zset(store, cmd, data, args, now),
         b"DBSIZE" => Outcome::Reply(resp::integer(store.len() as i64)),
         b"FLUSHALL" | b"FLUSHDB" => {
             store.clear();
@@ -424,6 +450,336 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
                 msg.push_str(&format!("'{}' ", printable(a(i))));
             }
             err(&msg)
+        }
+    }
+}
+
+/// An optional count argument (`LPOP key [count]`): `Ok(None)` when absent.
+fn count_arg(data: &[u8], args: &[Range<usize>], i: usize) -> Result<Option<usize>, Outcome> {
+    match args.get(i) {
+        None => Ok(None),
+        Some(r) => match int(&data[r.clone()]) {
+            Some(c) if c >= 0 => Ok(Some(c as usize)),
+            _ => Err(err("ERR value is out of range, must be positive")),
+        },
+    }
+}
+
+/// An array reply of the given framed elements.
+fn array(items: impl ExactSizeIterator<Item = IoBuf>) -> Outcome {
+    let mut c = IoBufChain::new();
+    c.push(resp::array_header(items.len()));
+    for it in items {
+        c.push(it);
+    }
+    Outcome::Chain(c)
+}
+
+fn wrongtype() -> Outcome {
+    Outcome::Reply(resp::WRONGTYPE.clone())
+}
+
+/// The list commands: LPUSH, RPUSH, LPOP, RPOP (with an optional count), LLEN, LRANGE, LINDEX.
+/// Elements are stored framed, so pops and ranges answer with views of the stored blocks.
+fn list(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+    let a = |i: usize| &data[args[i].clone()];
+    let key = a(1);
+    match cmd {
+        b"LPUSH" | b"RPUSH" => {
+            let Value::List(l) = store.value_or_insert(key, now, || Value::List(VecDeque::new())) else {
+                return wrongtype();
+            };
+            for i in 2..args.len() {
+                let e = resp::bulk(a(i));
+                if cmd == b"LPUSH" {
+                    l.push_front(e);
+                } else {
+                    l.push_back(e);
+                }
+            }
+            Outcome::Reply(resp::integer(l.len() as i64))
+        }
+        b"LPOP" | b"RPOP" => {
+            let count = match count_arg(data, args, 2) {
+                Ok(c) => c,
+                Err(e) => return e,
+            };
+            let l = match store.value_mut(key, now) {
+                None => {
+                    return Outcome::Reply(if count.is_some() { resp::NIL_ARRAY.clone() } else { resp::NIL.clone() })
+                }
+                Some(Value::List(l)) => l,
+                Some(_) => return wrongtype(),
+            };
+            let mut pop = || if cmd == b"LPOP" { l.pop_front() } else { l.pop_back() };
+            let out = match count {
+                None => Outcome::Reply(pop().unwrap_or_else(|| resp::NIL.clone())),
+                Some(c) => {
+                    let items: Vec<IoBuf> = (0..c).map_while(|_| pop()).collect();
+                    array(items.into_iter())
+                }
+            };
+            store.drop_if_empty(key);
+            out
+        }
+        _ => {
+            let l = match store.value(key, now) {
+                None => None,
+                Some(Value::List(l)) => Some(l),
+                Some(_) => return wrongtype(),
+            };
+            let len = l.map_or(0, VecDeque::len) as i64;
+            // Redis's index rules: negative counts from the end; out of range is empty / nil.
+            let at = |i: i64| if i < 0 { len + i } else { i };
+            match cmd {
+                b"LLEN" => Outcome::Reply(resp::integer(len)),
+                b"LINDEX" => {
+                    let Some(i) = int(a(2)) else { return err("ERR value is not an integer or out of range") };
+                    let i = at(i);
+                    let e = l.and_then(|l| usize::try_from(i).ok().and_then(|i| l.get(i)));
+                    Outcome::Reply(e.cloned().unwrap_or_else(|| resp::NIL.clone()))
+                }
+                _ => {
+                    let (Some(start), Some(stop)) = (int(a(2)), int(a(3))) else {
+                        return err("ERR value is not an integer or out of range");
+                    };
+                    let (start, stop) = (at(start).max(0), at(stop).min(len - 1));
+                    match l {
+                        Some(l) if start <= stop => array(l.range(start as usize..=stop as usize).cloned()),
+                        _ => Outcome::Reply(resp::EMPTY_ARRAY.clone()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The set commands: SADD, SREM, SCARD, SISMEMBER, SMEMBERS, SPOP (an arbitrary member, with
+/// an optional count).
+fn set_cmd(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+    let a = |i: usize| &data[args[i].clone()];
+    let key = a(1);
+    match cmd {
+        b"SADD" => {
+            let Value::Set(m) = store.value_or_insert(key, now, || Value::Set(HashSet::new())) else {
+                return wrongtype();
+            };
+            let added = (2..args.len()).filter(|&i| !m.contains(a(i)) && m.insert(a(i).into())).count();
+            Outcome::Reply(resp::integer(added as i64))
+        }
+        b"SREM" | b"SPOP" => {
+            let count = if cmd == b"SPOP" {
+                match count_arg(data, args, 2) {
+                    Ok(c) => c,
+                    Err(e) => return e,
+                }
+            } else {
+                None
+            };
+            let m = match store.value_mut(key, now) {
+                None if cmd == b"SREM" => return Outcome::Reply(resp::ZERO.clone()),
+                None if count.is_some() => return Outcome::Reply(resp::EMPTY_ARRAY.clone()),
+                None => return Outcome::Reply(resp::NIL.clone()),
+                Some(Value::Set(m)) => m,
+                Some(_) => return wrongtype(),
+            };
+            let out = if cmd == b"SREM" {
+                Outcome::Reply(resp::integer((2..args.len()).filter(|&i| m.remove(a(i))).count() as i64))
+            } else {
+                let mut pop = || {
+                    let first = m.iter().next()?.clone();
+                    m.remove(&first);
+                    Some(resp::bulk(&first))
+                };
+                match count {
+                    None => Outcome::Reply(pop().unwrap_or_else(|| resp::NIL.clone())),
+                    Some(c) => {
+                        let items: Vec<IoBuf> = (0..c).map_while(|_| pop()).collect();
+                        array(items.into_iter())
+                    }
+                }
+            };
+            store.drop_if_empty(key);
+            out
+        }
+        _ => {
+            let m = match store.value(key, now) {
+                None => None,
+                Some(Value::Set(m)) => Some(m),
+                Some(_) => return wrongtype(),
+            };
+            match cmd {
+                b"SCARD" => Outcome::Reply(resp::integer(m.map_or(0, HashSet::len) as i64)),
+                b"SISMEMBER" => Outcome::Reply(resp::integer(i64::from(m.is_some_and(|m| m.contains(a(2)))))),
+                _ => {
+                    let members: Vec<IoBuf> = m.into_iter().flatten().map(|x| resp::bulk(x)).collect();
+                    array(members.into_iter())
+                }
+            }
+        }
+    }
+}
+
+/// The hash commands: HSET (field value pairs), HGET, HDEL, HLEN, HEXISTS, HGETALL. Values
+/// are stored framed, so HGET answers with a view of the stored block.
+fn hash(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+    let a = |i: usize| &data[args[i].clone()];
+    let key = a(1);
+    match cmd {
+        b"HSET" => {
+            let Value::Hash(h) = store.value_or_insert(key, now, || Value::Hash(HashMap::new())) else {
+                return wrongtype();
+            };
+            let mut added = 0;
+            for i in (2..args.len()).step_by(2) {
+                let v = resp::bulk(a(i + 1));
+                match h.get_mut(a(i)) {
+                    Some(old) => *old = v,
+                    None => {
+                        h.insert(a(i).into(), v);
+                        added += 1;
+                    }
+                }
+            }
+            Outcome::Reply(resp::integer(added))
+        }
+        b"HDEL" => {
+            let h = match store.value_mut(key, now) {
+                None => return Outcome::Reply(resp::ZERO.clone()),
+                Some(Value::Hash(h)) => h,
+                Some(_) => return wrongtype(),
+            };
+            let n = (2..args.len()).filter(|&i| h.remove(a(i)).is_some()).count();
+            store.drop_if_empty(key);
+            Outcome::Reply(resp::integer(n as i64))
+        }
+        _ => {
+            let h = match store.value(key, now) {
+                None => None,
+                Some(Value::Hash(h)) => Some(h),
+                Some(_) => return wrongtype(),
+            };
+            match cmd {
+                b"HGET" => Outcome::Reply(h.and_then(|h| h.get(a(2))).cloned().unwrap_or_else(|| resp::NIL.clone())),
+                b"HEXISTS" => Outcome::Reply(resp::integer(i64::from(h.is_some_and(|h| h.contains_key(a(2)))))),
+                b"HLEN" => Outcome::Reply(resp::integer(h.map_or(0, HashMap::len) as i64)),
+                _ => {
+                    let items: Vec<IoBuf> =
+                        h.into_iter().flatten().flat_map(|(f, v)| [resp::bulk(f), v.clone()]).collect();
+                    array(items.into_iter())
+                }
+            }
+        }
+    }
+}
+
+/// A score as Redis reads one: a float, `inf`, `+inf` or `-inf`; never NaN.
+fn parse_score(s: &[u8]) -> Option<f64> {
+    let t = std::str::from_utf8(s).ok()?;
+    let v: f64 = match t.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" => f64::INFINITY,
+        "-inf" => f64::NEG_INFINITY,
+        _ => t.parse().ok()?,
+    };
+    (!v.is_nan()).then_some(v)
+}
+
+/// A score as a bulk string (`inf`, `-inf`, or the shortest text that reads back the same).
+fn score_bulk(v: f64) -> IoBuf {
+    resp::bulk(format!("{v}").as_bytes())
+}
+
+/// The sorted-set commands: ZADD (`[NX | XX]` then score member pairs), ZCARD, ZSCORE, ZREM,
+/// ZPOPMIN (with an optional count), ZRANGE by rank (`[WITHSCORES]`).
+fn zset(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+    let a = |i: usize| &data[args[i].clone()];
+    let key = a(1);
+    match cmd {
+        b"ZADD" => {
+            let (mut nx, mut xx, mut i) = (false, false, 2);
+            while i < args.len() && parse_score(a(i)).is_none() {
+                match a(i).to_ascii_uppercase().as_slice() {
+                    b"NX" if !xx => nx = true,
+                    b"XX" if !nx => xx = true,
+                    _ => return err("ERR syntax error"),
+                }
+                i += 1;
+            }
+            if i == args.len() || (args.len() - i) % 2 != 0 {
+                return err("ERR syntax error");
+            }
+            // Every score is checked before anything changes.
+            let mut pairs = Vec::with_capacity((args.len() - i) / 2);
+            for j in (i..args.len()).step_by(2) {
+                let Some(score) = parse_score(a(j)) else { return err("ERR value is not a valid float") };
+                pairs.push((score, j + 1));
+            }
+            let Value::ZSet(z) = store.value_or_insert(key, now, || Value::ZSet(ZSet::default())) else {
+                return wrongtype();
+            };
+            let added = pairs.iter().filter(|&&(score, m)| z.add(a(m), score, nx, xx)).count();
+            store.drop_if_empty(key); // `XX` on a new key leaves it empty
+            Outcome::Reply(resp::integer(added as i64))
+        }
+        b"ZPOPMIN" | b"ZREM" => {
+            let count = if cmd == b"ZPOPMIN" {
+                match count_arg(data, args, 2) {
+                    Ok(c) => c.unwrap_or(1),
+                    Err(e) => return e,
+                }
+            } else {
+                0
+            };
+            let z = match store.value_mut(key, now) {
+                None if cmd == b"ZREM" => return Outcome::Reply(resp::ZERO.clone()),
+                None => return Outcome::Reply(resp::EMPTY_ARRAY.clone()),
+                Some(Value::ZSet(z)) => z,
+                Some(_) => return wrongtype(),
+            };
+            let out = if cmd == b"ZREM" {
+                Outcome::Reply(resp::integer((2..args.len()).filter(|&i| z.remove(a(i))).count() as i64))
+            } else {
+                let items: Vec<IoBuf> = (0..count)
+                    .map_while(|_| z.pop_min())
+                    .flat_map(|(m, score)| [resp::bulk(&m), score_bulk(score)])
+                    .collect();
+                array(items.into_iter())
+            };
+            store.drop_if_empty(key);
+            out
+        }
+        _ => {
+            let z = match store.value(key, now) {
+                None => None,
+                Some(Value::ZSet(z)) => Some(z),
+                Some(_) => return wrongtype(),
+            };
+            match cmd {
+                b"ZCARD" => Outcome::Reply(resp::integer(z.map_or(0, ZSet::len) as i64)),
+                b"ZSCORE" => {
+                    Outcome::Reply(z.and_then(|z| z.score(a(2))).map_or_else(|| resp::NIL.clone(), score_bulk))
+                }
+                _ => {
+                    let scores = match args.get(4).map(|r| &data[r.clone()]) {
+                        None => false,
+                        Some(w) if w.eq_ignore_ascii_case(b"WITHSCORES") => true,
+                        Some(_) => return err("ERR syntax error"),
+                    };
+                    let (Some(start), Some(stop)) = (int(a(2)), int(a(3))) else {
+                        return err("ERR value is not an integer or out of range");
+                    };
+                    let len = z.map_or(0, ZSet::len) as i64;
+                    let at = |i: i64| if i < 0 { len + i } else { i };
+                    let (start, stop) = (at(start).max(0), at(stop).min(len - 1));
+                    let Some(z) = z.filter(|_| start <= stop) else { return Outcome::Reply(resp::EMPTY_ARRAY.clone()) };
+                    let items: Vec<IoBuf> = z
+                        .range(start as usize, stop as usize)
+                        .flat_map(|(m, s)| [Some(resp::bulk(m)), scores.then(|| score_bulk(s))])
+                        .flatten()
+                        .collect();
+                    array(items.into_iter())
+                }
+            }
         }
     }
 }
@@ -561,6 +917,146 @@ mod tests {
         assert_eq!(r(&[b"CONFIG", b"SET", b"x", b"y"]), "-ERR unknown subcommand 'SET'\r\n");
         assert_eq!(r(&[b"FLUSHALL"]), "+OK\r\n");
         assert_eq!(r(&[b"DBSIZE"]), ":0\r\n");
+    }
+
+    #[test]
+    fn lists() {
+        let t = Instant::now();
+        let mut s = Store::default();
+        let mut r = |w: &[&[u8]]| String::from_utf8(run(&mut s, w, t)).unwrap();
+        assert_eq!(r(&[b"LPUSH", b"l", b"b", b"a"]), ":2\r\n", "pushed one by one to the front: a b");
+        assert_eq!(r(&[b"RPUSH", b"l", b"c", b"d"]), ":4\r\n");
+        assert_eq!(r(&[b"LRANGE", b"l", b"0", b"-1"]), "*4\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$1\r\nd\r\n");
+        assert_eq!(r(&[b"LRANGE", b"l", b"-2", b"99"]), "*2\r\n$1\r\nc\r\n$1\r\nd\r\n");
+        assert_eq!(r(&[b"LRANGE", b"l", b"3", b"1"]), "*0\r\n");
+        assert_eq!(r(&[b"LRANGE", b"l", b"9", b"12"]), "*0\r\n");
+        assert_eq!(r(&[b"LRANGE", b"l", b"-99", b"0"]), "*1\r\n$1\r\na\r\n");
+        assert_eq!(r(&[b"LINDEX", b"l", b"-1"]), "$1\r\nd\r\n");
+        assert_eq!(r(&[b"LINDEX", b"l", b"4"]), "$-1\r\n");
+        assert_eq!(r(&[b"LLEN", b"l"]), ":4\r\n");
+        assert_eq!(r(&[b"LPOP", b"l"]), "$1\r\na\r\n");
+        assert_eq!(r(&[b"RPOP", b"l", b"2"]), "*2\r\n$1\r\nd\r\n$1\r\nc\r\n");
+        assert_eq!(r(&[b"LPOP", b"l", b"-1"]), "-ERR value is out of range, must be positive\r\n");
+        assert_eq!(r(&[b"TYPE", b"l"]), "+list\r\n");
+        assert_eq!(r(&[b"RPOP", b"l", b"5"]), "*1\r\n$1\r\nb\r\n");
+        assert_eq!(r(&[b"EXISTS", b"l"]), ":0\r\n", "the emptied list is deleted");
+        assert_eq!(r(&[b"TYPE", b"l"]), "+none\r\n");
+        assert_eq!(r(&[b"LPOP", b"l"]), "$-1\r\n");
+        assert_eq!(r(&[b"LPOP", b"l", b"1"]), "*-1\r\n");
+        assert_eq!(r(&[b"LLEN", b"l"]), ":0\r\n");
+        assert_eq!(r(&[b"LRANGE", b"l", b"0", b"x"]), "-ERR value is not an integer or out of range\r\n");
+        assert_eq!(r(&[b"LPUSH", b"l"]), "-ERR wrong number of arguments for 'lpush' command\r\n");
+    }
+
+    #[test]
+    fn sets_and_hashes() {
+        let t = Instant::now();
+        let mut s = Store::default();
+        let mut r = |w: &[&[u8]]| String::from_utf8(run(&mut s, w, t)).unwrap();
+        assert_eq!(r(&[b"SADD", b"s", b"x", b"y", b"x"]), ":2\r\n");
+        assert_eq!(r(&[b"SADD", b"s", b"y", b"z"]), ":1\r\n");
+        assert_eq!(r(&[b"SCARD", b"s"]), ":3\r\n");
+        assert_eq!(r(&[b"SISMEMBER", b"s", b"z"]), ":1\r\n");
+        assert_eq!(r(&[b"SREM", b"s", b"z", b"nope"]), ":1\r\n");
+        let mut members = r(&[b"SMEMBERS", b"s"]);
+        assert!(members == "*2\r\n$1\r\nx\r\n$1\r\ny\r\n" || members == "*2\r\n$1\r\ny\r\n$1\r\nx\r\n", "{members}");
+        members = r(&[b"SPOP", b"s", b"5"]);
+        assert!(members.starts_with("*2\r\n"), "{members}");
+        assert_eq!(r(&[b"TYPE", b"s"]), "+none\r\n", "the emptied set is deleted");
+        assert_eq!(r(&[b"SPOP", b"s"]), "$-1\r\n");
+        assert_eq!(r(&[b"SPOP", b"s", b"1"]), "*0\r\n");
+        assert_eq!(r(&[b"SMEMBERS", b"s"]), "*0\r\n");
+
+        assert_eq!(r(&[b"HSET", b"h", b"f1", b"v1", b"f2", b"v2"]), ":2\r\n");
+        assert_eq!(r(&[b"HSET", b"h", b"f1", b"new", b"f3", b"v3"]), ":1\r\n", "f1 replaced, f3 added");
+        assert_eq!(r(&[b"HGET", b"h", b"f1"]), "$3\r\nnew\r\n");
+        assert_eq!(r(&[b"HGET", b"h", b"zz"]), "$-1\r\n");
+        assert_eq!(r(&[b"HLEN", b"h"]), ":3\r\n");
+        assert_eq!(r(&[b"HEXISTS", b"h", b"f2"]), ":1\r\n");
+        assert_eq!(r(&[b"HDEL", b"h", b"f2", b"f3", b"zz"]), ":2\r\n");
+        assert_eq!(r(&[b"HGETALL", b"h"]), "*2\r\n$2\r\nf1\r\n$3\r\nnew\r\n");
+        assert_eq!(r(&[b"TYPE", b"h"]), "+hash\r\n");
+        assert_eq!(r(&[b"HSET", b"h", b"f"]), "-ERR wrong number of arguments for 'hset' command\r\n");
+        assert_eq!(r(&[b"HDEL", b"h", b"f1"]), ":1\r\n");
+        assert_eq!(r(&[b"EXISTS", b"h"]), ":0\r\n", "the emptied hash is deleted");
+    }
+
+    #[test]
+    fn sorted_sets() {
+        let t = Instant::now();
+        let mut s = Store::default();
+        let mut r = |w: &[&[u8]]| String::from_utf8(run(&mut s, w, t)).unwrap();
+        assert_eq!(r(&[b"ZADD", b"z", b"2", b"b", b"1", b"a", b"2.5", b"c"]), ":3\r\n");
+        assert_eq!(r(&[b"ZADD", b"z", b"0.5", b"c", b"-inf", b"d"]), ":1\r\n", "c moved, d added");
+        assert_eq!(r(&[b"ZCARD", b"z"]), ":4\r\n");
+        assert_eq!(r(&[b"ZSCORE", b"z", b"c"]), "$3\r\n0.5\r\n");
+        assert_eq!(r(&[b"ZSCORE", b"z", b"d"]), "$4\r\n-inf\r\n");
+        assert_eq!(r(&[b"ZSCORE", b"z", b"nope"]), "$-1\r\n");
+        assert_eq!(r(&[b"ZRANGE", b"z", b"0", b"-1"]), "*4\r\n$1\r\nd\r\n$1\r\nc\r\n$1\r\na\r\n$1\r\nb\r\n");
+        assert_eq!(
+            r(&[b"ZRANGE", b"z", b"1", b"2", b"withscores"]),
+            "*4\r\n$1\r\nc\r\n$3\r\n0.5\r\n$1\r\na\r\n$1\r\n1\r\n"
+        );
+        assert_eq!(r(&[b"ZRANGE", b"z", b"5", b"9"]), "*0\r\n");
+        assert_eq!(r(&[b"ZADD", b"z", b"NX", b"9", b"a", b"9", b"e"]), ":1\r\n", "NX: e added, a kept");
+        assert_eq!(r(&[b"ZSCORE", b"z", b"a"]), "$1\r\n1\r\n");
+        assert_eq!(r(&[b"ZADD", b"z", b"XX", b"3", b"a", b"3", b"f"]), ":0\r\n", "XX: a moved, f not added");
+        assert_eq!(r(&[b"ZSCORE", b"z", b"f"]), "$-1\r\n");
+        assert_eq!(r(&[b"ZADD", b"z", b"1", b"a", b"nan", b"x"]), "-ERR value is not a valid float\r\n");
+        assert_eq!(r(&[b"ZSCORE", b"z", b"a"]), "$1\r\n3\r\n", "a refused ZADD changed nothing");
+        assert_eq!(r(&[b"ZADD", b"z", b"NX", b"XX", b"1", b"a"]), "-ERR syntax error\r\n");
+        assert_eq!(r(&[b"ZADD", b"z", b"1"]), "-ERR wrong number of arguments for 'zadd' command\r\n");
+        assert_eq!(r(&[b"ZADD", b"z", b"1", b"a", b"2"]), "-ERR syntax error\r\n");
+        assert_eq!(r(&[b"ZPOPMIN", b"z"]), "*2\r\n$1\r\nd\r\n$4\r\n-inf\r\n");
+        assert_eq!(r(&[b"ZREM", b"z", b"c", b"nope"]), ":1\r\n");
+        assert_eq!(r(&[b"TYPE", b"z"]), "+zset\r\n");
+        assert_eq!(
+            r(&[b"ZPOPMIN", b"z", b"10"]),
+            "*6\r\n$1\r\nb\r\n$1\r\n2\r\n$1\r\na\r\n$1\r\n3\r\n$1\r\ne\r\n$1\r\n9\r\n"
+        );
+        assert_eq!(r(&[b"EXISTS", b"z"]), ":0\r\n", "the emptied sorted set is deleted");
+        assert_eq!(r(&[b"ZADD", b"new", b"XX", b"1", b"a"]), ":0\r\n");
+        assert_eq!(r(&[b"EXISTS", b"new"]), ":0\r\n", "XX on a missing key creates nothing");
+        assert_eq!(r(&[b"ZPOPMIN", b"new"]), "*0\r\n");
+    }
+
+    #[test]
+    fn each_type_refuses_the_others_commands() {
+        let t = Instant::now();
+        let mut s = Store::default();
+        let mut r = |w: &[&[u8]]| String::from_utf8(run(&mut s, w, t)).unwrap();
+        let wrong = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+        r(&[b"SET", b"str", b"1"]);
+        r(&[b"RPUSH", b"list", b"1"]);
+        r(&[b"SADD", b"set", b"1"]);
+        r(&[b"HSET", b"hash", b"f", b"1"]);
+        r(&[b"ZADD", b"zset", b"1", b"m"]);
+        let keys = [(&b"str"[..], "string"), (b"list", "list"), (b"set", "set"), (b"hash", "hash"), (b"zset", "zset")];
+        for (key, ok) in keys {
+            assert_eq!(r(&[b"TYPE", key]), format!("+{ok}\r\n"));
+            let probes: [&[&[u8]]; 6] = [
+                &[b"GET", key],
+                &[b"LPUSH", key, b"x"],
+                &[b"SADD", key, b"x"],
+                &[b"HSET", key, b"f", b"x"],
+                &[b"INCR", key],
+                &[b"ZADD", key, b"1", b"x"],
+            ];
+            for (p, owner) in probes.iter().zip(["string", "list", "set", "hash", "string", "zset"]) {
+                let got = r(p);
+                if owner == ok {
+                    assert_ne!(got, wrong, "{p:?}");
+                } else {
+                    assert_eq!(got, wrong, "{p:?} on a {ok}");
+                }
+            }
+            assert_eq!(r(&[b"TYPE", key]), format!("+{ok}\r\n"), "a refused command changed nothing");
+        }
+        assert_eq!(r(&[b"MGET", b"list", b"str"]), "*2\r\n$-1\r\n$1\r\n2\r\n", "MGET reads other types as missing");
+        assert_eq!(r(&[b"SET", b"list", b"s"]), "+OK\r\n", "SET overwrites any type");
+        assert_eq!(r(&[b"TYPE", b"list"]), "+string\r\n");
+        assert_eq!(r(&[b"DEL", b"set", b"hash"]), ":2\r\n");
+        assert_eq!(r(&[b"EXPIRE", b"str", b"10"]), ":1\r\n");
     }
 
     #[test]

@@ -148,6 +148,10 @@ pub static NIL: IoBuf = IoBuf::from_static(b"$-1\r\n");
 pub static ZERO: IoBuf = IoBuf::from_static(b":0\r\n");
 pub static ONE: IoBuf = IoBuf::from_static(b":1\r\n");
 pub static EMPTY_ARRAY: IoBuf = IoBuf::from_static(b"*0\r\n");
+/// The null array (`LPOP key count` on a missing key).
+pub static NIL_ARRAY: IoBuf = IoBuf::from_static(b"*-1\r\n");
+pub static WRONGTYPE: IoBuf =
+    IoBuf::from_static(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
 
 /// `-<msg>\r\n` (the message starts with its error code: `ERR`, `WRONGTYPE`, `BUSY`).
 pub fn error(msg: &str) -> IoBuf {

@@ -1,23 +1,139 @@
-//! The keyspace: byte-string keys to byte-string values, with optional expiry.
+//! The keyspace: byte-string keys to strings, lists, hashes and sets, with optional expiry.
 //!
-//! Values are kept already framed as RESP bulk strings (`$5\r\nhello\r\n`, see
-//! [`crate::resp::bulk`]): a `GET` answers with a view of the stored block (one reference count
-//! increment, no copy, no formatting), and the same block can be in flight to many connections
-//! at once. A `SET` copies the value out of the receive buffer once, because the receive pool is
-//! small and shared by every connection and must not be pinned by stored data.
+//! Strings, list elements and hash values are kept already framed as RESP bulk strings
+//! (`$5\r\nhello\r\n`, see [`crate::resp::bulk`]): a `GET`, `LPOP` or `HGET` answers with a
+//! view of the stored block (one reference count increment, no copy, no formatting), and the same
+//! block can be in flight to many connections at once. A write copies the value out of the
+//! receive buffer once, because the receive pool is small and shared by every connection and
+//! must not be pinned by stored data. Hash fields and set members are kept raw (they are keys
+//! of their own maps). A collection emptied by a command is deleted, as in Redis.
 //!
 //! Expiry is lazy (a read of an expired key deletes it) plus active: keys given a deadline are
 //! also remembered in a min-heap, and [`Store::expire`] deletes those whose time has come.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use ringstage::buf::IoBuf;
 
+/// A stored value.
+pub enum Value {
+    /// A string, framed as a RESP bulk string.
+    Str(IoBuf),
+    /// A list of framed elements.
+    List(VecDeque<IoBuf>),
+    /// Fields (raw) to framed values.
+    Hash(HashMap<Box<[u8]>, IoBuf>),
+    /// Members (raw).
+    Set(HashSet<Box<[u8]>>),
+    /// Members (raw) ordered by score.
+    ZSet(ZSet),
+}
+
+/// A sorted set: each member's score, and the members in (score, member) order.
+#[derive(Default)]
+pub struct ZSet {
+    scores: HashMap<Box<[u8]>, f64>,
+    order: BTreeSet<(Score, Box<[u8]>)>,
+}
+
+/// A score with a total order (NaN never gets in: the parser refuses it).
+#[derive(Clone, Copy, PartialEq)]
+struct Score(f64);
+
+impl Eq for Score {}
+
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl ZSet {
+    /// Sets `member`'s score; returns whether the member is new. `nx`: only add new members;
+    /// `xx`: only update existing ones.
+    pub fn add(&mut self, member: &[u8], score: f64, nx: bool, xx: bool) -> bool {
+        match self.scores.get_mut(member) {
+            Some(old) if !nx => {
+                let prev = std::mem::replace(old, score);
+                let key = self.order.take(&(Score(prev), member.into())).expect("indexed").1;
+                self.order.insert((Score(score), key));
+                false
+            }
+            Some(_) => false,
+            None if xx => false,
+            None => {
+                self.scores.insert(member.into(), score);
+                self.order.insert((Score(score), member.into()));
+                true
+            }
+        }
+    }
+
+    pub fn remove(&mut self, member: &[u8]) -> bool {
+        match self.scores.remove(member) {
+            Some(s) => self.order.remove(&(Score(s), member.into())),
+            None => false,
+        }
+    }
+
+    /// The member with the lowest score (ties: the lowest member), removed.
+    pub fn pop_min(&mut self) -> Option<(Box<[u8]>, f64)> {
+        let (s, m) = self.order.pop_first()?;
+        self.scores.remove(&m);
+        Some((m, s.0))
+    }
+
+    pub fn score(&self, member: &[u8]) -> Option<f64> {
+        self.scores.get(member).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Members and scores by rank, from `start` to `stop` inclusive (both already in range).
+    pub fn range(&self, start: usize, stop: usize) -> impl Iterator<Item = (&[u8], f64)> {
+        self.order.iter().skip(start).take(stop + 1 - start).map(|(s, m)| (&m[..], s.0))
+    }
+}
+
+impl Value {
+    /// The name `TYPE` answers.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "string",
+            Value::List(_) => "list",
+            Value::Hash(_) => "hash",
+            Value::Set(_) => "set",
+            Value::ZSet(_) => "zset",
+        }
+    }
+
+    fn is_empty_collection(&self) -> bool {
+        match self {
+            Value::Str(_) => false,
+            Value::List(l) => l.is_empty(),
+            Value::Hash(h) => h.is_empty(),
+            Value::Set(m) => m.is_empty(),
+            Value::ZSet(z) => z.len() == 0,
+        }
+    }
+}
+
+/// The key holds a value of another type than the command works on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WrongType;
+
 struct Entry {
-    /// The value, framed as a RESP bulk string.
-    framed: IoBuf,
+    value: Value,
     expires: Option<Instant>,
 }
 
@@ -30,16 +146,51 @@ pub struct Store {
 }
 
 impl Store {
-    /// A view of the framed value of `key`, unless it is missing or expired (then it is
-    /// removed). Hot path: one hash lookup and one reference count increment, no allocation.
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<IoBuf> {
+    /// A view of the framed string at `key`, unless it is missing or expired (then it is
+    /// removed); `WrongType` if it holds a collection. Hot path: one hash lookup and one
+    /// reference count increment, no allocation.
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Result<Option<IoBuf>, WrongType> {
         match self.map.get(key) {
-            None => return None,
-            Some(e) if !e.expires.is_some_and(|t| t <= now) => return Some(e.framed.clone()),
+            None => return Ok(None),
+            Some(e) if !e.expires.is_some_and(|t| t <= now) => {
+                return match &e.value {
+                    Value::Str(b) => Ok(Some(b.clone())),
+                    _ => Err(WrongType),
+                }
+            }
             Some(_) => {}
         }
         self.map.remove(key);
-        None
+        Ok(None)
+    }
+
+    /// The live value at `key`.
+    pub fn value(&mut self, key: &[u8], now: Instant) -> Option<&Value> {
+        self.live(key, now);
+        self.map.get(key).map(|e| &e.value)
+    }
+
+    /// The live value at `key`, to change in place (see [`Store::drop_if_empty`]).
+    pub fn value_mut(&mut self, key: &[u8], now: Instant) -> Option<&mut Value> {
+        self.live(key, now);
+        self.map.get_mut(key).map(|e| &mut e.value)
+    }
+
+    /// The live value at `key`, or `empty()` stored there (without a deadline) if it is missing.
+    pub fn value_or_insert(&mut self, key: &[u8], now: Instant, empty: fn() -> Value) -> &mut Value {
+        self.live(key, now);
+        // Not `entry`: it would copy the key on every call, not only when inserting.
+        if !self.map.contains_key(key) {
+            self.map.insert(key.into(), Entry { value: empty(), expires: None });
+        }
+        &mut self.map.get_mut(key).expect("present or just inserted").value
+    }
+
+    /// Deletes `key` if it holds an empty collection (after a pop or a removal).
+    pub fn drop_if_empty(&mut self, key: &[u8]) {
+        if self.map.get(key).is_some_and(|e| e.value.is_empty_collection()) {
+            self.map.remove(key);
+        }
     }
 
     /// Removes `key` if its deadline has passed.
@@ -49,31 +200,32 @@ impl Store {
         }
     }
 
-    /// Whether `key` holds a live value.
+    /// Whether `key` holds a live value (of any type).
     pub fn contains(&mut self, key: &[u8], now: Instant) -> bool {
-        self.get(key, now).is_some()
+        self.value(key, now).is_some()
     }
 
-    /// Stores `framed` under `key`; `expires: None` clears any deadline the key had.
+    /// Stores the string `framed` under `key`, whatever it held; `expires: None` clears any
+    /// deadline the key had.
     pub fn set(&mut self, key: &[u8], framed: IoBuf, expires: Option<Instant>) {
         if let Some(t) = expires {
             self.deadlines.push(Reverse((t, key.into())));
         }
+        let value = Value::Str(framed);
         match self.map.get_mut(key) {
-            Some(e) => *e = Entry { framed, expires },
+            Some(e) => *e = Entry { value, expires },
             None => {
-                self.map.insert(key.into(), Entry { framed, expires });
+                self.map.insert(key.into(), Entry { value, expires });
             }
         }
     }
 
-    /// Replaces the value of an existing live key, keeping its deadline. Returns false if the
-    /// key is missing.
+    /// Replaces the value of an existing live key with the string `framed`, keeping its
+    /// deadline. Returns false if the key is missing.
     pub fn replace(&mut self, key: &[u8], framed: IoBuf, now: Instant) -> bool {
-        self.live(key, now);
-        match self.map.get_mut(key) {
-            Some(e) => {
-                e.framed = framed;
+        match self.value_mut(key, now) {
+            Some(v) => {
+                *v = Value::Str(framed);
                 true
             }
             None => false,
@@ -142,11 +294,11 @@ mod tests {
     fn set_get_remove() {
         let now = Instant::now();
         let mut s = Store::default();
-        assert!(s.get(b"k", now).is_none());
+        assert!(s.get(b"k", now).unwrap().is_none());
         s.set(b"k", bulk(b"v1"), None);
-        assert_eq!(&s.get(b"k", now).unwrap()[..], b"$2\r\nv1\r\n");
+        assert_eq!(&s.get(b"k", now).unwrap().unwrap()[..], b"$2\r\nv1\r\n");
         s.set(b"k", bulk(b"v2"), None);
-        assert_eq!(&s.get(b"k", now).unwrap()[..], b"$2\r\nv2\r\n");
+        assert_eq!(&s.get(b"k", now).unwrap().unwrap()[..], b"$2\r\nv2\r\n");
         assert_eq!(s.len(), 1);
         assert!(s.remove(b"k", now));
         assert!(!s.remove(b"k", now));
@@ -158,8 +310,8 @@ mod tests {
         let now = Instant::now();
         let mut s = Store::default();
         s.set(b"k", bulk(b"value"), None);
-        let a = s.get(b"k", now).unwrap();
-        let b = s.get(b"k", now).unwrap();
+        let a = s.get(b"k", now).unwrap().unwrap();
+        let b = s.get(b"k", now).unwrap().unwrap();
         assert_eq!(a.as_ptr(), b.as_ptr(), "both replies are views of the one stored block");
     }
 
@@ -184,6 +336,26 @@ mod tests {
         assert_eq!(s.expire(later, 100), 1);
         assert!(!s.contains(b"c", later));
         assert_eq!(s.deadline(b"zz", later), None);
+    }
+
+    #[test]
+    fn collections_have_types_and_vanish_when_emptied() {
+        let now = Instant::now();
+        let mut s = Store::default();
+        let Value::List(l) = s.value_or_insert(b"l", now, || Value::List(VecDeque::new())) else { panic!() };
+        l.push_back(bulk(b"x"));
+        assert_eq!(s.value(b"l", now).map(Value::type_name), Some("list"));
+        assert_eq!(s.get(b"l", now), Err(WrongType), "GET of a list");
+        assert!(s.contains(b"l", now));
+        // An existing value of another type is returned as it is, not replaced.
+        assert!(matches!(s.value_or_insert(b"l", now, || Value::Set(HashSet::new())), Value::List(_)));
+        let Some(Value::List(l)) = s.value_mut(b"l", now) else { panic!() };
+        l.pop_front();
+        s.drop_if_empty(b"l");
+        assert!(!s.contains(b"l", now), "an emptied list is deleted");
+        s.set(b"k", bulk(b"v"), None);
+        s.drop_if_empty(b"k");
+        assert!(s.contains(b"k", now), "strings are never 'empty collections'");
     }
 
     #[test]
