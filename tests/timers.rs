@@ -125,7 +125,9 @@ fn another_stage_on_the_same_worker_can_schedule_into_a_stage() {
     });
     b.handler(source, move |s| {
         let later = s.timer(target);
-        handler_fn(move |v: u32, _cx: &mut Context<'_>| later.after(Duration::from_millis(20), v * 10).unwrap())
+        handler_fn(move |v: u32, _cx: &mut Context<'_>| {
+            later.after(Duration::from_millis(20), v * 10).unwrap();
+        })
     });
     let rt = b.start().unwrap();
     let t0 = Instant::now();

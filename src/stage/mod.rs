@@ -21,8 +21,8 @@ use std::marker::PhantomData;
 pub use injector::Injector;
 pub use sink::Sink;
 pub(crate) use sink::{LocalQueue, SinkInner};
-pub use timer::Timer;
 pub(crate) use timer::TimerTable;
+pub use timer::{Timer, TimerKey};
 
 use crate::runtime::io::Io;
 
