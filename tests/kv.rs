@@ -302,6 +302,73 @@ fn installed(tool: &str) -> bool {
 }
 
 #[test]
+fn blocking_pops_wait_for_a_push_or_their_time_limit() {
+    let s = server(&[]);
+    let (mut a, mut b, mut c) = (Client::new(s.addr), Client::new(s.addr), Client::new(s.addr));
+    // `a` blocks first, with a PING pipelined behind its BLPOP; then `b`.
+    let mut pipeline = cmd(&[b"BLPOP", b"q", b"0"]);
+    pipeline.extend_from_slice(&cmd(&[b"PING"]));
+    a.send(&pipeline);
+    std::thread::sleep(Duration::from_millis(100));
+    b.send(&cmd(&[b"BLPOP", b"nothing", b"q", b"0"]));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.call(&[b"RPUSH", b"q", b"x", b"y"]), ":2\r\n", "the length right after the push");
+    assert_eq!(a.reply(), "*2\r\n$1\r\nq\r\n$1\r\nx\r\n", "first blocked, first served");
+    assert_eq!(a.reply(), "+PONG\r\n", "the command behind the BLPOP ran once it was served");
+    assert_eq!(b.reply(), "*2\r\n$1\r\nq\r\n$1\r\ny\r\n");
+    assert_eq!(c.call(&[b"EXISTS", b"q"]), ":0\r\n", "both elements went to the waiters");
+
+    // A time limit ends the wait with a null array, and not before it.
+    let t = Instant::now();
+    assert_eq!(a.call(&[b"BRPOP", b"nothing", b"0.2"]), "*-1\r\n");
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5), "{waited:?}");
+
+    // A list with elements answers at once; the first non-empty key wins.
+    assert_eq!(c.call(&[b"RPUSH", b"k2", b"1", b"2"]), ":2\r\n");
+    assert_eq!(a.call(&[b"BRPOP", b"k1", b"k2", b"5"]), "*2\r\n$2\r\nk2\r\n$1\r\n2\r\n");
+    assert_eq!(a.call(&[b"SET", b"str", b"v"]), "+OK\r\n");
+    assert_eq!(
+        a.call(&[b"BLPOP", b"str", b"1"]),
+        "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+    );
+    assert_eq!(a.call(&[b"BLPOP", b"k2", b"-1"]), "-ERR timeout is negative\r\n");
+
+    // A blocked client that goes away is forgotten: a later push stays in the list.
+    b.send(&cmd(&[b"BLPOP", b"r", b"0"]));
+    std::thread::sleep(Duration::from_millis(100));
+    drop(b);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.call(&[b"RPUSH", b"r", b"z"]), ":1\r\n");
+    assert_eq!(c.call(&[b"LLEN", b"r"]), ":1\r\n");
+}
+
+#[test]
+fn blocking_pops_time_limits_are_bounded_and_freed_when_served() {
+    let s = server(&["--max-blocked", "2"]);
+    let (mut a, mut c) = (Client::new(s.addr), Client::new(s.addr));
+    // Served waits give their time limit's slot back (cancelled), so many in a row fit.
+    for i in 0..20 {
+        a.send(&cmd(&[b"BLPOP", b"q", b"30"]));
+        std::thread::sleep(Duration::from_millis(5));
+        let v = i.to_string();
+        assert_eq!(c.call(&[b"RPUSH", b"q", v.as_bytes()]), ":1\r\n");
+        assert_eq!(a.reply(), format!("*2\r\n$1\r\nq\r\n${}\r\n{v}\r\n", v.len()));
+    }
+    // Two waits with a time limit fill the table: a third is refused at once.
+    let mut b = Client::new(s.addr);
+    a.send(&cmd(&[b"BLPOP", b"q", b"30"]));
+    b.send(&cmd(&[b"BLPOP", b"q", b"30"]));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(c.call(&[b"BLPOP", b"q", b"30"]), "-BUSY too many blocked clients, try again later\r\n");
+    // A wait without a time limit needs no slot.
+    c.send(&cmd(&[b"BLPOP", b"other", b"0"]));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(Client::new(s.addr).call(&[b"LPUSH", b"other", b"v"]), ":1\r\n");
+    assert_eq!(c.reply(), "*2\r\n$5\r\nother\r\n$1\r\nv\r\n");
+}
+
+#[test]
 fn redis_cli_and_redis_benchmark_work_against_it() {
     if !installed("redis-cli") {
         return;

@@ -30,6 +30,24 @@ struct KvConn {
     waiting: bool,
     /// A final reply was queued (`QUIT`, a protocol error): further input is ignored.
     done: bool,
+    /// A blocking pop waits for one of these keys (`waiting` is set too).
+    blocked: Option<Blocked>,
+}
+
+/// A `BLPOP` / `BRPOP` waiting for a push.
+struct Blocked {
+    keys: Vec<Box<[u8]>>,
+    left: bool,
+    /// Tells this wait from earlier ones of the same connection.
+    id: u64,
+    /// Its time limit, cancelled when a push serves it first.
+    timer: Option<TimerKey>,
+}
+
+/// A blocking pop's time limit ran out: delivered by the shard's timer to the unblock stage.
+pub struct BlockTimeout {
+    conn: Conn,
+    id: u64,
 }
 
 /// What running one command produced.
@@ -40,6 +58,12 @@ enum Outcome {
     Slow(Duration),
     /// Reply, then close the connection.
     Close(IoBuf),
+    /// `BLPOP` / `BRPOP` found every key empty: wait for a push to one of `args[1..n-1]`, or
+    /// until the time limit (`None`: no limit).
+    Block {
+        left: bool,
+        timeout: Option<Duration>,
+    },
 }
 
 /// The state of one core's keyspace and connections, shared by the command and resume stages
@@ -54,6 +78,13 @@ pub struct Shard {
     args: Vec<Range<usize>>,
     clients: usize,
     commands: u64,
+    /// Connections blocked on each key, first come first served.
+    waiters: HashMap<Box<[u8]>, VecDeque<(Conn, u64)>>,
+    next_block: u64,
+    /// Delivers blocking pops' time limits to the unblock stage (on this core).
+    timer: Timer<BlockTimeout>,
+    /// Connections just unblocked, whose waiting commands are to run.
+    unblocked: Vec<Conn>,
 }
 
 pub type SharedShard = Rc<RefCell<Shard>>;
@@ -68,7 +99,7 @@ pub fn shard_here(make: impl FnOnce() -> Shard) -> SharedShard {
 }
 
 impl Shard {
-    pub fn new(net: Sink<NetCmd>, slow: Sink<SlowReq>, limits: Limits) -> Shard {
+    pub fn new(net: Sink<NetCmd>, slow: Sink<SlowReq>, timer: Timer<BlockTimeout>, limits: Limits) -> Shard {
         Shard {
             net,
             slow,
@@ -78,6 +109,10 @@ impl Shard {
             args: Vec::new(),
             clients: 0,
             commands: 0,
+            waiters: HashMap::new(),
+            next_block: 0,
+            timer,
+            unblocked: Vec::new(),
         }
     }
 
@@ -103,14 +138,22 @@ impl Shard {
                 if self.conns.len() <= slot {
                     self.conns.resize_with(slot + 1, || None);
                 }
-                self.conns[slot] = Some(KvConn { conn, stash: Vec::new(), need: 0, waiting: false, done: false });
+                self.conns[slot] =
+                    Some(KvConn { conn, stash: Vec::new(), need: 0, waiting: false, done: false, blocked: None });
                 self.clients += 1;
             }
-            NetEvent::Data { conn, data } => self.on_data(conn, &data, now),
+            NetEvent::Data { conn, data } => {
+                self.on_data(conn, &data, now);
+                self.run_unblocked(now);
+            }
             NetEvent::Closed { conn } => {
-                if self.conn_mut(conn).is_some() {
+                if let Some(st) = self.conn_mut(conn) {
+                    let blocked = st.blocked.take();
                     self.conns[conn.slot()] = None;
                     self.clients -= 1;
+                    if let Some(b) = blocked {
+                        self.forget_waits(conn, &b);
+                    }
                 }
             }
         }
@@ -199,6 +242,11 @@ impl Shard {
                             pos = buf.len();
                             break;
                         }
+                        Outcome::Block { left, timeout } => {
+                            if self.block(conn, data, &args, left, timeout, now) {
+                                break;
+                            }
+                        }
                         Outcome::Slow(dur) => match self.slow.try_enqueue(SlowReq { conn, dur }) {
                             Ok(()) => {
                                 if let Some(st) = self.conn_mut(conn) {
@@ -212,6 +260,12 @@ impl Shard {
                                 self.send(conn, NetCmd::Send { conn, data: busy });
                             }
                         },
+                    }
+                    if !self.waiters.is_empty() {
+                        let name = &data[args[0].clone()];
+                        if name.eq_ignore_ascii_case(b"LPUSH") || name.eq_ignore_ascii_case(b"RPUSH") {
+                            self.serve(&data[args[1].clone()], now);
+                        }
                     }
                     if self.conn_mut(conn).map_or(true, |st| st.done) {
                         pos = buf.len();
@@ -234,6 +288,118 @@ impl Shard {
         }
         self.send(conn, NetCmd::Send { conn, data: resp::OK.clone() });
         self.run_stash(conn, now);
+        self.run_unblocked(now);
+    }
+
+    /// Parks `conn` on the keys of the blocking pop in `data`/`args` (later commands of the
+    /// connection wait behind it). Returns false, having answered `-BUSY`, when the timer
+    /// table is full.
+    fn block(
+        &mut self,
+        conn: Conn,
+        data: &[u8],
+        args: &[Range<usize>],
+        left: bool,
+        timeout: Option<Duration>,
+        now: Instant,
+    ) -> bool {
+        let id = self.next_block;
+        self.next_block += 1;
+        let mut timer = None;
+        if let Some(t) = timeout {
+            // `at`, not `after`: the limit counts from this command's loop time.
+            let at = now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+            match self.timer.at(at, BlockTimeout { conn, id }) {
+                Ok(key) => timer = Some(key),
+                Err(_) => {
+                    let busy = resp::error("BUSY too many blocked clients, try again later");
+                    self.send(conn, NetCmd::Send { conn, data: busy });
+                    return false;
+                }
+            }
+        }
+        let keys: Vec<Box<[u8]>> = args[1..args.len() - 1].iter().map(|r| data[r.clone()].into()).collect();
+        for k in &keys {
+            self.waiters.entry(k.clone()).or_default().push_back((conn, id));
+        }
+        if let Some(st) = self.conn_mut(conn) {
+            st.waiting = true;
+            st.need = 0;
+            st.blocked = Some(Blocked { keys, left, id, timer });
+        }
+        true
+    }
+
+    /// A push to `key` happened: hands its elements to the connections blocked on it, first
+    /// blocked first served, while both last.
+    fn serve(&mut self, key: &[u8], now: Instant) {
+        while let Some(&(conn, id)) = self.waiters.get(key).and_then(|q| q.front()) {
+            let state = self.conn_mut(conn).filter(|st| !st.done).and_then(|st| st.blocked.as_ref());
+            let Some(left) = state.filter(|b| b.id == id).map(|b| b.left) else {
+                // Its connection is finishing (a reply could not be queued): no element for it.
+                let q = self.waiters.get_mut(key).expect("just looked at");
+                q.pop_front();
+                if q.is_empty() {
+                    self.waiters.remove(key);
+                }
+                continue;
+            };
+            let elem = match self.store.value_mut(key, now) {
+                Some(Value::List(l)) if left => l.pop_front(),
+                Some(Value::List(l)) => l.pop_back(),
+                _ => None,
+            };
+            let Some(elem) = elem else { return };
+            self.store.drop_if_empty(key);
+            let mut reply = IoBufChain::new();
+            reply.push(resp::array_header(2));
+            reply.push(resp::bulk(key));
+            reply.push(elem);
+            self.unblock(conn, NetCmd::SendChain { conn, data: reply });
+        }
+    }
+
+    /// The unblock stage's event: a blocking pop's time limit ran out.
+    fn timed_out(&mut self, t: BlockTimeout, now: Instant) {
+        if self.conn_mut(t.conn).and_then(|st| st.blocked.as_ref()).is_some_and(|b| b.id == t.id) {
+            self.unblock(t.conn, NetCmd::Send { conn: t.conn, data: resp::NIL_ARRAY.clone() });
+            self.run_unblocked(now);
+        }
+    }
+
+    /// Ends `conn`'s wait with `reply`; its waiting commands run in [`Shard::run_unblocked`].
+    fn unblock(&mut self, conn: Conn, reply: NetCmd) {
+        let Some(st) = self.conn_mut(conn) else { return };
+        let Some(b) = st.blocked.take() else { return };
+        st.waiting = false;
+        self.forget_waits(conn, &b);
+        self.send(conn, reply);
+        self.unblocked.push(conn);
+    }
+
+    /// Removes `conn`'s entries for the wait `b` from the waiter queues, and its time limit.
+    fn forget_waits(&mut self, conn: Conn, b: &Blocked) {
+        if let Some(k) = b.timer {
+            self.timer.cancel(k);
+        }
+        for k in &b.keys {
+            if let Some(q) = self.waiters.get_mut(k) {
+                q.retain(|&(c, id)| !(c == conn && id == b.id));
+                if q.is_empty() {
+                    self.waiters.remove(k);
+                }
+            }
+        }
+    }
+
+    /// Runs the commands that waited behind blocking pops that just ended (which may push and
+    /// end more of them).
+    fn run_unblocked(&mut self, now: Instant) {
+        while let Some(conn) = self.unblocked.pop() {
+            if self.conn_mut(conn).is_some_and(|st| !st.done && !st.waiting) {
+                self.run_stash(conn, now);
+            }
+        }
     }
 }
 
@@ -307,6 +473,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
         b"ZSCORE" => arity(n == 3),
         b"ZREM" => arity(n >= 3),
         b"ZRANGE" => arity(n == 4 || n == 5),
+        b"BLPOP" | b"BRPOP" => arity(n >= 3),
         _ => None,
     };
     if let Some(e) = check {
@@ -394,6 +561,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             Outcome::Reply(IoBuf::from(format!("+{name}\r\n").into_bytes()))
         }
         b"LPUSH" | b"RPUSH" | b"LPOP" | b"RPOP" | b"LLEN" | b"LRANGE" | b"LINDEX" => list(store, cmd, data, args, now),
+        b"BLPOP" | b"BRPOP" => blocking_pop(store, cmd == b"BLPOP", data, args, now),
         b"SADD" | b"SREM" | b"SCARD" | b"SISMEMBER" | b"SMEMBERS" | b"SPOP" => set_cmd(store, cmd, data, args, now),
         b"HSET" | b"HGET" | b"HDEL" | b"HLEN" | b"HEXISTS" | b"HGETALL" => hash(store, cmd, data, args, now),
         b"ZADD" | b"ZCARD" | b"ZPOPMIN" | b"ZSCORE" | b"ZREM" | b"ZRANGE" => zset(store, cmd, data, args, now),
@@ -552,6 +720,33 @@ fn list(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: 
             }
         }
     }
+}
+
+/// `BLPOP` / `BRPOP key [key ...] timeout`: pops from the first non-empty list at once, or
+/// blocks (the shard parks the connection) until a push or the timeout (seconds, a decimal; 0
+/// waits for ever).
+fn blocking_pop(store: &mut Store, left: bool, data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+    let a = |i: usize| &data[args[i].clone()];
+    let n = args.len();
+    let t = std::str::from_utf8(a(n - 1)).ok().and_then(|t| t.parse::<f64>().ok()).filter(|t| t.is_finite());
+    let timeout = match t {
+        None => return err("ERR timeout is not a float or out of range"),
+        Some(t) if t < 0.0 => return err("ERR timeout is negative"),
+        Some(0.0) => None,
+        Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
+    };
+    for i in 1..n - 1 {
+        match store.value_mut(a(i), now) {
+            None => {}
+            Some(Value::List(l)) => {
+                let Some(e) = (if left { l.pop_front() } else { l.pop_back() }) else { continue };
+                store.drop_if_empty(a(i));
+                return array([resp::bulk(a(i)), e].into_iter());
+            }
+            Some(_) => return wrongtype(),
+        }
+    }
+    Outcome::Block { left, timeout }
 }
 
 /// The set commands: SADD, SREM, SCARD, SISMEMBER, SMEMBERS, SPOP (an arbitrary member, with
@@ -848,6 +1043,19 @@ impl Handler for Command {
     }
 }
 
+/// The unblock stage: blocking pops whose time limit ran out (events from the shard's timer).
+pub struct Unblock {
+    pub shard: SharedShard,
+}
+
+impl Handler for Unblock {
+    type Event = BlockTimeout;
+
+    fn handle(&mut self, t: BlockTimeout, cx: &mut Context<'_>) {
+        self.shard.borrow_mut().timed_out(t, cx.now());
+    }
+}
+
 /// The resume stage: replies of slow commands, back on the connection's core.
 pub struct Resume {
     pub shard: SharedShard,
@@ -877,6 +1085,7 @@ mod tests {
             Outcome::Reply(r) | Outcome::Close(r) => r.to_vec(),
             Outcome::Chain(c) => c.to_vec(),
             Outcome::Slow(d) => format!("slow {}ms", d.as_millis()).into_bytes(),
+            Outcome::Block { left, timeout } => format!("block left={left} {timeout:?}").into_bytes(),
         }
     }
 
@@ -946,6 +1155,23 @@ mod tests {
         assert_eq!(r(&[b"LLEN", b"l"]), ":0\r\n");
         assert_eq!(r(&[b"LRANGE", b"l", b"0", b"x"]), "-ERR value is not an integer or out of range\r\n");
         assert_eq!(r(&[b"LPUSH", b"l"]), "-ERR wrong number of arguments for 'lpush' command\r\n");
+    }
+
+    #[test]
+    fn blocking_pops_answer_at_once_or_ask_to_block() {
+        let t = Instant::now();
+        let mut s = Store::default();
+        let mut r = |w: &[&[u8]]| String::from_utf8(run(&mut s, w, t)).unwrap();
+        assert_eq!(r(&[b"BLPOP", b"a", b"b", b"0"]), "block left=true None");
+        assert_eq!(r(&[b"BRPOP", b"a", b"1.5"]), "block left=false Some(1.5s)");
+        assert_eq!(r(&[b"RPUSH", b"b", b"1", b"2"]), ":2\r\n");
+        assert_eq!(r(&[b"BLPOP", b"a", b"b", b"0"]), "*2\r\n$1\r\nb\r\n$1\r\n1\r\n");
+        assert_eq!(r(&[b"BRPOP", b"b", b"0"]), "*2\r\n$1\r\nb\r\n$1\r\n2\r\n");
+        assert_eq!(r(&[b"EXISTS", b"b"]), ":0\r\n");
+        assert_eq!(r(&[b"BLPOP", b"a", b"x"]), "-ERR timeout is not a float or out of range\r\n");
+        assert_eq!(r(&[b"BLPOP", b"a", b"inf"]), "-ERR timeout is not a float or out of range\r\n");
+        assert_eq!(r(&[b"BLPOP", b"a", b"-0.5"]), "-ERR timeout is negative\r\n");
+        assert_eq!(r(&[b"BLPOP", b"a"]), "-ERR wrong number of arguments for 'blpop' command\r\n");
     }
 
     #[test]

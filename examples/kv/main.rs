@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use ringstage::prelude::*;
 
-use command::{shard_here, Command, Resume, Shard};
+use command::{shard_here, BlockTimeout, Command, Resume, Shard, Unblock};
 use resp::Limits;
 use slow::{Slow, SlowDone, SlowReq};
 
@@ -38,12 +38,13 @@ struct Opts {
     slow_cpu: Option<usize>,
     capacity: usize,
     slow_capacity: usize,
+    max_blocked: usize,
     limits: Limits,
     idle: Duration,
 }
 
 const USAGE: &str = "usage: kv [--addr HOST:PORT] [--cpu N] [--slow-cpu M] [--stage-capacity N]
-  [--slow-capacity N] [--max-bulk-mb MB] [--idle-timeout-s S]";
+  [--slow-capacity N] [--max-blocked N] [--max-bulk-mb MB] [--idle-timeout-s S]";
 
 fn opts() -> Result<Opts, String> {
     let mut o = Opts {
@@ -52,6 +53,7 @@ fn opts() -> Result<Opts, String> {
         slow_cpu: None,
         capacity: 4096,
         slow_capacity: 64,
+        max_blocked: 16384,
         limits: Limits::default(),
         idle: Duration::from_secs(300),
     };
@@ -69,6 +71,7 @@ fn opts() -> Result<Opts, String> {
             "--slow-cpu" => o.slow_cpu = Some(num(&v)? as usize),
             "--stage-capacity" => o.capacity = num(&v)?.max(1) as usize,
             "--slow-capacity" => o.slow_capacity = num(&v)?.max(1) as usize,
+            "--max-blocked" => o.max_blocked = num(&v)?.clamp(1, 1 << 24) as usize,
             "--max-bulk-mb" => o.limits.max_bulk = (num(&v)?.clamp(1, 4096) as usize) << 20,
             "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?.max(1)),
             _ => return Err(format!("unknown option {k}\n{USAGE}")),
@@ -97,6 +100,8 @@ fn run(o: Opts) -> std::io::Result<()> {
     let mut b = Runtime::builder(2).cpus([o.cpu, slow_cpu]).signals(true);
     let command = b.stage::<NetEvent>("command", StageConfig::on([0]).capacity(o.capacity));
     let resume = b.stage::<SlowDone>("resume", StageConfig::on([0]).capacity(o.capacity));
+    // Blocking pops' time limits: the shard's timer hands them to this stage on worker 0.
+    let unblock = b.stage::<BlockTimeout>("unblock", StageConfig::on([0]).timers(o.max_blocked));
     // One command per visit: the worker checks for new work between slow commands.
     let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).capacity(o.slow_capacity).batch(1));
     let listen = ListenConfig::new(o.addr, [0]).idle_timeout(o.idle);
@@ -104,10 +109,12 @@ fn run(o: Opts) -> std::io::Result<()> {
     let limits = o.limits.clone();
     // Both stages of worker 0 get the same shard: the first to be set up creates it (and
     // takes its sinks).
-    let make_shard = move |s: &mut Setup<'_>| shard_here(|| Shard::new(s.sink(net), s.sink(slow), limits.clone()));
-    let make = make_shard.clone();
+    let make_shard =
+        move |s: &mut Setup<'_>| shard_here(|| Shard::new(s.sink(net), s.sink(slow), s.timer(unblock), limits.clone()));
+    let (make, make2) = (make_shard.clone(), make_shard.clone());
     b.handler(command, move |s| Command { shard: make(s) });
-    b.handler(resume, move |s| Resume { shard: make_shard(s) });
+    b.handler(resume, move |s| Resume { shard: make2(s) });
+    b.handler(unblock, move |s| Unblock { shard: make_shard(s) });
     b.handler(slow, move |s| Slow { resume: s.sink(resume), undelivered: VecDeque::new() });
     let rt = b.start()?;
     println!("kv listening on {} (keyspace on CPU {}, slow stage on CPU {slow_cpu})", rt.local_addr(listener), o.cpu);
