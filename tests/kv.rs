@@ -202,6 +202,95 @@ fn garbage_input_never_takes_the_server_down() {
 }
 
 #[test]
+fn random_well_framed_commands_get_one_reply_each_and_never_take_the_server_down() {
+    // Every command name the server knows (and a few it does not), with 0 to 5 arguments drawn
+    // from a few keys, numbers and words, from 4 clients at once, some blocked on lists while
+    // others push: each command must get exactly one well-formed reply.
+    let names: &[&[u8]] = &[
+        b"GET",
+        b"SET",
+        b"DEL",
+        b"EXISTS",
+        b"MGET",
+        b"MSET",
+        b"INCR",
+        b"DECRBY",
+        b"EXPIRE",
+        b"PEXPIRE",
+        b"TTL",
+        b"PERSIST",
+        b"TYPE",
+        b"LPUSH",
+        b"RPUSH",
+        b"LPOP",
+        b"RPOP",
+        b"LLEN",
+        b"LRANGE",
+        b"LINDEX",
+        b"BLPOP",
+        b"BRPOP",
+        b"SADD",
+        b"SREM",
+        b"SCARD",
+        b"SISMEMBER",
+        b"SMEMBERS",
+        b"SPOP",
+        b"HSET",
+        b"HGET",
+        b"HDEL",
+        b"HLEN",
+        b"HEXISTS",
+        b"HGETALL",
+        b"ZADD",
+        b"ZCARD",
+        b"ZSCORE",
+        b"ZREM",
+        b"ZPOPMIN",
+        b"ZRANGE",
+        b"PING",
+        b"ECHO",
+        b"DBSIZE",
+        b"SELECT",
+        b"CONFIG",
+        b"NOPE",
+    ];
+    let words: &[&[u8]] = &[b"k", b"l", b"z", b"h", b"0", b"1", b"-1", b"2", b"0.01", b"NX", b"XX", b"x", b""];
+    let s = server(&["--max-blocked", "8"]);
+    let addr = s.addr;
+    let clients: Vec<_> = (0..4u64)
+        .map(|id| {
+            std::thread::spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (id + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                let mut c = Client::new(addr);
+                for _ in 0..400 {
+                    let mut w: Vec<&[u8]> = vec![names[(next() % names.len() as u64) as usize]];
+                    let blocking = w[0].starts_with(b"B");
+                    for _ in 0..next() % 6 {
+                        w.push(words[(next() % words.len() as u64) as usize]);
+                    }
+                    if blocking {
+                        // Never wait for ever: the last argument is the time limit.
+                        w.push(b"0.01");
+                    }
+                    let r = c.call(&w);
+                    assert!(matches!(r.as_bytes()[0], b'+' | b'-' | b':' | b'$' | b'*'), "{w:?} -> {r:?}");
+                }
+                c.call(&[b"PING"])
+            })
+        })
+        .collect();
+    for t in clients {
+        assert_eq!(t.join().expect("client finished"), "+PONG\r\n");
+    }
+}
+
+#[test]
 fn slow_commands_neither_delay_other_clients_nor_reorder_replies() {
     let s = server(&[]);
     let mut slow = Client::new(s.addr);
@@ -312,6 +401,10 @@ fn blocking_pops_wait_for_a_push_or_their_time_limit() {
     std::thread::sleep(Duration::from_millis(100));
     b.send(&cmd(&[b"BLPOP", b"nothing", b"q", b"0"]));
     std::thread::sleep(Duration::from_millis(100));
+    // Malformed and refused pushes while clients wait serve nobody (and used to index past the
+    // arguments of the first one).
+    assert_eq!(c.call(&[b"LPUSH"]), "-ERR wrong number of arguments for 'lpush' command\r\n");
+    assert_eq!(c.call(&[b"RPUSH", b"q"]), "-ERR wrong number of arguments for 'rpush' command\r\n");
     assert_eq!(c.call(&[b"RPUSH", b"q", b"x", b"y"]), ":2\r\n", "the length right after the push");
     assert_eq!(a.reply(), "*2\r\n$1\r\nq\r\n$1\r\nx\r\n", "first blocked, first served");
     assert_eq!(a.reply(), "+PONG\r\n", "the command behind the BLPOP ran once it was served");

@@ -261,7 +261,9 @@ impl Shard {
                             }
                         },
                     }
-                    if !self.waiters.is_empty() {
+                    if !self.waiters.is_empty() && args.len() >= 3 {
+                        // A push (even a refused one: then the list is unchanged) may serve
+                        // connections blocked on its key.
                         let name = &data[args[0].clone()];
                         if name.eq_ignore_ascii_case(b"LPUSH") || name.eq_ignore_ascii_case(b"RPUSH") {
                             self.serve(&data[args[1].clone()], now);
