@@ -6,7 +6,9 @@
 //!
 //! - from a stage on the **same worker**: a worker-local ring, no atomics, no cross-core traffic;
 //! - from a stage on **another worker**: an SPSC ring per (producer worker, replica);
-//! - from **outside the runtime**: an MPSC ring fed by [`Injector`]s.
+//! - from **outside the runtime**: an MPSC ring fed by [`Injector`]s;
+//! - **later**, from a [`Timer`] on the same worker: the replica's bounded timer table, whose
+//!   events reach the handler once their deadline has passed.
 //!
 //! Every queue is bounded by the stage's capacity. [`Sink::try_enqueue`] hands the event back
 //! (`Err(event)`) when the target queue is full: the queue is the stage's admission point and
