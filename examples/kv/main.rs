@@ -11,11 +11,16 @@
 //! the `slow` stage on a second worker and come back through `resume`, on the first worker,
 //! which keeps each connection's replies in order. Only those events cross cores: fast
 //! commands never wait behind slow ones, which is the difference from Redis, where
-//! `DEBUG SLEEP` stalls every client.
+//! `DEBUG SLEEP` stalls every client. A blocking pop (`BLPOP`, `BRPOP`) parks its connection
+//! in the command stage; its time limit is a timer event for the `unblock` stage, on the same
+//! core, cancelled when a push serves it first.
 //!
-//! Commands: GET SET (NX XX EX PX KEEPTTL) MGET MSET DEL EXISTS INCR DECR INCRBY DECRBY EXPIRE
-//! PEXPIRE TTL PTTL PERSIST DBSIZE FLUSHALL FLUSHDB PING ECHO SELECT 0 INFO QUIT DEBUG SLEEP,
-//! plus empty answers to the CONFIG GET and COMMAND queries clients make on connect.
+//! Commands: GET SET (NX XX EX PX KEEPTTL) MGET MSET DEL EXISTS TYPE INCR DECR INCRBY DECRBY
+//! EXPIRE PEXPIRE TTL PTTL PERSIST; lists LPUSH RPUSH LPOP RPOP LLEN LRANGE LINDEX BLPOP BRPOP;
+//! sets SADD SREM SCARD SISMEMBER SMEMBERS SPOP; hashes HSET HGET HDEL HLEN HEXISTS HGETALL;
+//! sorted sets ZADD ZCARD ZSCORE ZREM ZPOPMIN ZRANGE; DBSIZE FLUSHALL FLUSHDB PING ECHO SELECT 0
+//! INFO QUIT DEBUG SLEEP, plus empty answers to the CONFIG GET and COMMAND queries clients make
+//! on connect.
 
 mod command;
 mod resp;
