@@ -16,6 +16,8 @@ pub(crate) struct Header {
 pub(crate) enum Owner {
     /// `base..base+cap` is a `Box<[u8]>`; the header itself is a `Box<Header>`.
     Heap,
+    /// One allocation of [`inline_layout`]`(cap)`: the header, then the `cap` bytes.
+    Inline,
     /// Buffer `bid` of a pool; the header lives in the pool.
     Pool { pool: *const PoolShared, bid: u16 },
 }
@@ -48,9 +50,36 @@ impl IoBuf {
         IoBuf { hdr: None, ptr: bytes.as_ptr(), len: bytes.len() }
     }
 
-    /// Copies `bytes` into a new heap block (allocates).
+    /// Copies `bytes` into a new heap block: one allocation holding the header and the bytes.
     pub fn copy_from_slice(bytes: &[u8]) -> IoBuf {
-        IoBuf::from(bytes.to_vec())
+        IoBuf::concat(&[bytes])
+    }
+
+    /// Copies `parts`, one after the other, into a new heap block: one allocation holding the
+    /// header and the bytes (e.g. a protocol frame: a length line, the payload, a trailer).
+    ///
+    /// # Panics
+    /// If the total length overflows `isize`.
+    pub fn concat(parts: &[&[u8]]) -> IoBuf {
+        let len = parts.iter().try_fold(0usize, |n, p| n.checked_add(p.len())).expect("IoBuf::concat length overflow");
+        let layout = inline_layout(len);
+        // SAFETY: the layout is non-zero-sized (it holds a header).
+        let block = unsafe { std::alloc::alloc(layout) };
+        let Some(hdr) = NonNull::new(block.cast::<Header>()) else { std::alloc::handle_alloc_error(layout) };
+        // SAFETY: the bytes start right after the header, inside the allocation.
+        let base = unsafe { block.add(std::mem::size_of::<Header>()) };
+        // SAFETY: `hdr` is a fresh, suitably aligned allocation with room for a `Header`.
+        unsafe { hdr.as_ptr().write(Header { refs: AtomicUsize::new(1), base, cap: len, owner: Owner::Inline }) };
+        let mut at = base;
+        for p in parts {
+            // SAFETY: the parts add up to `len`, the room after the header; they cannot overlap
+            // a block allocated just now.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), at, p.len());
+                at = at.add(p.len());
+            }
+        }
+        IoBuf { hdr: Some(hdr), ptr: base, len }
     }
 
     /// Builds a view over a block whose header already counts this view.
@@ -212,11 +241,23 @@ impl Drop for IoBuf {
                     drop(Box::from_raw(h.as_ptr()));
                 }
             }
+            Owner::Inline => {
+                let layout = inline_layout(hdr.cap);
+                // SAFETY: last reference to a block made by `concat` with this very layout; the
+                // header has no drop glue worth running (an atomic and plain data).
+                unsafe { std::alloc::dealloc(h.as_ptr().cast::<u8>(), layout) };
+            }
             // SAFETY: last reference to pool buffer `bid`; the pool is kept alive by the
             // reference this buffer holds on it, which `release` gives up.
             Owner::Pool { pool, bid } => unsafe { PoolShared::release(pool, bid) },
         }
     }
+}
+
+/// The allocation of an inline block of `len` bytes: a header, then the bytes.
+fn inline_layout(len: usize) -> std::alloc::Layout {
+    let size = std::mem::size_of::<Header>().checked_add(len).expect("IoBuf size overflow");
+    std::alloc::Layout::from_size_align(size, std::mem::align_of::<Header>()).expect("IoBuf size overflow")
 }
 
 impl From<Vec<u8>> for IoBuf {
@@ -325,8 +366,33 @@ mod tests {
     }
 
     #[test]
+    fn copies_live_in_one_block_with_their_header() {
+        let b = IoBuf::concat(&[b"$5\r\n", b"hello", b"\r\n"]);
+        assert_eq!(&b[..], b"$5\r\nhello\r\n");
+        let h = b.header().unwrap();
+        assert!(matches!(h.owner, Owner::Inline));
+        assert_eq!(h.base as usize, h as *const Header as usize + std::mem::size_of::<Header>());
+        let mut v = b.slice(4..9);
+        assert_eq!(&v[..], b"hello");
+        assert_eq!(v.headroom(), 4);
+        drop(b);
+        v.as_mut_slice().unwrap().copy_from_slice(b"HELLO");
+        assert_eq!(v.prepend(4).unwrap(), b"$5\r\n");
+        assert_eq!(&v[..], b"$5\r\nHELLO");
+        let e = IoBuf::copy_from_slice(b"");
+        assert!(e.is_empty() && e.is_unique());
+        let c = IoBuf::copy_from_slice(b"abc").clone();
+        assert_eq!(&c[..], b"abc"); // the original view dropped first; Miri checks the free
+    }
+
+    #[test]
     fn clones_dropped_on_other_threads() {
-        let b = IoBuf::from(vec![7u8; 64]);
+        for b in [IoBuf::from(vec![7u8; 64]), IoBuf::copy_from_slice(&[7u8; 64])] {
+            shared_across_threads(b);
+        }
+    }
+
+    fn shared_across_threads(b: IoBuf) {
         let hs: Vec<_> = (0..4)
             .map(|i| {
                 let v = b.slice(i..i + 8);

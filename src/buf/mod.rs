@@ -12,7 +12,9 @@
 //!
 //! Costs: a clone is one atomic increment; a drop one atomic decrement, plus, for the last view
 //! of a pool buffer, one ring slot write and a release store (home thread) or one queue push
-//! (other threads). Views never allocate; only `IoBuf::from(Vec)` and `copy_from_slice` do.
+//! (other threads). Views never allocate; only making a block does: `IoBuf::from(Vec)` takes
+//! the vector's buffer and allocates a header beside it, `copy_from_slice` and `concat` copy
+//! into one allocation holding both.
 
 mod chain;
 mod iobuf;
