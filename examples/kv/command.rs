@@ -489,15 +489,8 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
         b"SET" => set(store, data, args, now),
         b"DEL" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.remove(a(i), now)).count() as i64)),
         b"EXISTS" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.contains(a(i), now)).count() as i64)),
-        b"MGET" => {
-            let mut c = IoBufChain::new();
-            c.push(resp::array_header(n - 1));
-            for i in 1..n {
-                // As in Redis, a key of another type reads as missing here.
-                c.push(store.get(a(i), now).ok().flatten().unwrap_or_else(|| resp::NIL.clone()));
-            }
-            Outcome::Chain(c)
-        }
+        // As in Redis, a key of another type reads as missing here.
+        b"MGET" => array((1..n).map(|i| store.get(a(i), now).ok().flatten().unwrap_or_else(|| resp::NIL.clone()))),
         b"MSET" => {
             for i in (1..n).step_by(2) {
                 store.set(a(i), resp::bulk(a(i + 1)), None);
@@ -635,14 +628,32 @@ fn count_arg(data: &[u8], args: &[Range<usize>], i: usize) -> Result<Option<usiz
     }
 }
 
-/// An array reply of the given framed elements.
+/// Elements at least this long go into an array reply as views of their stored blocks;
+/// shorter ones are copied: a gather list of tiny views costs more to send than the copy.
+const VIEW_MIN: usize = 512;
+
+/// An array reply of the given framed elements: runs of short elements copied into one
+/// buffer, long ones as views (so a reply of small elements is a single segment).
 fn array(items: impl ExactSizeIterator<Item = IoBuf>) -> Outcome {
-    let mut c = IoBufChain::new();
-    c.push(resp::array_header(items.len()));
+    let mut flat = format!("*{}\r\n", items.len()).into_bytes();
+    let mut chain = IoBufChain::new();
     for it in items {
-        c.push(it);
+        if it.len() < VIEW_MIN {
+            flat.extend_from_slice(&it);
+        } else {
+            if !flat.is_empty() {
+                chain.push(IoBuf::from(std::mem::take(&mut flat)));
+            }
+            chain.push(it);
+        }
     }
-    Outcome::Chain(c)
+    if chain.is_empty() {
+        return Outcome::Reply(IoBuf::from(flat));
+    }
+    if !flat.is_empty() {
+        chain.push(IoBuf::from(flat));
+    }
+    Outcome::Chain(chain)
 }
 
 fn wrongtype() -> Outcome {
@@ -1157,6 +1168,25 @@ mod tests {
         assert_eq!(r(&[b"LLEN", b"l"]), ":0\r\n");
         assert_eq!(r(&[b"LRANGE", b"l", b"0", b"x"]), "-ERR value is not an integer or out of range\r\n");
         assert_eq!(r(&[b"LPUSH", b"l"]), "-ERR wrong number of arguments for 'lpush' command\r\n");
+        // Long elements go as views between runs of copied short ones: the bytes are the same.
+        let big = vec![b'b'; VIEW_MIN];
+        assert_eq!(r(&[b"RPUSH", b"m", b"s1", &big, b"s2", b"s3", &big]), ":5\r\n");
+        let want = format!(
+            "*5\r\n$2\r\ns1\r\n${n}\r\n{b}\r\n$2\r\ns2\r\n$2\r\ns3\r\n${n}\r\n{b}\r\n",
+            n = big.len(),
+            b = String::from_utf8(big.clone()).unwrap()
+        );
+        assert_eq!(r(&[b"LRANGE", b"m", b"0", b"-1"]), want);
+        let small = r(&[b"LRANGE", b"m", b"0", b"0"]);
+        assert_eq!(small, "*1\r\n$2\r\ns1\r\n");
+        let mut data = Vec::new();
+        let mut args = Vec::new();
+        for w in [&b"LRANGE"[..], b"m", b"0", b"-1"] {
+            args.push(data.len()..data.len() + w.len());
+            data.extend_from_slice(w);
+        }
+        let Outcome::Chain(c) = exec(&mut s, &data, &args, t, Info { clients: 1, commands: 1 }) else { panic!() };
+        assert_eq!(c.segments(), 4, "[*5 s1] [big] [s2 s3] [big]");
     }
 
     #[test]

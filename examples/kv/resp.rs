@@ -158,25 +158,33 @@ pub fn error(msg: &str) -> IoBuf {
     IoBuf::from(format!("-{msg}\r\n").into_bytes())
 }
 
-/// `:<n>\r\n`.
+/// `:<n>\r\n`. Formatted on the stack and copied once (exactly sized, so `IoBuf::from` does
+/// not reallocate to shrink it).
 pub fn integer(n: i64) -> IoBuf {
+    use std::io::Write;
     match n {
         0 => ZERO.clone(),
         1 => ONE.clone(),
-        n => IoBuf::from(format!(":{n}\r\n").into_bytes()),
+        n => {
+            let mut buf = [0u8; 24]; // ":" + 20 characters of i64::MIN + CRLF
+            let mut w = &mut buf[..];
+            write!(w, ":{n}\r\n").expect("fits");
+            let len = 24 - w.len();
+            IoBuf::copy_from_slice(&buf[..len])
+        }
     }
 }
 
-/// `$<len>\r\n<bytes>\r\n`: one allocation holding the framed bytes, so the value can later
-/// be sent as it is, any number of times, without formatting or copying.
+/// `$<len>\r\n<bytes>\r\n`: one allocation holding the framed bytes (and the view's header),
+/// so the value can later be sent as it is, any number of times, without formatting or
+/// copying.
 pub fn bulk(bytes: &[u8]) -> IoBuf {
-    let mut v = Vec::with_capacity(bytes.len() + 24);
-    v.push(b'$');
-    v.extend_from_slice(bytes.len().to_string().as_bytes());
-    v.extend_from_slice(b"\r\n");
-    v.extend_from_slice(bytes);
-    v.extend_from_slice(b"\r\n");
-    IoBuf::from(v)
+    use std::io::Write;
+    let mut head = [0u8; 24]; // "$" + 20 digits + CRLF
+    let mut w = &mut head[..];
+    write!(w, "${}\r\n", bytes.len()).expect("fits");
+    let n = 24 - w.len();
+    IoBuf::concat(&[&head[..n], bytes, b"\r\n"])
 }
 
 /// `*<n>\r\n` (the header of an array whose elements follow).
@@ -307,8 +315,14 @@ mod tests {
         assert_eq!(&bulk(b"hi")[..], b"$2\r\nhi\r\n");
         assert_eq!(bulk_payload(&bulk(b"hi")), b"hi");
         assert_eq!(bulk_payload(&bulk(b"")), b"");
+        for n in [0, 1, 9, 10, 99, 100, 12345] {
+            let b = bulk(&vec![b'x'; n]);
+            assert_eq!(b.len(), 1 + n.to_string().len() + 2 + n + 2, "exact framing for {n} bytes");
+        }
         assert_eq!(&integer(-42)[..], b":-42\r\n");
         assert_eq!(&integer(1)[..], b":1\r\n");
+        assert_eq!(&integer(i64::MIN)[..], b":-9223372036854775808\r\n");
+        assert_eq!(&integer(i64::MAX)[..], b":9223372036854775807\r\n");
         assert_eq!(&error("ERR x")[..], b"-ERR x\r\n");
         assert_eq!(&array_header(3)[..], b"*3\r\n");
         assert_eq!(number(b"-1"), Some(-1));

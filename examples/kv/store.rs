@@ -178,10 +178,16 @@ impl Store {
 
     /// The live value at `key`, or `empty()` stored there (without a deadline) if it is missing.
     pub fn value_or_insert(&mut self, key: &[u8], now: Instant, empty: fn() -> Value) -> &mut Value {
-        self.live(key, now);
-        // Not `entry`: it would copy the key on every call, not only when inserting.
-        if !self.map.contains_key(key) {
-            self.map.insert(key.into(), Entry { value: empty(), expires: None });
+        // Two lookups when the key is there (not `entry`: it would copy the key every time).
+        match self.map.get(key) {
+            Some(e) if e.expires.is_some_and(|t| t <= now) => {
+                self.map.remove(key);
+                self.map.insert(key.into(), Entry { value: empty(), expires: None });
+            }
+            Some(_) => {}
+            None => {
+                self.map.insert(key.into(), Entry { value: empty(), expires: None });
+            }
         }
         &mut self.map.get_mut(key).expect("present or just inserted").value
     }
