@@ -15,9 +15,10 @@ overload: the CPU-heavy /dynamic endpoint under open-loop load at 0.5x, 1x, 2x a
        measured capacity, adaptive admission control on and off: goodput, p50/p90/p99 of
        admitted requests, refusal rate, Jain's fairness.
 kv:    the key-value example vs redis-server (one thread), both pinned to CPU 0, redis-benchmark
-       -c 50 on CPU 1: SET and GET, one request at a time and pipelined 16 deep, with each
-       server's CPU per request. Then isolation: the project's load client (50 connections,
-       GET) without and with 1% of commands slow (DEBUG SLEEP 5 ms): p99 of the fast commands.
+       -c 50 on CPU 1: SET and GET, one request at a time and pipelined 16 deep, and the list,
+       set, hash and sorted-set tests pipelined, with each server's CPU per request. Then
+       isolation: the project's load client (50 connections, GET) without and with 1% of
+       commands slow (DEBUG SLEEP 5 ms): p99 of the fast commands.
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -757,7 +758,8 @@ def redis_benchmark(port, test, n, pipeline, pid):
     cpu = cpu_ns(pid) - c0
     rows = [l.replace('"', "").split(",") for l in r.stdout.splitlines()]
     head = next((x for x in rows if x and x[0] == "test"), None)
-    row = next((x for x in rows if x and x[0] == test.upper()), None)
+    # Some rows carry a note: "LRANGE_100 (first 100 elements)".
+    row = next((x for x in rows if x and x[0].split(" ")[0] == test.upper()), None)
     if head is None or row is None:
         raise RuntimeError(f"redis-benchmark {test}: {r.stdout[-300:]} {r.stderr[-300:]}")
     d = dict(zip(head, row))
@@ -769,8 +771,16 @@ def bench_kv(a):
     sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
     names = ["ringstage", "redis"]
     cases = [("SET", "set", 1), ("GET", "get", 1), ("SET -P 16", "set", 16), ("GET -P 16", "get", 16)]
-    # Requests per run, sized for about --secs each at this machine's usual rates.
+    # The other data types, pipelined 16 deep so the server is the bottleneck (one at a time,
+    # redis-benchmark's core is), each test on its own, ordered so that LRANGE, LPOP, SPOP and
+    # ZPOPMIN find what LPUSH, SADD and ZADD stored. No target: informative.
+    types = ["lpush", "lrange_100", "lpop", "sadd", "spop", "hset", "zadd", "zpopmin"]
+    cases += [(f"{t.upper()} -P 16", t, 16) for t in types]
+    # Requests per run, sized for about --secs each at this machine's usual rates (a quarter
+    # of that for the data types, LRANGE_100 at its own rate).
     per_sec = {1: 160_000, 16: 2_000_000}
+    n_for = {"lrange_100": 150_000 * a.secs / 4}
+    targeted = ("SET", "GET", "SET -P 16", "GET -P 16")
     runs = {(n, c[0]): [] for n in names for c in cases}
     iso = {(n, k): [] for n in names for k in ("none", "slow")}
     for r in range(a.rounds):
@@ -780,7 +790,8 @@ def bench_kv(a):
             for label, test, depth in cases:
                 for n in order:
                     proc, port = servers[n]
-                    res = redis_benchmark(port, test, int(per_sec[depth] * a.secs), depth, proc.pid)
+                    n_req = per_sec[depth] * a.secs if label in targeted else n_for.get(test, per_sec[depth] * a.secs / 4)
+                    res = redis_benchmark(port, test, int(n_req), depth, proc.pid)
                     runs[(n, label)].append(res)
                     print(f"round {r + 1} {n:<10} {label:<10} {res['rate']:>11.0f} req/s  p99 {res['p99_us']:>8.0f} us  "
                           f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
@@ -800,7 +811,7 @@ def bench_kv(a):
              f"{a.rounds} rounds of about {a.secs}s, each server's run next to the other's; req/s, p99 and us/req are medians,",
              "ratio and capacity medians of the per-round ratios. One request at a time, redis-benchmark's core is the",
              "ceiling for both servers; 'capacity' is redis's server CPU per request over ringstage's.",
-             f"{'case':<12}{'ringstage req/s':>16}{'redis req/s':>13}{'ratio':>8}{'capacity':>10}{'target':>8}"
+             f"{'case':<17}{'ringstage req/s':>16}{'redis req/s':>13}{'ratio':>8}{'capacity':>10}{'target':>8}"
              f"{'rs us/req':>11}{'redis us/req':>13}{'rs p99 us':>11}{'redis p99':>11}"]
     rows = []
     for label, _, _ in cases:
@@ -812,8 +823,8 @@ def bench_kv(a):
                "rs_us": median([x["cpu_us_per_req"] for x in A]), "redis_us": median([x["cpu_us_per_req"] for x in B]),
                "rs_p99": median([x["p99_us"] for x in A]), "redis_p99": median([x["p99_us"] for x in B])}
         rows.append(row)
-        lines.append(f"{label:<12}{row['ringstage']:>16.0f}{row['redis']:>13.0f}{row['ratio']:>8.3f}{row['capacity']:>10.3f}"
-                     f"{'>=1.0':>8}{row['rs_us']:>11.2f}{row['redis_us']:>13.2f}{row['rs_p99']:>11.0f}{row['redis_p99']:>11.0f}")
+        lines.append(f"{label:<17}{row['ringstage']:>16.0f}{row['redis']:>13.0f}{row['ratio']:>8.3f}{row['capacity']:>10.3f}"
+                     f"{'>=1.0' if label in targeted else '-':>8}{row['rs_us']:>11.2f}{row['redis_us']:>13.2f}{row['rs_p99']:>11.0f}{row['redis_p99']:>11.0f}")
     lines.append("")
     lines.append("isolation: GET, 50 connections closed loop (project load client); '1% slow': every 100th command of a")
     lines.append("connection is DEBUG SLEEP 0.005. p99 is of the fast commands only; target: with slow <= 2x without.")
@@ -840,19 +851,19 @@ def plot_kv(rows, iso_rows, a):
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    fig, ax = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
     labels = [r["case"] for r in rows]
     x = range(len(labels))
     for i, (key, color) in enumerate((("ringstage", "#d62728"), ("redis", "#7f7f7f"))):
         ax[0].bar([k + (i - 0.5) * 0.4 for k in x], [r[key] for r in rows], width=0.4, color=color, label=key)
-    ax[0].set_xticks(list(x), labels, fontsize=8)
+    ax[0].set_xticks(list(x), labels, fontsize=7, rotation=40, ha="right")
     ax[0].set_yscale("log")
     ax[0].set_title("requests/s (redis-benchmark -c 50)", fontsize=9)
     ax[0].legend(fontsize=8)
     ax[1].bar(labels, [r["capacity"] for r in rows], color="#d62728")
     ax[1].axhline(1.0, color="black", lw=0.8)
     ax[1].set_title("server CPU per request: redis / ringstage (higher: ringstage cheaper)", fontsize=9)
-    ax[1].tick_params(axis="x", labelsize=8)
+    ax[1].set_xticks(list(x), labels, fontsize=7, rotation=40, ha="right")
     for i, (key, title) in enumerate((("p99_none", "no slow commands"), ("p99_slow", "1% DEBUG SLEEP 5 ms"))):
         ax[2].bar([k + (i - 0.5) * 0.4 for k in range(len(iso_rows))], [r[key] / 1000 for r in iso_rows], width=0.4,
                   color=["#1f77b4", "#ff7f0e"][i], label=title)
