@@ -1,4 +1,5 @@
-//! The keyspace: byte-string keys to strings, lists, hashes and sets, with optional expiry.
+//! The keyspace: byte-string keys to strings, lists, hashes, sets and sorted sets, with
+//! optional expiry.
 //!
 //! Strings, list elements and hash values are kept already framed as RESP bulk strings
 //! (`$5\r\nhello\r\n`, see [`crate::resp::bulk`]): a `GET`, `LPOP` or `HGET` answers with a
@@ -100,6 +101,7 @@ impl ZSet {
     }
 
     /// Members and scores by rank, from `start` to `stop` inclusive (both already in range).
+    /// O(stop): the ordered set has no rank index (Redis's skiplist finds `start` in O(log n)).
     pub fn range(&self, start: usize, stop: usize) -> impl Iterator<Item = (&[u8], f64)> {
         self.order.iter().skip(start).take(stop + 1 - start).map(|(s, m)| (&m[..], s.0))
     }
