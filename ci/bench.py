@@ -450,8 +450,10 @@ def bench_http(a):
     lines.append("nginx's server CPU per request over ringstage's: the throughput ratio with the client out of the way.")
     lines.append("'plaintext x16' pipelines 16 requests per write, as TechEmpower's plaintext test does; one request at")
     lines.append("a time, wrk's core is the ceiling for both servers. wrk times pipelined batches, not requests: no p99 there.")
+    lines.append("p99 ratio: median of the per-round ringstage/nginx p99 ratios (target: <= 1); a single run's p99 at wrk's")
+    lines.append("ceiling swings by 2-3x now and then for either server, so the paired ratio is steadier than the two medians.")
     lines.append(f"{'case':<14}{'ringstage req/s':>16}{'nginx req/s':>13}{'ratio':>8}{'capacity':>10}{'target':>8}"
-                 f"{'rs us/req':>11}{'ngx us/req':>11}{'rs p99 us':>11}{'nginx p99':>11}")
+                 f"{'rs us/req':>11}{'ngx us/req':>11}{'rs p99 us':>11}{'nginx p99':>11}{'p99 ratio':>11}")
     targets = {"plaintext": 1.2, "plaintext x16": 1.2, "1 KiB file": 1.0, "100 KiB file": 1.0}
     summary = {}
     for c, _, depth in cases:
@@ -464,9 +466,10 @@ def bench_http(a):
         pairs = list(zip(fixed[("ringstage", c)], fixed[("nginx", c)]))
         ratio = median([x["rate"] / y["rate"] for x, y in pairs if y["rate"]])
         capacity = median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in pairs if x["cpu_us_per_req"]])
+        p99_ratio = median([x["p99_us"] / y["p99_us"] for x, y in pairs if y["p99_us"] > 0]) if depth == 1 else float("nan")
         summary[c] = {"ringstage": rs, "nginx": ng, "ratio": ratio, "capacity": capacity,
-                      "rs_cpu_us": rc, "nginx_cpu_us": nc, "rs_p99": rp, "nginx_p99": np_}
-        p99s = f"{rp:>11.1f}{np_:>11.1f}" if depth == 1 else f"{'-':>11}{'-':>11}"
+                      "rs_cpu_us": rc, "nginx_cpu_us": nc, "rs_p99": rp, "nginx_p99": np_, "p99_ratio": p99_ratio}
+        p99s = f"{rp:>11.1f}{np_:>11.1f}{p99_ratio:>11.3f}" if depth == 1 else f"{'-':>11}{'-':>11}{'-':>11}"
         lines.append(f"{c:<14}{rs:>16.0f}{ng:>13.0f}{ratio:>8.3f}{capacity:>10.3f}{'>=' + str(targets[c]):>8}"
                      f"{rc:>11.2f}{nc:>11.2f}{p99s}")
     pt, px = summary["plaintext"], summary["plaintext x16"]
