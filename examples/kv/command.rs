@@ -9,7 +9,7 @@
 //! at once.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use ringstage::prelude::*;
 
 use crate::resp::{self, Frame, Limits};
 use crate::slow::{SlowDone, SlowReq};
-use crate::store::{Store, Value, WrongType, ZSet};
+use crate::store::{MemberSet, Store, Value, WrongType, ZSet};
 
 struct KvConn {
     conn: Conn,
@@ -769,10 +769,10 @@ fn set_cmd(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], no
     let key = a(1);
     match cmd {
         b"SADD" => {
-            let Value::Set(m) = store.value_or_insert(key, now, || Value::Set(HashSet::new())) else {
+            let Value::Set(m) = store.value_or_insert(key, now, || Value::Set(MemberSet::default())) else {
                 return wrongtype();
             };
-            let added = (2..args.len()).filter(|&i| !m.contains(a(i)) && m.insert(a(i).into())).count();
+            let added = (2..args.len()).filter(|&i| m.insert(a(i))).count();
             Outcome::Reply(resp::integer(added as i64))
         }
         b"SREM" | b"SPOP" => {
@@ -794,11 +794,7 @@ fn set_cmd(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], no
             let out = if cmd == b"SREM" {
                 Outcome::Reply(resp::integer((2..args.len()).filter(|&i| m.remove(a(i))).count() as i64))
             } else {
-                let mut pop = || {
-                    let first = m.iter().next()?.clone();
-                    m.remove(&first);
-                    Some(resp::bulk(&first))
-                };
+                let mut pop = || m.pop().map(|x| resp::bulk(&x));
                 match count {
                     None => Outcome::Reply(pop().unwrap_or_else(|| resp::NIL.clone())),
                     Some(c) => {
@@ -817,10 +813,10 @@ fn set_cmd(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], no
                 Some(_) => return wrongtype(),
             };
             match cmd {
-                b"SCARD" => Outcome::Reply(resp::integer(m.map_or(0, HashSet::len) as i64)),
+                b"SCARD" => Outcome::Reply(resp::integer(m.map_or(0, MemberSet::len) as i64)),
                 b"SISMEMBER" => Outcome::Reply(resp::integer(i64::from(m.is_some_and(|m| m.contains(a(2)))))),
                 _ => {
-                    let members: Vec<IoBuf> = m.into_iter().flatten().map(|x| resp::bulk(x)).collect();
+                    let members: Vec<IoBuf> = m.into_iter().flat_map(MemberSet::iter).map(resp::bulk).collect();
                     array(members.into_iter())
                 }
             }

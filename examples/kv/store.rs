@@ -13,7 +13,7 @@
 //! also remembered in a min-heap, and [`Store::expire`] deletes those whose time has come.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::Instant;
 
 use ringstage::buf::IoBuf;
@@ -27,9 +27,59 @@ pub enum Value {
     /// Fields (raw) to framed values.
     Hash(HashMap<Box<[u8]>, IoBuf>),
     /// Members (raw).
-    Set(HashSet<Box<[u8]>>),
+    Set(MemberSet),
     /// Members (raw) ordered by score.
     ZSet(ZSet),
+}
+
+/// A set with O(1) insert, remove and pop of an arbitrary member (`SPOP`): the members in a
+/// vector, each one's position in a map. (Popping "the first" member of a `HashSet` scans from
+/// the start of its table, which empties as members go: quadratic over a whole set.)
+#[derive(Default)]
+pub struct MemberSet {
+    items: Vec<Box<[u8]>>,
+    pos: HashMap<Box<[u8]>, usize>,
+}
+
+impl MemberSet {
+    /// Adds `m`; returns whether it was new.
+    pub fn insert(&mut self, m: &[u8]) -> bool {
+        if self.pos.contains_key(m) {
+            return false;
+        }
+        self.pos.insert(m.into(), self.items.len());
+        self.items.push(m.into());
+        true
+    }
+
+    /// Removes `m`; returns whether it was there.
+    pub fn remove(&mut self, m: &[u8]) -> bool {
+        let Some(i) = self.pos.remove(m) else { return false };
+        self.items.swap_remove(i);
+        if let Some(moved) = self.items.get(i) {
+            *self.pos.get_mut(moved).expect("every item is indexed") = i;
+        }
+        true
+    }
+
+    /// Removes and returns an arbitrary member (the last one added or moved).
+    pub fn pop(&mut self) -> Option<Box<[u8]>> {
+        let m = self.items.pop()?;
+        self.pos.remove(&m);
+        Some(m)
+    }
+
+    pub fn contains(&self, m: &[u8]) -> bool {
+        self.pos.contains_key(m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.items.iter().map(|m| &m[..])
+    }
 }
 
 /// A sorted set: each member's score, and the members in (score, member) order.
@@ -124,7 +174,7 @@ impl Value {
             Value::Str(_) => false,
             Value::List(l) => l.is_empty(),
             Value::Hash(h) => h.is_empty(),
-            Value::Set(m) => m.is_empty(),
+            Value::Set(m) => m.len() == 0,
             Value::ZSet(z) => z.len() == 0,
         }
     }
@@ -356,7 +406,7 @@ mod tests {
         assert_eq!(s.get(b"l", now), Err(WrongType), "GET of a list");
         assert!(s.contains(b"l", now));
         // An existing value of another type is returned as it is, not replaced.
-        assert!(matches!(s.value_or_insert(b"l", now, || Value::Set(HashSet::new())), Value::List(_)));
+        assert!(matches!(s.value_or_insert(b"l", now, || Value::Set(MemberSet::default())), Value::List(_)));
         let Some(Value::List(l)) = s.value_mut(b"l", now) else { panic!() };
         l.pop_front();
         s.drop_if_empty(b"l");
@@ -364,6 +414,23 @@ mod tests {
         s.set(b"k", bulk(b"v"), None);
         s.drop_if_empty(b"k");
         assert!(s.contains(b"k", now), "strings are never 'empty collections'");
+    }
+
+    #[test]
+    fn member_sets_keep_their_index_through_removals_and_pops() {
+        let mut m = MemberSet::default();
+        for x in [&b"a"[..], b"b", b"c", b"d"] {
+            assert!(m.insert(x));
+        }
+        assert!(!m.insert(b"b"));
+        assert!(m.remove(b"a"), "the last member moves into a's place");
+        assert!(!m.remove(b"a"));
+        assert!(m.contains(b"d") && m.remove(b"d"), "and is still found there");
+        // [d b c] then [c b]: pop takes the last.
+        assert_eq!(m.pop().as_deref(), Some(&b"b"[..]));
+        assert_eq!(m.iter().collect::<Vec<_>>(), vec![&b"c"[..]]);
+        assert!(m.contains(b"c") && m.remove(b"c"));
+        assert_eq!((m.len(), m.pop()), (0, None));
     }
 
     #[test]
