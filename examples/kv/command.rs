@@ -18,7 +18,7 @@ use ringstage::prelude::*;
 
 use crate::resp::{self, Frame, Limits};
 use crate::slow::{SlowDone, SlowReq};
-use crate::store::{MemberSet, Store, Value, WrongType, ZSet};
+use crate::store::{Hash, List, MemberSet, Store, Value, WrongType, ZSet};
 
 struct KvConn {
     conn: Conn,
@@ -346,9 +346,9 @@ impl Shard {
                 }
                 continue;
             };
-            let elem = match self.store.value_mut(key, now) {
-                Some(Value::List(l)) if left => l.pop_front(),
-                Some(Value::List(l)) => l.pop_back(),
+            let elem = match self.store.write::<List>(key, now) {
+                Ok(Some(l)) if left => l.pop_front(),
+                Ok(Some(l)) => l.pop_back(),
                 _ => None,
             };
             let Some(elem) = elem else { return };
@@ -555,11 +555,21 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let name = store.value(a(1), now).map_or("none", Value::type_name);
             Outcome::Reply(IoBuf::from(format!("+{name}\r\n").into_bytes()))
         }
-        b"LPUSH" | b"RPUSH" | b"LPOP" | b"RPOP" | b"LLEN" | b"LRANGE" | b"LINDEX" => list(store, cmd, data, args, now),
-        b"BLPOP" | b"BRPOP" => blocking_pop(store, cmd == b"BLPOP", data, args, now),
-        b"SADD" | b"SREM" | b"SCARD" | b"SISMEMBER" | b"SMEMBERS" | b"SPOP" => set_cmd(store, cmd, data, args, now),
-        b"HSET" | b"HGET" | b"HDEL" | b"HLEN" | b"HEXISTS" | b"HGETALL" => hash(store, cmd, data, args, now),
-        b"ZADD" | b"ZCARD" | b"ZPOPMIN" | b"ZSCORE" | b"ZREM" | b"ZRANGE" => zset(store, cmd, data, args, now),
+        b"LPUSH" | b"RPUSH" | b"LPOP" | b"RPOP" | b"LLEN" | b"LRANGE" | b"LINDEX" => {
+            list(store, cmd, data, args, now).unwrap_or_else(|WrongType| wrongtype())
+        }
+        b"BLPOP" | b"BRPOP" => {
+            blocking_pop(store, cmd == b"BLPOP", data, args, now).unwrap_or_else(|WrongType| wrongtype())
+        }
+        b"SADD" | b"SREM" | b"SCARD" | b"SISMEMBER" | b"SMEMBERS" | b"SPOP" => {
+            set_cmd(store, cmd, data, args, now).unwrap_or_else(|WrongType| wrongtype())
+        }
+        b"HSET" | b"HGET" | b"HDEL" | b"HLEN" | b"HEXISTS" | b"HGETALL" => {
+            hash(store, cmd, data, args, now).unwrap_or_else(|WrongType| wrongtype())
+        }
+        b"ZADD" | b"ZCARD" | b"ZPOPMIN" | b"ZSCORE" | b"ZREM" | b"ZRANGE" => {
+            zset(store, cmd, data, args, now).unwrap_or_else(|WrongType| wrongtype())
+        }
         b"DBSIZE" => Outcome::Reply(resp::integer(store.len() as i64)),
         b"FLUSHALL" | b"FLUSHDB" => {
             store.clear();
@@ -660,16 +670,34 @@ fn wrongtype() -> Outcome {
     Outcome::Reply(resp::WRONGTYPE.clone())
 }
 
+/// `count` pops as an array (`Some`), or one as a bulk string, nil when there is none.
+fn pops(count: Option<usize>, mut pop: impl FnMut() -> Option<IoBuf>) -> Outcome {
+    match count {
+        None => Outcome::Reply(pop().unwrap_or_else(|| resp::NIL.clone())),
+        Some(c) => {
+            let items: Vec<IoBuf> = (0..c).map_while(|_| pop()).collect();
+            array(items.into_iter())
+        }
+    }
+}
+
+/// Redis's rank rules for `len` elements: a negative index counts from the end, and the range
+/// is clamped to the elements. `None` when it holds none.
+fn rank_range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
+    let len = len as i64;
+    let at = |i: i64| if i < 0 { len + i } else { i };
+    let (start, stop) = (at(start).max(0), at(stop).min(len - 1));
+    (start <= stop).then_some((start as usize, stop as usize))
+}
+
 /// The list commands: LPUSH, RPUSH, LPOP, RPOP (with an optional count), LLEN, LRANGE, LINDEX.
-/// Elements are stored framed, so pops and ranges answer with views of the stored blocks.
-fn list(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+/// Elements are stored framed, so pops answer with views of the stored blocks.
+fn list(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Result<Outcome, WrongType> {
     let a = |i: usize| &data[args[i].clone()];
     let key = a(1);
-    match cmd {
+    Ok(match cmd {
         b"LPUSH" | b"RPUSH" => {
-            let Value::List(l) = store.value_or_insert(key, now, || Value::List(VecDeque::new())) else {
-                return wrongtype();
-            };
+            let l = store.write_or_insert::<List>(key, now)?;
             for i in 2..args.len() {
                 let e = resp::bulk(a(i));
                 if cmd == b"LPUSH" {
@@ -683,135 +711,100 @@ fn list(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: 
         b"LPOP" | b"RPOP" => {
             let count = match count_arg(data, args, 2) {
                 Ok(c) => c,
-                Err(e) => return e,
+                Err(e) => return Ok(e),
             };
-            let l = match store.value_mut(key, now) {
-                None => {
-                    return Outcome::Reply(if count.is_some() { resp::NIL_ARRAY.clone() } else { resp::NIL.clone() })
-                }
-                Some(Value::List(l)) => l,
-                Some(_) => return wrongtype(),
+            let Some(l) = store.write::<List>(key, now)? else {
+                return Ok(Outcome::Reply(if count.is_some() { resp::NIL_ARRAY.clone() } else { resp::NIL.clone() }));
             };
-            let mut pop = || if cmd == b"LPOP" { l.pop_front() } else { l.pop_back() };
-            let out = match count {
-                None => Outcome::Reply(pop().unwrap_or_else(|| resp::NIL.clone())),
-                Some(c) => {
-                    let items: Vec<IoBuf> = (0..c).map_while(|_| pop()).collect();
-                    array(items.into_iter())
-                }
-            };
+            let out = pops(count, || if cmd == b"LPOP" { l.pop_front() } else { l.pop_back() });
             store.drop_if_empty(key);
             out
         }
         _ => {
-            let l = match store.value(key, now) {
-                None => None,
-                Some(Value::List(l)) => Some(l),
-                Some(_) => return wrongtype(),
-            };
-            let len = l.map_or(0, VecDeque::len) as i64;
-            // Redis's index rules: negative counts from the end; out of range is empty / nil.
-            let at = |i: i64| if i < 0 { len + i } else { i };
-            match cmd {
-                b"LLEN" => Outcome::Reply(resp::integer(len)),
-                b"LINDEX" => {
-                    let Some(i) = int(a(2)) else { return err("ERR value is not an integer or out of range") };
-                    let i = at(i);
-                    let e = l.and_then(|l| usize::try_from(i).ok().and_then(|i| l.get(i)));
-                    Outcome::Reply(e.cloned().unwrap_or_else(|| resp::NIL.clone()))
-                }
-                _ => {
-                    let (Some(start), Some(stop)) = (int(a(2)), int(a(3))) else {
-                        return err("ERR value is not an integer or out of range");
-                    };
-                    let (start, stop) = (at(start).max(0), at(stop).min(len - 1));
-                    match l {
-                        Some(l) if start <= stop => array(l.range(start as usize..=stop as usize).cloned()),
-                        _ => Outcome::Reply(resp::EMPTY_ARRAY.clone()),
-                    }
-                }
+            let l = store.read::<List>(key, now)?;
+            let len = l.map_or(0, List::len);
+            if cmd == b"LLEN" {
+                return Ok(Outcome::Reply(resp::integer(len as i64)));
+            }
+            let Some(start) = int(a(2)) else { return Ok(err("ERR value is not an integer or out of range")) };
+            if cmd == b"LINDEX" {
+                let e = l.zip(rank_range(start, start, len)).map(|(l, (i, _))| l[i].clone());
+                return Ok(Outcome::Reply(e.unwrap_or_else(|| resp::NIL.clone())));
+            }
+            let Some(stop) = int(a(3)) else { return Ok(err("ERR value is not an integer or out of range")) };
+            match l.zip(rank_range(start, stop, len)) {
+                Some((l, (start, stop))) => array(l.range(start..=stop).cloned()),
+                None => Outcome::Reply(resp::EMPTY_ARRAY.clone()),
             }
         }
-    }
+    })
 }
 
 /// `BLPOP` / `BRPOP key [key ...] timeout`: pops from the first non-empty list at once, or
 /// blocks (the shard parks the connection) until a push or the timeout (seconds, a decimal; 0
 /// waits for ever).
-fn blocking_pop(store: &mut Store, left: bool, data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+fn blocking_pop(
+    store: &mut Store,
+    left: bool,
+    data: &[u8],
+    args: &[Range<usize>],
+    now: Instant,
+) -> Result<Outcome, WrongType> {
     let a = |i: usize| &data[args[i].clone()];
     let n = args.len();
     let t = std::str::from_utf8(a(n - 1)).ok().and_then(|t| t.parse::<f64>().ok()).filter(|t| t.is_finite());
     let timeout = match t {
-        None => return err("ERR timeout is not a float or out of range"),
-        Some(t) if t < 0.0 => return err("ERR timeout is negative"),
+        None => return Ok(err("ERR timeout is not a float or out of range")),
+        Some(t) if t < 0.0 => return Ok(err("ERR timeout is negative")),
         Some(0.0) => None,
         Some(t) => Some(Duration::try_from_secs_f64(t).unwrap_or(Duration::MAX)),
     };
     for i in 1..n - 1 {
-        match store.value_mut(a(i), now) {
-            None => {}
-            Some(Value::List(l)) => {
-                let Some(e) = (if left { l.pop_front() } else { l.pop_back() }) else { continue };
-                store.drop_if_empty(a(i));
-                return array([resp::bulk(a(i)), e].into_iter());
-            }
-            Some(_) => return wrongtype(),
-        }
+        let Some(l) = store.write::<List>(a(i), now)? else { continue };
+        let Some(e) = (if left { l.pop_front() } else { l.pop_back() }) else { continue };
+        store.drop_if_empty(a(i));
+        return Ok(array([resp::bulk(a(i)), e].into_iter()));
     }
-    Outcome::Block { left, timeout }
+    Ok(Outcome::Block { left, timeout })
 }
 
 /// The set commands: SADD, SREM, SCARD, SISMEMBER, SMEMBERS, SPOP (an arbitrary member, with
 /// an optional count).
-fn set_cmd(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+fn set_cmd(
+    store: &mut Store,
+    cmd: &[u8],
+    data: &[u8],
+    args: &[Range<usize>],
+    now: Instant,
+) -> Result<Outcome, WrongType> {
     let a = |i: usize| &data[args[i].clone()];
     let key = a(1);
-    match cmd {
+    Ok(match cmd {
         b"SADD" => {
-            let Value::Set(m) = store.value_or_insert(key, now, || Value::Set(MemberSet::default())) else {
-                return wrongtype();
-            };
+            let m = store.write_or_insert::<MemberSet>(key, now)?;
             let added = (2..args.len()).filter(|&i| m.insert(a(i))).count();
             Outcome::Reply(resp::integer(added as i64))
         }
-        b"SREM" | b"SPOP" => {
-            let count = if cmd == b"SPOP" {
-                match count_arg(data, args, 2) {
-                    Ok(c) => c,
-                    Err(e) => return e,
-                }
-            } else {
-                None
+        b"SREM" => {
+            let Some(m) = store.write::<MemberSet>(key, now)? else { return Ok(Outcome::Reply(resp::ZERO.clone())) };
+            let n = (2..args.len()).filter(|&i| m.remove(a(i))).count();
+            store.drop_if_empty(key);
+            Outcome::Reply(resp::integer(n as i64))
+        }
+        b"SPOP" => {
+            let count = match count_arg(data, args, 2) {
+                Ok(c) => c,
+                Err(e) => return Ok(e),
             };
-            let m = match store.value_mut(key, now) {
-                None if cmd == b"SREM" => return Outcome::Reply(resp::ZERO.clone()),
-                None if count.is_some() => return Outcome::Reply(resp::EMPTY_ARRAY.clone()),
-                None => return Outcome::Reply(resp::NIL.clone()),
-                Some(Value::Set(m)) => m,
-                Some(_) => return wrongtype(),
+            let Some(m) = store.write::<MemberSet>(key, now)? else {
+                return Ok(Outcome::Reply(if count.is_some() { resp::EMPTY_ARRAY.clone() } else { resp::NIL.clone() }));
             };
-            let out = if cmd == b"SREM" {
-                Outcome::Reply(resp::integer((2..args.len()).filter(|&i| m.remove(a(i))).count() as i64))
-            } else {
-                let mut pop = || m.pop().map(|x| resp::bulk(&x));
-                match count {
-                    None => Outcome::Reply(pop().unwrap_or_else(|| resp::NIL.clone())),
-                    Some(c) => {
-                        let items: Vec<IoBuf> = (0..c).map_while(|_| pop()).collect();
-                        array(items.into_iter())
-                    }
-                }
-            };
+            let out = pops(count, || m.pop().map(|x| resp::bulk(&x)));
             store.drop_if_empty(key);
             out
         }
         _ => {
-            let m = match store.value(key, now) {
-                None => None,
-                Some(Value::Set(m)) => Some(m),
-                Some(_) => return wrongtype(),
-            };
+            let m = store.read::<MemberSet>(key, now)?;
             match cmd {
                 b"SCARD" => Outcome::Reply(resp::integer(m.map_or(0, MemberSet::len) as i64)),
                 b"SISMEMBER" => Outcome::Reply(resp::integer(i64::from(m.is_some_and(|m| m.contains(a(2)))))),
@@ -821,19 +814,17 @@ fn set_cmd(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], no
                 }
             }
         }
-    }
+    })
 }
 
 /// The hash commands: HSET (field value pairs), HGET, HDEL, HLEN, HEXISTS, HGETALL. Values
 /// are stored framed, so HGET answers with a view of the stored block.
-fn hash(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+fn hash(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Result<Outcome, WrongType> {
     let a = |i: usize| &data[args[i].clone()];
     let key = a(1);
-    match cmd {
+    Ok(match cmd {
         b"HSET" => {
-            let Value::Hash(h) = store.value_or_insert(key, now, || Value::Hash(HashMap::new())) else {
-                return wrongtype();
-            };
+            let h = store.write_or_insert::<Hash>(key, now)?;
             let mut added = 0;
             for i in (2..args.len()).step_by(2) {
                 let v = resp::bulk(a(i + 1));
@@ -848,25 +839,17 @@ fn hash(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: 
             Outcome::Reply(resp::integer(added))
         }
         b"HDEL" => {
-            let h = match store.value_mut(key, now) {
-                None => return Outcome::Reply(resp::ZERO.clone()),
-                Some(Value::Hash(h)) => h,
-                Some(_) => return wrongtype(),
-            };
+            let Some(h) = store.write::<Hash>(key, now)? else { return Ok(Outcome::Reply(resp::ZERO.clone())) };
             let n = (2..args.len()).filter(|&i| h.remove(a(i)).is_some()).count();
             store.drop_if_empty(key);
             Outcome::Reply(resp::integer(n as i64))
         }
         _ => {
-            let h = match store.value(key, now) {
-                None => None,
-                Some(Value::Hash(h)) => Some(h),
-                Some(_) => return wrongtype(),
-            };
+            let h = store.read::<Hash>(key, now)?;
             match cmd {
                 b"HGET" => Outcome::Reply(h.and_then(|h| h.get(a(2))).cloned().unwrap_or_else(|| resp::NIL.clone())),
                 b"HEXISTS" => Outcome::Reply(resp::integer(i64::from(h.is_some_and(|h| h.contains_key(a(2)))))),
-                b"HLEN" => Outcome::Reply(resp::integer(h.map_or(0, HashMap::len) as i64)),
+                b"HLEN" => Outcome::Reply(resp::integer(h.map_or(0, Hash::len) as i64)),
                 _ => {
                     let items: Vec<IoBuf> =
                         h.into_iter().flatten().flat_map(|(f, v)| [resp::bulk(f), v.clone()]).collect();
@@ -874,7 +857,7 @@ fn hash(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: 
                 }
             }
         }
-    }
+    })
 }
 
 /// A score as Redis reads one: a float, `inf`, `+inf` or `-inf`; never NaN.
@@ -895,69 +878,55 @@ fn score_bulk(v: f64) -> IoBuf {
 
 /// The sorted-set commands: ZADD (`[NX | XX]` then score member pairs), ZCARD, ZSCORE, ZREM,
 /// ZPOPMIN (with an optional count), ZRANGE by rank (`[WITHSCORES]`).
-fn zset(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
+fn zset(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: Instant) -> Result<Outcome, WrongType> {
     let a = |i: usize| &data[args[i].clone()];
     let key = a(1);
-    match cmd {
+    Ok(match cmd {
         b"ZADD" => {
             let (mut nx, mut xx, mut i) = (false, false, 2);
             while i < args.len() && parse_score(a(i)).is_none() {
                 match a(i).to_ascii_uppercase().as_slice() {
                     b"NX" if !xx => nx = true,
                     b"XX" if !nx => xx = true,
-                    _ => return err("ERR syntax error"),
+                    _ => return Ok(err("ERR syntax error")),
                 }
                 i += 1;
             }
             if i == args.len() || (args.len() - i) % 2 != 0 {
-                return err("ERR syntax error");
+                return Ok(err("ERR syntax error"));
             }
             // Every score is checked before anything changes.
             let mut pairs = Vec::with_capacity((args.len() - i) / 2);
             for j in (i..args.len()).step_by(2) {
-                let Some(score) = parse_score(a(j)) else { return err("ERR value is not a valid float") };
+                let Some(score) = parse_score(a(j)) else { return Ok(err("ERR value is not a valid float")) };
                 pairs.push((score, j + 1));
             }
-            let Value::ZSet(z) = store.value_or_insert(key, now, || Value::ZSet(ZSet::default())) else {
-                return wrongtype();
-            };
+            let z = store.write_or_insert::<ZSet>(key, now)?;
             let added = pairs.iter().filter(|&&(score, m)| z.add(a(m), score, nx, xx)).count();
             store.drop_if_empty(key); // `XX` on a new key leaves it empty
             Outcome::Reply(resp::integer(added as i64))
         }
-        b"ZPOPMIN" | b"ZREM" => {
-            let count = if cmd == b"ZPOPMIN" {
-                match count_arg(data, args, 2) {
-                    Ok(c) => c.unwrap_or(1),
-                    Err(e) => return e,
-                }
-            } else {
-                0
-            };
-            let z = match store.value_mut(key, now) {
-                None if cmd == b"ZREM" => return Outcome::Reply(resp::ZERO.clone()),
-                None => return Outcome::Reply(resp::EMPTY_ARRAY.clone()),
-                Some(Value::ZSet(z)) => z,
-                Some(_) => return wrongtype(),
-            };
-            let out = if cmd == b"ZREM" {
-                Outcome::Reply(resp::integer((2..args.len()).filter(|&i| z.remove(a(i))).count() as i64))
-            } else {
-                let items: Vec<IoBuf> = (0..count)
-                    .map_while(|_| z.pop_min())
-                    .flat_map(|(m, score)| [resp::bulk(&m), score_bulk(score)])
-                    .collect();
-                array(items.into_iter())
-            };
+        b"ZREM" => {
+            let Some(z) = store.write::<ZSet>(key, now)? else { return Ok(Outcome::Reply(resp::ZERO.clone())) };
+            let n = (2..args.len()).filter(|&i| z.remove(a(i))).count();
             store.drop_if_empty(key);
-            out
+            Outcome::Reply(resp::integer(n as i64))
+        }
+        b"ZPOPMIN" => {
+            let count = match count_arg(data, args, 2) {
+                Ok(c) => c.unwrap_or(1),
+                Err(e) => return Ok(e),
+            };
+            let Some(z) = store.write::<ZSet>(key, now)? else { return Ok(Outcome::Reply(resp::EMPTY_ARRAY.clone())) };
+            let items: Vec<IoBuf> = (0..count)
+                .map_while(|_| z.pop_min())
+                .flat_map(|(m, score)| [resp::bulk(&m), score_bulk(score)])
+                .collect();
+            store.drop_if_empty(key);
+            array(items.into_iter())
         }
         _ => {
-            let z = match store.value(key, now) {
-                None => None,
-                Some(Value::ZSet(z)) => Some(z),
-                Some(_) => return wrongtype(),
-            };
+            let z = store.read::<ZSet>(key, now)?;
             match cmd {
                 b"ZCARD" => Outcome::Reply(resp::integer(z.map_or(0, ZSet::len) as i64)),
                 b"ZSCORE" => {
@@ -967,17 +936,17 @@ fn zset(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: 
                     let scores = match args.get(4).map(|r| &data[r.clone()]) {
                         None => false,
                         Some(w) if w.eq_ignore_ascii_case(b"WITHSCORES") => true,
-                        Some(_) => return err("ERR syntax error"),
+                        Some(_) => return Ok(err("ERR syntax error")),
                     };
                     let (Some(start), Some(stop)) = (int(a(2)), int(a(3))) else {
-                        return err("ERR value is not an integer or out of range");
+                        return Ok(err("ERR value is not an integer or out of range"));
                     };
-                    let len = z.map_or(0, ZSet::len) as i64;
-                    let at = |i: i64| if i < 0 { len + i } else { i };
-                    let (start, stop) = (at(start).max(0), at(stop).min(len - 1));
-                    let Some(z) = z.filter(|_| start <= stop) else { return Outcome::Reply(resp::EMPTY_ARRAY.clone()) };
+                    let len = z.map_or(0, ZSet::len);
+                    let Some((z, (start, stop))) = z.zip(rank_range(start, stop, len)) else {
+                        return Ok(Outcome::Reply(resp::EMPTY_ARRAY.clone()));
+                    };
                     let items: Vec<IoBuf> = z
-                        .range(start as usize, stop as usize)
+                        .range(start, stop)
                         .flat_map(|(m, s)| [Some(resp::bulk(m)), scores.then(|| score_bulk(s))])
                         .flatten()
                         .collect();
@@ -985,7 +954,7 @@ fn zset(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: 
                 }
             }
         }
-    }
+    })
 }
 
 /// At most 64 bytes of `s`, control characters replaced (error text must stay one line).

@@ -22,15 +22,54 @@ use ringstage::buf::IoBuf;
 pub enum Value {
     /// A string, framed as a RESP bulk string.
     Str(IoBuf),
-    /// A list of framed elements.
-    List(VecDeque<IoBuf>),
-    /// Fields (raw) to framed values.
-    Hash(HashMap<Box<[u8]>, IoBuf>),
+    List(List),
+    Hash(Hash),
     /// Members (raw).
     Set(MemberSet),
     /// Members (raw) ordered by score.
     ZSet(ZSet),
 }
+
+/// A list of framed elements.
+pub type List = VecDeque<IoBuf>;
+
+/// A hash: fields (raw) to framed values.
+pub type Hash = HashMap<Box<[u8]>, IoBuf>;
+
+/// A collection a [`Value`] may hold, for typed access to it: [`Store::read`],
+/// [`Store::write`], [`Store::write_or_insert`].
+pub trait Collection: Default {
+    fn of(v: &Value) -> Option<&Self>;
+    fn of_mut(v: &mut Value) -> Option<&mut Self>;
+    fn into_value(self) -> Value;
+}
+
+macro_rules! collection {
+    ($t:ty, $variant:ident) => {
+        impl Collection for $t {
+            fn of(v: &Value) -> Option<&Self> {
+                match v {
+                    Value::$variant(c) => Some(c),
+                    _ => None,
+                }
+            }
+            fn of_mut(v: &mut Value) -> Option<&mut Self> {
+                match v {
+                    Value::$variant(c) => Some(c),
+                    _ => None,
+                }
+            }
+            fn into_value(self) -> Value {
+                Value::$variant(self)
+            }
+        }
+    };
+}
+
+collection!(List, List);
+collection!(Hash, Hash);
+collection!(MemberSet, Set);
+collection!(ZSet, ZSet);
 
 /// A set with O(1) insert, remove and pop of an arbitrary member (`SPOP`): the members in a
 /// vector, each one's position in a map. (Popping "the first" member of a `HashSet` scans from
@@ -228,20 +267,33 @@ impl Store {
         self.map.get_mut(key).map(|e| &mut e.value)
     }
 
-    /// The live value at `key`, or `empty()` stored there (without a deadline) if it is missing.
-    pub fn value_or_insert(&mut self, key: &[u8], now: Instant, empty: fn() -> Value) -> &mut Value {
+    /// The collection of type `T` at `key`: `Ok(None)` if the key is missing, `WrongType` if it
+    /// holds another type.
+    pub fn read<T: Collection>(&mut self, key: &[u8], now: Instant) -> Result<Option<&T>, WrongType> {
+        self.value(key, now).map(|v| T::of(v).ok_or(WrongType)).transpose()
+    }
+
+    /// Like [`Store::read`], to change in place (see [`Store::drop_if_empty`]).
+    pub fn write<T: Collection>(&mut self, key: &[u8], now: Instant) -> Result<Option<&mut T>, WrongType> {
+        self.value_mut(key, now).map(|v| T::of_mut(v).ok_or(WrongType)).transpose()
+    }
+
+    /// The collection of type `T` at `key`, or a new empty one stored there (without a
+    /// deadline) if the key is missing; `WrongType` if it holds another type (left as it is).
+    pub fn write_or_insert<T: Collection>(&mut self, key: &[u8], now: Instant) -> Result<&mut T, WrongType> {
         // Two lookups when the key is there (not `entry`: it would copy the key every time).
+        let empty = || Entry { value: T::default().into_value(), expires: None };
         match self.map.get(key) {
             Some(e) if e.expires.is_some_and(|t| t <= now) => {
                 self.map.remove(key);
-                self.map.insert(key.into(), Entry { value: empty(), expires: None });
+                self.map.insert(key.into(), empty());
             }
             Some(_) => {}
             None => {
-                self.map.insert(key.into(), Entry { value: empty(), expires: None });
+                self.map.insert(key.into(), empty());
             }
         }
-        &mut self.map.get_mut(key).expect("present or just inserted").value
+        T::of_mut(&mut self.map.get_mut(key).expect("present or just inserted").value).ok_or(WrongType)
     }
 
     /// Deletes `key` if it holds an empty collection (after a pop or a removal).
@@ -400,15 +452,16 @@ mod tests {
     fn collections_have_types_and_vanish_when_emptied() {
         let now = Instant::now();
         let mut s = Store::default();
-        let Value::List(l) = s.value_or_insert(b"l", now, || Value::List(VecDeque::new())) else { panic!() };
-        l.push_back(bulk(b"x"));
+        assert_eq!(s.read::<List>(b"l", now).unwrap(), None);
+        s.write_or_insert::<List>(b"l", now).unwrap().push_back(bulk(b"x"));
         assert_eq!(s.value(b"l", now).map(Value::type_name), Some("list"));
         assert_eq!(s.get(b"l", now), Err(WrongType), "GET of a list");
         assert!(s.contains(b"l", now));
-        // An existing value of another type is returned as it is, not replaced.
-        assert!(matches!(s.value_or_insert(b"l", now, || Value::Set(MemberSet::default())), Value::List(_)));
-        let Some(Value::List(l)) = s.value_mut(b"l", now) else { panic!() };
-        l.pop_front();
+        // An existing value of another type is refused, not replaced.
+        assert_eq!(s.write_or_insert::<MemberSet>(b"l", now).err(), Some(WrongType));
+        assert_eq!(s.read::<Hash>(b"l", now).err(), Some(WrongType));
+        assert_eq!(s.read::<List>(b"l", now).unwrap().map(List::len), Some(1));
+        s.write::<List>(b"l", now).unwrap().unwrap().pop_front();
         s.drop_if_empty(b"l");
         assert!(!s.contains(b"l", now), "an emptied list is deleted");
         s.set(b"k", bulk(b"v"), None);
