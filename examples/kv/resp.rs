@@ -158,18 +158,25 @@ pub fn error(msg: &str) -> IoBuf {
     IoBuf::from(format!("-{msg}\r\n").into_bytes())
 }
 
-/// `:<n>\r\n`. Formatted on the stack and copied once (exactly sized, so `IoBuf::from` does
-/// not reallocate to shrink it).
-pub fn integer(n: i64) -> IoBuf {
+/// A RESP length or integer line (`:<n>\r\n`, `$<len>\r\n`, `*<n>\r\n`) formatted on the
+/// stack: the buffer and how much of it is used.
+fn number_line(kind: u8, n: i64) -> ([u8; 24], usize) {
     use std::io::Write;
+    let mut buf = [0u8; 24]; // the kind, 20 characters of i64::MIN, CRLF
+    buf[0] = kind;
+    let mut w = &mut buf[1..];
+    write!(w, "{n}\r\n").expect("fits");
+    let len = 24 - w.len();
+    (buf, len)
+}
+
+/// `:<n>\r\n`, copied once from the stack (exactly sized, so nothing reallocates to shrink it).
+pub fn integer(n: i64) -> IoBuf {
     match n {
         0 => ZERO.clone(),
         1 => ONE.clone(),
         n => {
-            let mut buf = [0u8; 24]; // ":" + 20 characters of i64::MIN + CRLF
-            let mut w = &mut buf[..];
-            write!(w, ":{n}\r\n").expect("fits");
-            let len = 24 - w.len();
+            let (buf, len) = number_line(b':', n);
             IoBuf::copy_from_slice(&buf[..len])
         }
     }
@@ -179,17 +186,14 @@ pub fn integer(n: i64) -> IoBuf {
 /// so the value can later be sent as it is, any number of times, without formatting or
 /// copying.
 pub fn bulk(bytes: &[u8]) -> IoBuf {
-    use std::io::Write;
-    let mut head = [0u8; 24]; // "$" + 20 digits + CRLF
-    let mut w = &mut head[..];
-    write!(w, "${}\r\n", bytes.len()).expect("fits");
-    let n = 24 - w.len();
+    let (head, n) = number_line(b'$', bytes.len() as i64);
     IoBuf::concat(&[&head[..n], bytes, b"\r\n"])
 }
 
 /// `*<n>\r\n` (the header of an array whose elements follow).
 pub fn array_header(n: usize) -> IoBuf {
-    IoBuf::from(format!("*{n}\r\n").into_bytes())
+    let (buf, len) = number_line(b'*', n as i64);
+    IoBuf::copy_from_slice(&buf[..len])
 }
 
 /// The bytes of a framed bulk string made by [`bulk`] (without its header and CRLF).
