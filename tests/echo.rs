@@ -3,11 +3,14 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringstage::control::CoreConfig;
 use ringstage::prelude::*;
 
 fn many_clients(workers: usize, echo_worker: usize) {
@@ -371,4 +374,118 @@ fn a_listener_the_kernel_refuses_backs_off_instead_of_spinning() {
     assert!(loops_per_sec < 2000.0, "the worker backs off instead of re-arming in a loop: {loops_per_sec:.0} loops/s");
     rt.shutdown();
     rt.join().unwrap();
+}
+
+/// Per connection: the worker that saw each of its events, and the event's kind.
+type Seen = Arc<Mutex<HashMap<Conn, Vec<(usize, char)>>>>;
+
+/// Echoes, and records which worker saw each event of each connection, in order.
+struct Tracked {
+    net: Sink<NetCmd>,
+    seen: Seen,
+    delay: Duration,
+}
+
+impl Handler for Tracked {
+    type Event = NetEvent;
+    fn handle(&mut self, ev: NetEvent, cx: &mut Context<'_>) {
+        let kind = match &ev {
+            NetEvent::Opened { .. } => 'o',
+            NetEvent::Data { .. } => 'd',
+            NetEvent::Closed { .. } => 'c',
+        };
+        self.seen.lock().unwrap().entry(ev.conn()).or_default().push((cx.worker(), kind));
+        if let NetEvent::Data { conn, data } = ev {
+            std::thread::sleep(self.delay);
+            if let Err(cmd) = self.net.try_enqueue(NetCmd::Send { conn, data }) {
+                panic!("net stage refused {cmd:?}");
+            }
+        }
+    }
+}
+
+/// `clients` connections each make `rounds` round trips and close; returns, per connection,
+/// the workers that saw its events, once every connection's `Closed` has arrived, and the
+/// stage's active replicas then.
+fn track_connections(
+    b: Builder,
+    listen_on: &[usize],
+    stage: StageConfig,
+    clients: u64,
+    rounds: u64,
+    delay: Duration,
+) -> (Vec<Vec<(usize, char)>>, u64) {
+    let seen: Seen = Arc::default();
+    let mut b = b.cpus([]);
+    let st = b.stage::<NetEvent>("tracked", stage);
+    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), listen_on.iter().copied()), st);
+    let s2 = seen.clone();
+    b.handler(st, move |s| Tracked { net: s.sink(net), seen: s2.clone(), delay });
+    let rt = b.start().expect("runtime starts");
+    let addr = rt.local_addr(l);
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                for r in 0..rounds {
+                    let msg = pattern(i * 100 + r, 64);
+                    s.write_all(&msg).unwrap();
+                    let mut got = vec![0; msg.len()];
+                    s.read_exact(&mut got).unwrap();
+                    assert_eq!(got, msg);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = seen.lock().unwrap().values().filter(|v| v.last().is_some_and(|e| e.1 == 'c')).count();
+        if done as u64 == clients {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of {clients} connections were seen closing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let active = rt.metrics().stage("tracked").unwrap().active_replicas;
+    rt.shutdown();
+    rt.join().unwrap();
+    let seen = seen.lock().unwrap();
+    (seen.values().cloned().collect(), active)
+}
+
+fn assert_one_replica_per_connection(conns: &[Vec<(usize, char)>], rounds: u64) {
+    for events in conns {
+        let kinds: String = events.iter().map(|e| e.1).collect();
+        assert_eq!(kinds, format!("o{}c", "d".repeat(rounds as usize)), "a connection's events in order");
+        assert!(
+            events.iter().all(|e| e.0 == events[0].0),
+            "every event of a connection reaches the replica that saw it open: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_stays_with_one_replica_when_the_handler_lives_on_other_workers() {
+    // The listener on worker 0, its handler stage on workers 1 and 2: no replica is local to
+    // the connections, so each connection is given one replica when it opens and keeps it.
+    let (conns, _) = track_connections(Runtime::builder(3), &[0], StageConfig::on([1, 2]), 24, 8, Duration::ZERO);
+    assert_one_replica_per_connection(&conns, 8);
+    let on = |w| conns.iter().filter(|c| c[0].0 == w).count();
+    assert!(on(1) > 0 && on(2) > 0, "connections are spread over both replicas: {} and {}", on(1), on(2));
+}
+
+#[test]
+fn a_connection_stays_with_its_replica_when_an_elastic_stage_grows() {
+    // Listeners on both workers, the handler stage elastic on both and starting with one
+    // active replica: connections accepted on the worker whose replica is asleep go to the
+    // other one, and stay there after the controller wakes the local replica up.
+    let cores = CoreConfig { min: 1, threshold: 0, up_after: 2, down_after: 1000 };
+    let b = Runtime::builder(2).tick(Duration::from_millis(10));
+    let stage = StageConfig::on([0, 1]).elastic(cores).batch(1); // one event per loop: a backlog at every tick
+    let (conns, active) = track_connections(b, &[0, 1], stage, 16, 30, Duration::from_millis(1));
+    assert_eq!(active, 2, "the backlog made the controller wake the second replica");
+    assert_one_replica_per_connection(&conns, 30);
 }

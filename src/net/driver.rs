@@ -118,6 +118,9 @@ struct ConnState {
     fd: RawFd,
     gen: u32,
     listener: usize,
+    /// The replica of the listener's stage that gets this connection's events, chosen when
+    /// it opens: all of them reach one replica, in order, whatever the stage's active set.
+    replica: u16,
     recv_armed: bool,
     sending: bool,
     /// The send in flight is a SEND_ZC.
@@ -177,7 +180,7 @@ pub(crate) struct Net {
     next_gen: u32,
     /// Events the target stage refused; retried in order each loop iteration. Bounded by the
     /// pool size (data) plus open connections (open/close).
-    stalled: VecDeque<(usize, NetEvent)>,
+    stalled: VecDeque<(usize, u16, NetEvent)>,
     starved: Vec<usize>,
     /// Connections given output during the current net batch, sent at its end.
     dirty: Vec<(usize, u32)>,
@@ -381,6 +384,7 @@ impl Io {
             fd,
             gen,
             listener: li,
+            replica: 0,
             recv_armed: false,
             sending: false,
             zc: false,
@@ -400,8 +404,11 @@ impl Io {
         });
         self.counters.accepted.add(1);
         let conn = self.conn_id(idx, gen);
-        let listener = self.net.listeners[li].id;
-        self.emit(li, NetEvent::Opened { conn, listener });
+        let l = &self.net.listeners[li];
+        let opened = NetEvent::Opened { conn, listener: l.id };
+        let replica = l.sink.pick(&opened) as u16;
+        self.net.conns[idx].replica = replica;
+        self.emit(li, replica, opened);
         if self.arm_recv(idx).is_err() {
             self.begin_close(idx, false);
         }
@@ -429,12 +436,12 @@ impl Io {
             self.counters.io_finished.add(1);
         }
         c.last_active = self.now;
-        let (closing, li, cgen) = (c.closing, c.listener, c.gen);
+        let (closing, li, replica, cgen) = (c.closing, c.listener, c.replica, c.gen);
         match res {
             n if n > 0 => {
                 if !closing {
                     let data = data.expect("recv with data carries a buffer");
-                    self.emit(li, NetEvent::Data { conn: self.conn_id(idx, cgen), data });
+                    self.emit(li, replica, NetEvent::Data { conn: self.conn_id(idx, cgen), data });
                 }
                 if !more && !closing && !self.draining {
                     self.arm_recv(idx)?;
@@ -856,21 +863,22 @@ impl Io {
         self.net.listeners[c.listener].open -= 1;
         self.counters.closed.add(1);
         let conn = self.conn_id(idx, c.gen);
-        self.emit(c.listener, NetEvent::Closed { conn });
+        self.emit(c.listener, c.replica, NetEvent::Closed { conn });
     }
 
-    /// Delivers an event to the listener's stage, or parks it (in order) if refused.
-    fn emit(&mut self, li: usize, ev: NetEvent) {
+    /// Delivers an event to the connection's replica of the listener's stage, or parks it (in
+    /// order) if refused.
+    fn emit(&mut self, li: usize, replica: u16, ev: NetEvent) {
         // Behind parked events, a new one parks too, so the stage sees them in order.
         let ev = if self.net.stalled.is_empty() {
-            match self.net.listeners[li].sink.try_enqueue(ev) {
+            match self.net.listeners[li].sink.try_enqueue_to(replica.into(), ev) {
                 Ok(()) => return,
                 Err(ev) => ev,
             }
         } else {
             ev
         };
-        self.net.stalled.push_back((li, ev));
+        self.net.stalled.push_back((li, replica, ev));
         self.counters.io_started.add(1);
         self.counters.parked.add(1);
     }
@@ -878,9 +886,9 @@ impl Io {
     /// Retries parked events in order; stops at the first refusal. Returns how many went in.
     pub(crate) fn net_flush_stalled(&mut self) -> usize {
         let mut n = 0;
-        while let Some((li, ev)) = self.net.stalled.pop_front() {
-            if let Err(ev) = self.net.listeners[li].sink.try_enqueue(ev) {
-                self.net.stalled.push_front((li, ev));
+        while let Some((li, replica, ev)) = self.net.stalled.pop_front() {
+            if let Err(ev) = self.net.listeners[li].sink.try_enqueue_to(replica.into(), ev) {
+                self.net.stalled.push_front((li, replica, ev));
                 break;
             }
             self.counters.io_finished.add(1);

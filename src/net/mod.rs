@@ -5,6 +5,12 @@
 //! worker. It emits [`NetEvent`]s to the stage each listener delivers to and executes the
 //! [`NetCmd`]s sent back to it; commands are routed to the worker that owns the connection.
 //!
+//! All events of one connection reach one replica of the listener's stage, in order: the
+//! replica is chosen when the connection opens (the stage's router if it has one; else the
+//! replica on the connection's worker if it is active; else the next active one, round-robin)
+//! and kept until [`NetEvent::Closed`], even if an elastic stage's active set changes
+//! meanwhile. Per-connection state can therefore live in the handler replica.
+//!
 //! Failure behaviour:
 //! - **EMFILE/ENFILE/ENOMEM on accept**: the multishot accept is stopped and re-armed after a
 //!   back-off timer (10 ms doubling to 1 s) on the ring; the loop never spins on it.

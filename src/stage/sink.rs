@@ -156,6 +156,29 @@ impl<E: Send + 'static> Sink<E> {
             self.inner.counters.stages[self.inner.stage].refused.add(1);
             return Err(event);
         };
+        self.push_to(r, event, class)
+    }
+
+    /// The replica for a new flow of related events (a connection's), given its first event:
+    /// the router's choice if the stage has a router and it names a replica, else the one
+    /// [`Sink::try_enqueue`] picks without a router. The flow's later events go to it with
+    /// [`Sink::try_enqueue_to`], so they keep their order and their replica's state even when
+    /// the stage's active replicas change.
+    pub(crate) fn pick(&self, first: &E) -> usize {
+        // Without a router `target` always names a replica.
+        self.target(Some(first)).or_else(|| self.target(None)).unwrap_or(0)
+    }
+
+    /// Puts `event` into replica `replica` (from [`Sink::pick`]), active or not (an inactive
+    /// replica still drains what it is given), or hands it back when that queue or its
+    /// admission gate refuses. Hot path: no allocation, no lock.
+    #[inline]
+    pub(crate) fn try_enqueue_to(&self, replica: usize, event: E) -> Result<(), E> {
+        self.push_to(replica, event, u8::MAX)
+    }
+
+    #[inline]
+    fn push_to(&self, r: usize, event: E, class: u8) -> Result<(), E> {
         if let Some(gates) = &self.inner.gates {
             if !gates[r].admit_n(class, 1, self.inner.clock.get()) {
                 self.inner.counters.stages[self.inner.stage].refused.add(1);
