@@ -23,7 +23,7 @@ pub mod stage;
 /// The names most servers need.
 pub mod prelude {
     pub use crate::buf::{IoBuf, IoBufChain};
-    pub use crate::net::{Conn, ListenConfig, ListenerId, NetCmd, NetEvent};
+    pub use crate::net::{Conn, ConnMap, ListenConfig, ListenerId, NetCmd, NetEvent};
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
     pub use crate::stage::{handler_fn, Context, Handler, Injector, Sink, StageConfig, StageId, Timer, TimerKey};
 }

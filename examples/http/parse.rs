@@ -76,7 +76,6 @@ impl Request {
 }
 
 struct HttpConn {
-    conn: Conn,
     /// Bytes of an incomplete request head (rare: a head split across receives).
     stash: Vec<u8>,
     /// When the current incomplete head started (for the 408 deadline).
@@ -93,7 +92,7 @@ pub struct Parse {
     pub net: Sink<NetCmd>,
     pub cache: Sink<CacheEvent>,
     pub limits: Limits,
-    conns: Vec<Option<HttpConn>>,
+    conns: ConnMap<HttpConn>,
     date: DateLine,
     /// The loop clock of the event being handled (for the `Date:` line).
     now: Instant,
@@ -117,11 +116,7 @@ enum Parsed {
 
 impl Parse {
     pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, limits: Limits) -> Parse {
-        Parse { net, cache, limits, conns: Vec::new(), date: DateLine::new(), now: Instant::now(), out: Vec::new() }
-    }
-
-    fn conn_mut(&mut self, conn: Conn) -> Option<&mut HttpConn> {
-        self.conns.get_mut(conn.slot()).and_then(|c| c.as_mut()).filter(|c| c.conn == conn)
+        Parse { net, cache, limits, conns: ConnMap::new(), date: DateLine::new(), now: Instant::now(), out: Vec::new() }
     }
 
     /// Hands a request to the cache stage; when that stage is full, answers 503 at once.
@@ -141,7 +136,7 @@ impl Parse {
         let limits = self.limits.clone();
         // Requests completed by this receive; the list's allocation is kept across events.
         let mut out = std::mem::take(&mut self.out);
-        let Some(st) = self.conn_mut(conn) else { return };
+        let Some(st) = self.conns.get_mut(conn) else { return };
         if st.done {
             return;
         }
@@ -332,20 +327,12 @@ impl Handler for Parse {
         self.now = cx.now();
         match ev {
             NetEvent::Opened { conn, .. } => {
-                let slot = conn.slot();
-                if self.conns.len() <= slot {
-                    self.conns.resize_with(slot + 1, || None);
-                }
-                self.conns[slot] =
-                    Some(HttpConn { conn, stash: Vec::new(), started: None, skip: 0, chunked: None, done: false });
+                let st = HttpConn { stash: Vec::new(), started: None, skip: 0, chunked: None, done: false };
+                self.conns.insert(conn, st);
             }
             NetEvent::Data { conn, data } => self.on_data(conn, data, self.now),
             NetEvent::Closed { conn } => {
-                if let Some(c) = self.conns.get_mut(conn.slot()) {
-                    if c.as_ref().is_some_and(|c| c.conn == conn) {
-                        *c = None;
-                    }
-                }
+                self.conns.remove(conn);
             }
         }
     }
@@ -356,11 +343,11 @@ impl Handler for Parse {
         self.now = now;
         let limit = self.limits.header_timeout;
         let mut late = Vec::new();
-        for c in self.conns.iter_mut().flatten() {
+        for (conn, c) in self.conns.iter_mut() {
             if !c.done && c.started.is_some_and(|t| now.duration_since(t) >= limit) {
                 c.done = true;
                 c.chunked = None; // a body trickling in too slowly: its request gets the 408
-                late.push(c.conn);
+                late.push(conn);
             }
         }
         for conn in late {

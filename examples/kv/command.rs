@@ -21,7 +21,6 @@ use crate::slow::{SlowDone, SlowReq};
 use crate::store::{Hash, List, MemberSet, Store, Value, WrongType, ZSet};
 
 struct KvConn {
-    conn: Conn,
     /// Bytes of a command not complete yet, or that arrived while a slow command was out.
     stash: Vec<u8>,
     /// The stash completes its first command at this length (0: not known).
@@ -73,10 +72,9 @@ pub struct Shard {
     slow: Sink<SlowReq>,
     limits: Limits,
     store: Store,
-    conns: Vec<Option<KvConn>>,
+    conns: ConnMap<KvConn>,
     /// Argument ranges of the command being run (kept to avoid an allocation per command).
     args: Vec<Range<usize>>,
-    clients: usize,
     commands: u64,
     /// Connections blocked on each key, first come first served.
     waiters: HashMap<Box<[u8]>, VecDeque<(Conn, u64)>>,
@@ -105,9 +103,8 @@ impl Shard {
             slow,
             limits,
             store: Store::default(),
-            conns: Vec::new(),
+            conns: ConnMap::new(),
             args: Vec::new(),
-            clients: 0,
             commands: 0,
             waiters: HashMap::new(),
             next_block: 0,
@@ -116,15 +113,11 @@ impl Shard {
         }
     }
 
-    fn conn_mut(&mut self, conn: Conn) -> Option<&mut KvConn> {
-        self.conns.get_mut(conn.slot()).and_then(Option::as_mut).filter(|c| c.conn == conn)
-    }
-
     /// Queues a reply; if the net stage refuses, the connection is closed (its replies could
     /// no longer be delivered in order).
     fn send(&mut self, conn: Conn, cmd: NetCmd) {
         if self.net.try_enqueue(cmd).is_err() {
-            if let Some(st) = self.conn_mut(conn) {
+            if let Some(st) = self.conns.get_mut(conn) {
                 st.done = true;
             }
             let _ = self.net.try_enqueue(NetCmd::Close { conn });
@@ -134,26 +127,16 @@ impl Shard {
     fn on_net(&mut self, ev: NetEvent, now: Instant) {
         match ev {
             NetEvent::Opened { conn, .. } => {
-                let slot = conn.slot();
-                if self.conns.len() <= slot {
-                    self.conns.resize_with(slot + 1, || None);
-                }
-                self.conns[slot] =
-                    Some(KvConn { conn, stash: Vec::new(), need: 0, waiting: false, done: false, blocked: None });
-                self.clients += 1;
+                let st = KvConn { stash: Vec::new(), need: 0, waiting: false, done: false, blocked: None };
+                self.conns.insert(conn, st);
             }
             NetEvent::Data { conn, data } => {
                 self.on_data(conn, &data, now);
                 self.run_unblocked(now);
             }
             NetEvent::Closed { conn } => {
-                if let Some(st) = self.conn_mut(conn) {
-                    let blocked = st.blocked.take();
-                    self.conns[conn.slot()] = None;
-                    self.clients -= 1;
-                    if let Some(b) = blocked {
-                        self.forget_waits(conn, &b);
-                    }
+                if let Some(b) = self.conns.remove(conn).and_then(|st| st.blocked) {
+                    self.forget_waits(conn, &b);
                 }
             }
         }
@@ -161,14 +144,14 @@ impl Shard {
 
     fn on_data(&mut self, conn: Conn, data: &[u8], now: Instant) {
         let limit = self.limits.max_bulk + self.limits.max_inline;
-        let Some(st) = self.conn_mut(conn) else { return };
+        let Some(st) = self.conns.get_mut(conn) else { return };
         if st.done {
             return;
         }
         if !st.waiting && st.stash.is_empty() {
             // The common case: whole commands in one receive, read straight from the pool buffer.
             let used = self.run(conn, data, now);
-            let Some(st) = self.conn_mut(conn) else { return };
+            let Some(st) = self.conns.get_mut(conn) else { return };
             if used < data.len() && !st.done {
                 st.stash.extend_from_slice(&data[used..]);
             }
@@ -189,10 +172,10 @@ impl Shard {
 
     /// Runs the complete commands in the connection's stash and keeps the rest there.
     fn run_stash(&mut self, conn: Conn, now: Instant) {
-        let Some(st) = self.conn_mut(conn) else { return };
+        let Some(st) = self.conns.get_mut(conn) else { return };
         let buf = std::mem::take(&mut st.stash);
         let used = self.run(conn, &buf, now);
-        let Some(st) = self.conn_mut(conn) else { return };
+        let Some(st) = self.conns.get_mut(conn) else { return };
         st.stash = buf;
         st.stash.drain(..used);
         if st.stash.is_empty() && st.stash.capacity() > 64 << 10 {
@@ -208,13 +191,13 @@ impl Shard {
         loop {
             match resp::parse(&buf[pos..], &self.limits, &mut args) {
                 Frame::Partial { need } => {
-                    if let Some(st) = self.conn_mut(conn) {
+                    if let Some(st) = self.conns.get_mut(conn) {
                         st.need = need.unwrap_or(0);
                     }
                     break;
                 }
                 Frame::Error(msg) => {
-                    if let Some(st) = self.conn_mut(conn) {
+                    if let Some(st) = self.conns.get_mut(conn) {
                         st.done = true;
                     }
                     self.send(conn, NetCmd::Send { conn, data: resp::error(&format!("ERR {msg}")) });
@@ -229,14 +212,14 @@ impl Shard {
                         continue;
                     }
                     self.commands += 1;
-                    let info = Info { clients: self.clients, commands: self.commands };
+                    let info = Info { clients: self.conns.len(), commands: self.commands };
                     match exec(&mut self.store, data, &args, now, info) {
                         Outcome::Reply(r) => self.send(conn, NetCmd::Send { conn, data: r }),
                         Outcome::Chain(c) => self.send(conn, NetCmd::SendChain { conn, data: c }),
                         Outcome::Close(r) => {
                             self.send(conn, NetCmd::Send { conn, data: r });
                             self.send(conn, NetCmd::Close { conn });
-                            if let Some(st) = self.conn_mut(conn) {
+                            if let Some(st) = self.conns.get_mut(conn) {
                                 st.done = true;
                             }
                             pos = buf.len();
@@ -249,7 +232,7 @@ impl Shard {
                         }
                         Outcome::Slow(dur) => match self.slow.try_enqueue(SlowReq { conn, dur }) {
                             Ok(()) => {
-                                if let Some(st) = self.conn_mut(conn) {
+                                if let Some(st) = self.conns.get_mut(conn) {
                                     st.waiting = true;
                                     st.need = 0;
                                 }
@@ -269,7 +252,7 @@ impl Shard {
                             self.serve(&data[args[1].clone()], now);
                         }
                     }
-                    if self.conn_mut(conn).map_or(true, |st| st.done) {
+                    if self.conns.get_mut(conn).map_or(true, |st| st.done) {
                         pos = buf.len();
                         break;
                     }
@@ -283,7 +266,7 @@ impl Shard {
     /// A slow command of `conn` finished: reply, then run what waited behind it.
     fn resume(&mut self, done: SlowDone, now: Instant) {
         let conn = done.conn;
-        let Some(st) = self.conn_mut(conn) else { return }; // closed meanwhile
+        let Some(st) = self.conns.get_mut(conn) else { return }; // closed meanwhile
         st.waiting = false;
         if st.done {
             return;
@@ -324,7 +307,7 @@ impl Shard {
         for k in &keys {
             self.waiters.entry(k.clone()).or_default().push_back((conn, id));
         }
-        if let Some(st) = self.conn_mut(conn) {
+        if let Some(st) = self.conns.get_mut(conn) {
             st.waiting = true;
             st.need = 0;
             st.blocked = Some(Blocked { keys, left, id, timer });
@@ -336,7 +319,7 @@ impl Shard {
     /// blocked first served, while both last.
     fn serve(&mut self, key: &[u8], now: Instant) {
         while let Some(&(conn, id)) = self.waiters.get(key).and_then(|q| q.front()) {
-            let state = self.conn_mut(conn).filter(|st| !st.done).and_then(|st| st.blocked.as_ref());
+            let state = self.conns.get_mut(conn).filter(|st| !st.done).and_then(|st| st.blocked.as_ref());
             let Some(left) = state.filter(|b| b.id == id).map(|b| b.left) else {
                 // Its connection is finishing (a reply could not be queued): no element for it.
                 let q = self.waiters.get_mut(key).expect("just looked at");
@@ -363,7 +346,7 @@ impl Shard {
 
     /// The unblock stage's event: a blocking pop's time limit ran out.
     fn timed_out(&mut self, t: BlockTimeout, now: Instant) {
-        if self.conn_mut(t.conn).and_then(|st| st.blocked.as_ref()).is_some_and(|b| b.id == t.id) {
+        if self.conns.get_mut(t.conn).and_then(|st| st.blocked.as_ref()).is_some_and(|b| b.id == t.id) {
             self.unblock(t.conn, NetCmd::Send { conn: t.conn, data: resp::NIL_ARRAY.clone() });
             self.run_unblocked(now);
         }
@@ -371,7 +354,7 @@ impl Shard {
 
     /// Ends `conn`'s wait with `reply`; its waiting commands run in [`Shard::run_unblocked`].
     fn unblock(&mut self, conn: Conn, reply: NetCmd) {
-        let Some(st) = self.conn_mut(conn) else { return };
+        let Some(st) = self.conns.get_mut(conn) else { return };
         let Some(b) = st.blocked.take() else { return };
         st.waiting = false;
         self.forget_waits(conn, &b);
@@ -398,7 +381,7 @@ impl Shard {
     /// end more of them).
     fn run_unblocked(&mut self, now: Instant) {
         while let Some(conn) = self.unblocked.pop() {
-            if self.conn_mut(conn).is_some_and(|st| !st.done && !st.waiting) {
+            if self.conns.get_mut(conn).is_some_and(|st| !st.done && !st.waiting) {
                 self.run_stash(conn, now);
             }
         }

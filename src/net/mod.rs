@@ -9,7 +9,7 @@
 //! replica is chosen when the connection opens (the stage's router if it has one; else the
 //! replica on the connection's worker if it is active; else the next active one, round-robin)
 //! and kept until [`NetEvent::Closed`], even if an elastic stage's active set changes
-//! meanwhile. Per-connection state can therefore live in the handler replica.
+//! meanwhile. Per-connection state can therefore live in the handler, in a [`ConnMap`].
 //!
 //! Failure behaviour:
 //! - **EMFILE/ENFILE/ENOMEM on accept**: the multishot accept is stopped and re-armed after a
@@ -21,11 +21,13 @@
 //! - **Peer reset mid-send / send timeout**: the connection is closed, its queued buffers are
 //!   released, and the handler stage gets [`NetEvent::Closed`].
 
+mod conn_map;
 mod driver;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use conn_map::ConnMap;
 pub(crate) use driver::{Listener, Net};
 
 use crate::buf::{IoBuf, IoBufChain};
