@@ -389,12 +389,13 @@ struct Tracked {
 impl Handler for Tracked {
     type Event = NetEvent;
     fn handle(&mut self, ev: NetEvent, cx: &mut Context<'_>) {
-        let kind = match &ev {
-            NetEvent::Opened { .. } => 'o',
-            NetEvent::Data { .. } => 'd',
-            NetEvent::Closed { .. } => 'c',
+        let (conn, kind) = match &ev {
+            NetEvent::Opened { conn, .. } => (*conn, 'o'),
+            NetEvent::Data { conn, .. } => (*conn, 'd'),
+            NetEvent::Closed { conn } => (*conn, 'c'),
+            other => panic!("this server opens no connections: {other:?}"),
         };
-        self.seen.lock().unwrap().entry(ev.conn()).or_default().push((cx.worker(), kind));
+        self.seen.lock().unwrap().entry(conn).or_default().push((cx.worker(), kind));
         if let NetEvent::Data { conn, data } = ev {
             std::thread::sleep(self.delay);
             if let Err(cmd) = self.net.try_enqueue(NetCmd::Send { conn, data }) {

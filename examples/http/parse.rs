@@ -334,6 +334,8 @@ impl Handler for Parse {
             NetEvent::Closed { conn } => {
                 self.conns.remove(conn);
             }
+            // This stage opens no outbound connections.
+            NetEvent::Connected { .. } | NetEvent::ConnectFailed { .. } => {}
         }
     }
 

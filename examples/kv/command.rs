@@ -139,6 +139,8 @@ impl Shard {
                     self.forget_waits(conn, &b);
                 }
             }
+            // This stage opens no outbound connections.
+            NetEvent::Connected { .. } | NetEvent::ConnectFailed { .. } => {}
         }
     }
 

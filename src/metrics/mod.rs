@@ -81,6 +81,10 @@ pub struct WorkerCounters {
     pub accept_backoffs: Counter,
     /// Connections accepted.
     pub accepted: Counter,
+    /// Outbound connections established ([`NetCmd::Connect`](crate::net::NetCmd::Connect)).
+    pub connected: Counter,
+    /// Outbound connections that failed or timed out.
+    pub connect_failed: Counter,
     /// Connections closed.
     pub closed: Counter,
     /// File bytes sent to sockets with splice (zero copy).
@@ -109,6 +113,8 @@ impl WorkerCounters {
             cq_overflow: Counter::default(),
             accept_backoffs: Counter::default(),
             accepted: Counter::default(),
+            connected: Counter::default(),
+            connect_failed: Counter::default(),
             closed: Counter::default(),
             spliced: Counter::default(),
             sends: Counter::default(),
@@ -170,6 +176,10 @@ pub struct WorkerSnapshot {
     pub accept_backoffs: u64,
     /// Connections accepted.
     pub accepted: u64,
+    /// Outbound connections established.
+    pub connected: u64,
+    /// Outbound connections that failed or timed out.
+    pub connect_failed: u64,
     /// Connections closed.
     pub closed: u64,
     /// File bytes spliced to sockets.
@@ -232,6 +242,8 @@ impl Snapshot {
                 cq_overflow: w.cq_overflow.get(),
                 accept_backoffs: w.accept_backoffs.get(),
                 accepted: w.accepted.get(),
+                connected: w.connected.get(),
+                connect_failed: w.connect_failed.get(),
                 closed: w.closed.get(),
                 spliced: w.spliced.get(),
                 sends: w.sends.get(),
@@ -288,7 +300,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 13] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 15] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -299,6 +311,10 @@ impl Snapshot {
                 w.accept_backoffs
             }),
             ("ringstage_worker_accepted_total", "Connections accepted.", |w| w.accepted),
+            ("ringstage_worker_connected_total", "Outbound connections established.", |w| w.connected),
+            ("ringstage_worker_connect_failed_total", "Outbound connections that failed or timed out.", |w| {
+                w.connect_failed
+            }),
             ("ringstage_worker_closed_total", "Connections closed.", |w| w.closed),
             ("ringstage_worker_spliced_bytes_total", "File bytes spliced to sockets (zero copy).", |w| w.spliced),
             ("ringstage_worker_zero_copy_sends_total", "Sends submitted as SEND_ZC.", |w| w.zc_sends),

@@ -1,14 +1,15 @@
 //! The per-worker connection table and its completion handling.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
 
-use super::{Conn, ListenConfig, ListenerId, NetCmd, NetEvent};
+use super::{Conn, ConnectorId, ListenConfig, ListenerId, NetCmd, NetEvent};
 use crate::buf::IoBufChain;
 use crate::runtime::io::{token, Io};
 use crate::stage::Sink;
@@ -37,7 +38,7 @@ fn make_pipe() -> std::io::Result<(OwnedFd, OwnedFd, u32)> {
 }
 
 /// Builds an SQE on a connection's socket `fd`, a slot of the ring's file table when `fixed`
-/// (`Net::fixed`), else a descriptor: `sock!(fixed, fd, |t| opcode::Send::new(t, ...).build())`.
+/// (`ConnState::fixed`), else a descriptor: `sock!(fixed, fd, |t| opcode::Send::new(t, ...).build())`.
 macro_rules! sock {
     ($fixed:expr, $fd:expr, |$t:ident| $e:expr) => {
         if $fixed {
@@ -57,12 +58,18 @@ fn timespec(d: Duration) -> types::Timespec {
     types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos())
 }
 
-/// One listening socket on this worker.
-pub(crate) struct Listener {
-    id: ListenerId,
+/// Where this worker's connections come from: a listener (its socket on this worker), or a
+/// connector (outbound connections, [`NetCmd::Connect`]). Holds the stage their events go to,
+/// their options and how many are open.
+pub(crate) struct Endpoint {
+    /// The `ListenerId` or `ConnectorId`.
+    id: usize,
+    /// The listening socket (`None` for a connector, or a listener that stopped).
     fd: Option<OwnedFd>,
     cfg: Arc<ListenConfig>,
     sink: Sink<NetEvent>,
+    /// A connector's time limit for a connect, linked to it on the ring.
+    connect_timeout: Option<Duration>,
     armed: bool,
     backing_off: bool,
     backoff: Duration,
@@ -71,13 +78,21 @@ pub(crate) struct Listener {
     backoff_ts: Box<types::Timespec>,
 }
 
-impl Listener {
-    pub(crate) fn new(id: usize, fd: OwnedFd, cfg: Arc<ListenConfig>, sink: Sink<NetEvent>) -> Listener {
-        Listener {
-            id: ListenerId(id),
-            fd: Some(fd),
+impl Endpoint {
+    /// A listener (`fd` is its socket) or, with `connect_timeout`, a connector.
+    pub(crate) fn new(
+        id: usize,
+        fd: Option<OwnedFd>,
+        cfg: Arc<ListenConfig>,
+        sink: Sink<NetEvent>,
+        connect_timeout: Option<Duration>,
+    ) -> Endpoint {
+        Endpoint {
+            id,
+            fd,
             cfg,
             sink,
+            connect_timeout,
             armed: false,
             backing_off: false,
             backoff: BACKOFF_MIN,
@@ -114,11 +129,13 @@ enum Queued {
 }
 
 struct ConnState {
-    /// The socket: a slot of the ring's file table when `Net::fixed`, else a descriptor.
+    /// The socket: a slot of the ring's file table when `fixed`, else a descriptor.
     fd: RawFd,
+    fixed: bool,
     gen: u32,
-    listener: usize,
-    /// The replica of the listener's stage that gets this connection's events, chosen when
+    /// Where it came from: an index into `Net::endpoints`.
+    endpoint: usize,
+    /// The replica of the endpoint's stage that gets this connection's events, chosen when
     /// it opens: all of them reach one replica, in order, whatever the stage's active set.
     replica: u16,
     recv_armed: bool,
@@ -173,9 +190,13 @@ impl ConnState {
     }
 }
 
-/// This worker's listeners and connections.
+/// This worker's listeners, connectors and connections.
 pub(crate) struct Net {
-    pub(crate) listeners: Vec<Listener>,
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// Per `ConnectorId`: its index in `endpoints`.
+    connectors: Vec<usize>,
+    /// Sockets with a connect in flight (cancelled when the runtime drains).
+    connecting: Slab<RawFd>,
     conns: Slab<ConnState>,
     next_gen: u32,
     /// Events the target stage refused; retried in order each loop iteration. Bounded by the
@@ -185,8 +206,8 @@ pub(crate) struct Net {
     /// Connections given output during the current net batch, sent at its end.
     dirty: Vec<(usize, u32)>,
     last_sweep: Instant,
-    /// Connections live in the ring's file table (registered at start when wanted and
-    /// granted; fixed from then on).
+    /// Accepted connections live in the ring's file table (registered at start when wanted
+    /// and granted; fixed from then on). Outbound ones are plain descriptors.
     fixed: bool,
     fixed_wanted: bool,
     /// Views of closed connections that SEND_ZC notifications are still due for, by the
@@ -195,11 +216,14 @@ pub(crate) struct Net {
 }
 
 impl Net {
-    pub(crate) fn new(listeners: Vec<Listener>, fixed_files: bool) -> Net {
+    pub(crate) fn new(endpoints: Vec<Endpoint>, fixed_files: bool) -> Net {
+        let connectors = (0..endpoints.len()).filter(|&i| endpoints[i].connect_timeout.is_some()).collect();
         Net {
             fixed: false,
             fixed_wanted: fixed_files,
-            listeners,
+            endpoints,
+            connectors,
+            connecting: Slab::new(),
             conns: Slab::new(),
             next_gen: 0,
             stalled: VecDeque::new(),
@@ -229,10 +253,10 @@ impl Io {
     /// Arms multishot accept on every listener of this worker, after registering the sparse
     /// file table connections are accepted into (when wanted and the kernel grants it).
     pub(crate) fn net_start(&mut self) -> std::io::Result<()> {
-        if self.net.fixed_wanted && !self.net.listeners.is_empty() {
+        if self.net.fixed_wanted && self.net.endpoints.iter().any(|e| e.fd.is_some()) {
             self.net.fixed = self.register_file_table();
         }
-        for li in 0..self.net.listeners.len() {
+        for li in 0..self.net.endpoints.len() {
             self.arm_accept(li)?;
         }
         Ok(())
@@ -242,7 +266,8 @@ impl Io {
     /// plus room for closes in flight, within `RLIMIT_NOFILE` (the kernel's bound for a table,
     /// and the bound plain descriptors would have had). Returns whether it was granted.
     fn register_file_table(&mut self) -> bool {
-        let wanted: u64 = self.net.listeners.iter().map(|l| l.cfg.max_connections as u64).sum::<u64>() + 16;
+        let listeners = self.net.endpoints.iter().filter(|e| e.fd.is_some());
+        let wanted: u64 = listeners.map(|l| l.cfg.max_connections as u64).sum::<u64>() + 16;
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into a live struct.
         let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
@@ -251,8 +276,8 @@ impl Io {
     }
 
     /// Releases a connection's socket now, outside the ring (no SQ space, or teardown).
-    fn close_now(&self, fd: RawFd) {
-        if self.net.fixed {
+    fn close_now(&self, fd: RawFd, fixed: bool) {
+        if fixed {
             // Emptying the slot drops the table's reference to the socket.
             let _ = self.ring.submitter().register_files_update(fd as u32, &[-1]);
         } else {
@@ -262,7 +287,7 @@ impl Io {
     }
 
     fn arm_accept(&mut self, li: usize) -> std::io::Result<()> {
-        let l = &self.net.listeners[li];
+        let l = &self.net.endpoints[li];
         let Some(fd) = l.fd.as_ref() else { return Ok(()) };
         if l.armed || self.draining {
             return Ok(());
@@ -274,7 +299,7 @@ impl Io {
             .build()
             .user_data(token::make(token::ACCEPT, li as u32, 0));
         self.push_plain(sqe)?;
-        self.net.listeners[li].armed = true;
+        self.net.endpoints[li].armed = true;
         self.counters.io_started.add(1);
         Ok(())
     }
@@ -285,7 +310,7 @@ impl Io {
         let r = match kind {
             token::ACCEPT => self.on_accept(idx, res, flags),
             token::BACKOFF => {
-                self.net.listeners[idx].backing_off = false;
+                self.net.endpoints[idx].backing_off = false;
                 self.arm_accept(idx)
             }
             token::RECV => self.on_recv(idx, gen, res, flags),
@@ -312,16 +337,16 @@ impl Io {
     fn on_accept(&mut self, li: usize, res: i32, flags: u32) -> std::io::Result<()> {
         let more = cqueue::more(flags);
         if !more {
-            self.net.listeners[li].armed = false;
+            self.net.endpoints[li].armed = false;
             self.counters.io_finished.add(1);
         }
         if res >= 0 {
-            self.net.listeners[li].backoff = BACKOFF_MIN;
+            self.net.endpoints[li].backoff = BACKOFF_MIN;
             self.accepted(li, res);
         } else {
             match -res {
                 libc::ECANCELED if self.draining => {
-                    self.net.listeners[li].fd = None;
+                    self.net.endpoints[li].fd = None;
                     return Ok(());
                 }
                 // The connection failed, not the listener: take the next one. (ECANCELED: the
@@ -335,7 +360,7 @@ impl Io {
                         eprintln!("ringstage: worker {}: accept failed, backing off: {err}", self.worker);
                     }
                     self.counters.accept_backoffs.add(1);
-                    let l = &mut self.net.listeners[li];
+                    let l = &mut self.net.endpoints[li];
                     l.backing_off = true;
                     if more {
                         // Stop the multishot so the kernel does not retry it in a loop either.
@@ -345,7 +370,7 @@ impl Io {
             }
         }
         if !more && !self.draining {
-            let l = &mut self.net.listeners[li];
+            let l = &mut self.net.endpoints[li];
             if l.backing_off {
                 *l.backoff_ts = timespec(l.backoff);
                 l.backoff = (l.backoff * 2).min(BACKOFF_MAX);
@@ -364,7 +389,7 @@ impl Io {
     /// A connection was accepted: `fd` is a slot of the file table when `Net::fixed`. It
     /// inherited `TCP_NODELAY` from the listener.
     fn accepted(&mut self, li: usize, fd: RawFd) {
-        let l = &mut self.net.listeners[li];
+        let l = &mut self.net.endpoints[li];
         if l.open >= l.cfg.max_connections || self.draining {
             // Refused: nothing was started on it. A table slot is emptied on the ring (the
             // completion needs no action); a descriptor is closed at once.
@@ -374,16 +399,26 @@ impl Io {
                     return;
                 }
             }
-            self.close_now(fd);
+            self.close_now(fd, self.net.fixed);
             return;
         }
         l.open += 1;
+        self.counters.accepted.add(1);
+        let fixed = self.net.fixed;
+        self.open_conn(li, fd, fixed, |conn, id| NetEvent::Opened { conn, listener: ListenerId(id) });
+    }
+
+    /// Takes a new connection of endpoint `ei` (already counted in its `open`) into the table,
+    /// gives the endpoint's stage its first event (`first` makes it from the connection's id and
+    /// the endpoint's), choosing the replica all its events will go to, and starts receiving.
+    fn open_conn(&mut self, ei: usize, fd: RawFd, fixed: bool, first: impl FnOnce(Conn, usize) -> NetEvent) {
         self.net.next_gen = self.net.next_gen.wrapping_add(1);
         let gen = self.net.next_gen;
         let idx = self.net.conns.insert(ConnState {
             fd,
+            fixed,
             gen,
-            listener: li,
+            endpoint: ei,
             replica: 0,
             recv_armed: false,
             sending: false,
@@ -402,22 +437,90 @@ impl Io {
             last_active: self.now,
             out_since: self.now,
         });
-        self.counters.accepted.add(1);
-        let conn = self.conn_id(idx, gen);
-        let l = &self.net.listeners[li];
-        let opened = NetEvent::Opened { conn, listener: l.id };
-        let replica = l.sink.pick(&opened) as u16;
+        let e = &self.net.endpoints[ei];
+        let first = first(self.conn_id(idx, gen), e.id);
+        let replica = e.sink.pick(&first) as u16;
         self.net.conns[idx].replica = replica;
-        self.emit(li, replica, opened);
+        self.emit(ei, replica, first);
         if self.arm_recv(idx).is_err() {
             self.begin_close(idx, false);
         }
     }
 
+    /// Starts an outbound connection of connector `id` (see [`NetCmd::Connect`]): a plain
+    /// socket, connected on the ring with the connector's time limit linked to the connect.
+    fn connect(&mut self, id: ConnectorId, addr: SocketAddr, tag: u64) {
+        // Ids come from the builder; one from another runtime names nothing here.
+        let Some(&ei) = self.net.connectors.get(id.0) else { return };
+        let e = &self.net.endpoints[ei];
+        let (limit, timeout) = (e.cfg.max_connections, e.connect_timeout.unwrap_or_default());
+        let socket = if self.draining {
+            Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "the runtime is shutting down"))
+        } else if e.open >= limit {
+            Err(std::io::Error::other(format!("the connector has its limit of {limit} connections open")))
+        } else {
+            ringstage_sys::socket::stream(&addr, e.cfg.nodelay)
+        };
+        let fd = match socket {
+            Ok(fd) => fd,
+            Err(error) => return self.connect_failed(ei, tag, error),
+        };
+        self.net.endpoints[ei].open += 1;
+        let key = self.net.connecting.insert(fd.as_raw_fd());
+        let (sa, len) = ringstage_sys::socket::to_raw(&addr);
+        let sa = Box::new(sa);
+        let ts = Box::new(timespec(timeout));
+        let sqe = opcode::Connect::new(types::Fd(fd.as_raw_fd()), (&*sa as *const libc::sockaddr_storage).cast(), len)
+            .build();
+        let limit: *const types::Timespec = &*ts;
+        let done: crate::fs::OpDone = Box::new(move |res, io| {
+            drop((sa, ts)); // the kernel is done with both
+            io.connect_done(ei, key, fd, tag, res);
+        });
+        // SAFETY: the address and the timespec are boxed in `done`, which lives until the
+        // connect completes, after its submission; the socket too, and it stays open.
+        unsafe { self.submit_op_within(sqe, done, Some(limit)) };
+    }
+
+    /// A connect completed (`res` 0) or failed: the connection joins the table like an
+    /// accepted one, or the connector's stage hears why not.
+    fn connect_done(&mut self, ei: usize, key: usize, fd: OwnedFd, tag: u64, res: i32) {
+        self.net.connecting.remove(key);
+        // While draining, a connect ends cancelled or, if it won the race, unused.
+        let failed = if self.draining {
+            Some(std::io::Error::new(std::io::ErrorKind::Interrupted, "the runtime is shutting down"))
+        } else if res < 0 {
+            Some(std::io::Error::from_raw_os_error(-res))
+        } else {
+            None
+        };
+        if let Some(error) = failed {
+            self.net.endpoints[ei].open -= 1;
+            return self.connect_failed(ei, tag, error); // drops (closes) the socket
+        }
+        self.counters.connected.add(1);
+        self.open_conn(ei, fd.into_raw_fd(), false, |conn, id| NetEvent::Connected {
+            conn,
+            connector: ConnectorId(id),
+            tag,
+        });
+    }
+
+    fn connect_failed(&mut self, ei: usize, tag: u64, error: std::io::Error) {
+        self.counters.connect_failed.add(1);
+        let e = &self.net.endpoints[ei];
+        let ev = NetEvent::ConnectFailed { connector: ConnectorId(e.id), tag, error };
+        let replica = e.sink.pick(&ev) as u16;
+        self.emit(ei, replica, ev);
+    }
+
     fn arm_recv(&mut self, idx: usize) -> std::io::Result<()> {
         let c = &self.net.conns[idx];
-        let sqe = sock!(self.net.fixed, c.fd, |t| opcode::RecvMulti::new(t, self.pool.bgid()).build())
-            .user_data(token::make(token::RECV, idx as u32, c.gen));
+        let sqe = sock!(c.fixed, c.fd, |t| opcode::RecvMulti::new(t, self.pool.bgid()).build()).user_data(token::make(
+            token::RECV,
+            idx as u32,
+            c.gen,
+        ));
         self.push_plain(sqe)?;
         self.net.conns[idx].recv_armed = true;
         self.counters.io_started.add(1);
@@ -436,7 +539,7 @@ impl Io {
             self.counters.io_finished.add(1);
         }
         c.last_active = self.now;
-        let (closing, li, replica, cgen) = (c.closing, c.listener, c.replica, c.gen);
+        let (closing, li, replica, cgen) = (c.closing, c.endpoint, c.replica, c.gen);
         match res {
             n if n > 0 => {
                 if !closing {
@@ -491,7 +594,13 @@ impl Io {
 
     /// Executes a command from a handler stage.
     pub(crate) fn net_command(&mut self, cmd: NetCmd) {
-        let conn = cmd.conn();
+        let conn = match cmd {
+            NetCmd::Connect { connector, addr, tag, .. } => return self.connect(connector, addr, tag),
+            NetCmd::Send { conn, .. }
+            | NetCmd::SendChain { conn, .. }
+            | NetCmd::SendFile { conn, .. }
+            | NetCmd::Close { conn } => conn,
+        };
         let idx = conn.idx as usize;
         let live = self.net.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !c.close_submitted && !c.aborting());
         if !live || conn.worker() != self.worker {
@@ -521,6 +630,7 @@ impl Io {
                 self.begin_close(idx, true);
                 return;
             }
+            NetCmd::Connect { .. } => return, // started above
         }
         // Sent when the batch ends: every response a batch produced for this connection
         // (pipelined requests) leaves in one gathered send.
@@ -575,7 +685,7 @@ impl Io {
     /// clears the transfer) when it is complete.
     fn submit_splice(&mut self, idx: usize) -> bool {
         let c = &mut self.net.conns[idx];
-        let (sock, gen, fixed) = (c.fd, c.gen, self.net.fixed);
+        let (sock, gen, fixed) = (c.fd, c.gen, c.fixed);
         let f = c.file.as_mut().expect("a file transfer");
         if f.in_pipe == 0 && f.remaining == 0 {
             c.file = None;
@@ -676,7 +786,7 @@ impl Io {
         });
         let bytes = c.out.fill_iovecs(&mut st.iov, MAX_IOV);
         let ud = token::make(token::SEND, idx as u32, c.gen);
-        let zc_min = self.net.listeners[c.listener].cfg.zc_min;
+        let zc_min = self.net.endpoints[c.endpoint].cfg.zc_min;
         c.zc = self.features.send_zc && zc_min.is_some_and(|m| bytes >= m);
         // Zero copy: the kernel reads the views' memory in place; they stay alive in `zc_held`
         // until its notification (see `on_send`).
@@ -684,9 +794,9 @@ impl Io {
             // One segment: a plain send, without the msghdr and iovec import of sendmsg.
             let (buf, len) = (one.iov_base as *const u8, one.iov_len.min(u32::MAX as usize) as u32);
             if c.zc {
-                sock!(self.net.fixed, c.fd, |t| opcode::SendZc::new(t, buf, len).flags(libc::MSG_NOSIGNAL).build())
+                sock!(c.fixed, c.fd, |t| opcode::SendZc::new(t, buf, len).flags(libc::MSG_NOSIGNAL).build())
             } else {
-                sock!(self.net.fixed, c.fd, |t| opcode::Send::new(t, buf, len).flags(libc::MSG_NOSIGNAL).build())
+                sock!(c.fixed, c.fd, |t| opcode::Send::new(t, buf, len).flags(libc::MSG_NOSIGNAL).build())
             }
         } else {
             st.msg.msg_iov = st.iov.as_mut_ptr();
@@ -694,9 +804,9 @@ impl Io {
             let msg = &st.msg as *const libc::msghdr;
             let flags = libc::MSG_NOSIGNAL as u32;
             if c.zc {
-                sock!(self.net.fixed, c.fd, |t| opcode::SendMsgZc::new(t, msg).flags(flags).build())
+                sock!(c.fixed, c.fd, |t| opcode::SendMsgZc::new(t, msg).flags(flags).build())
             } else {
-                sock!(self.net.fixed, c.fd, |t| opcode::SendMsg::new(t, msg).flags(flags).build())
+                sock!(c.fixed, c.fd, |t| opcode::SendMsg::new(t, msg).flags(flags).build())
             }
         }
         .user_data(ud);
@@ -834,14 +944,15 @@ impl Io {
             return;
         }
         c.close_submitted = true;
-        let sqe = sock!(self.net.fixed, c.fd, |t| opcode::Close::new(t).build()).user_data(token::make(
+        let sqe = sock!(c.fixed, c.fd, |t| opcode::Close::new(t).build()).user_data(token::make(
             token::CLOSE,
             idx as u32,
             c.gen,
         ));
         if self.push_plain(sqe).is_err() {
             // The socket is owned by this connection and no op is in flight on it.
-            self.close_now(self.net.conns[idx].fd);
+            let c = &self.net.conns[idx];
+            self.close_now(c.fd, c.fixed);
             let gen = self.net.conns[idx].gen & 0xff_ffff;
             self.counters.io_started.add(1);
             self.on_closed(idx, gen);
@@ -860,10 +971,10 @@ impl Io {
             let key = token::make(token::SEND, idx as u32, c.gen);
             self.net.zc_orphans.insert(key, std::mem::take(&mut c.zc_held));
         }
-        self.net.listeners[c.listener].open -= 1;
+        self.net.endpoints[c.endpoint].open -= 1;
         self.counters.closed.add(1);
         let conn = self.conn_id(idx, c.gen);
-        self.emit(c.listener, c.replica, NetEvent::Closed { conn });
+        self.emit(c.endpoint, c.replica, NetEvent::Closed { conn });
     }
 
     /// Delivers an event to the connection's replica of the listener's stage, or parks it (in
@@ -871,7 +982,7 @@ impl Io {
     fn emit(&mut self, li: usize, replica: u16, ev: NetEvent) {
         // Behind parked events, a new one parks too, so the stage sees them in order.
         let ev = if self.net.stalled.is_empty() {
-            match self.net.listeners[li].sink.try_enqueue_to(replica.into(), ev) {
+            match self.net.endpoints[li].sink.try_enqueue_to(replica.into(), ev) {
                 Ok(()) => return,
                 Err(ev) => ev,
             }
@@ -887,7 +998,7 @@ impl Io {
     pub(crate) fn net_flush_stalled(&mut self) -> usize {
         let mut n = 0;
         while let Some((li, replica, ev)) = self.net.stalled.pop_front() {
-            if let Err(ev) = self.net.listeners[li].sink.try_enqueue_to(replica.into(), ev) {
+            if let Err(ev) = self.net.endpoints[li].sink.try_enqueue_to(replica.into(), ev) {
                 self.net.stalled.push_front((li, replica, ev));
                 break;
             }
@@ -908,13 +1019,13 @@ impl Io {
             return;
         }
         self.net.last_sweep = now;
-        for li in 0..self.net.listeners.len() {
-            let l = &self.net.listeners[li];
+        for li in 0..self.net.endpoints.len() {
+            let l = &self.net.endpoints[li];
             if !l.armed && !l.backing_off && l.fd.is_some() && self.arm_accept(li).is_err() {
                 break;
             }
         }
-        if self.net.listeners.iter().all(|l| l.cfg.idle_timeout.is_none() && l.cfg.send_timeout.is_none()) {
+        if self.net.endpoints.iter().all(|l| l.cfg.idle_timeout.is_none() && l.cfg.send_timeout.is_none()) {
             return;
         }
         let expired: Vec<usize> = self
@@ -922,7 +1033,7 @@ impl Io {
             .conns
             .iter()
             .filter(|(_, c)| {
-                let cfg = &self.net.listeners[c.listener].cfg;
+                let cfg = &self.net.endpoints[c.endpoint].cfg;
                 let idle = !c.closing && cfg.idle_timeout.is_some_and(|d| now.duration_since(c.last_active) >= d);
                 let stuck =
                     c.busy() && !c.aborting() && cfg.send_timeout.is_some_and(|d| now.duration_since(c.out_since) >= d);
@@ -935,13 +1046,21 @@ impl Io {
         }
     }
 
-    /// Shutdown, phase one: stop accepting and stop reading; queued sends still finish.
+    /// Shutdown, phase one: stop accepting, connecting and reading; queued sends still finish.
     pub(crate) fn net_begin_drain(&mut self) {
-        for li in 0..self.net.listeners.len() {
-            if self.net.listeners[li].armed {
+        for li in 0..self.net.endpoints.len() {
+            if self.net.endpoints[li].armed {
                 let _ = self.cancel(token::make(token::ACCEPT, li as u32, 0));
             } else {
-                self.net.listeners[li].fd = None;
+                self.net.endpoints[li].fd = None;
+            }
+        }
+        let sockets: Vec<RawFd> = self.net.connecting.iter().map(|(_, &fd)| fd).collect();
+        for fd in sockets {
+            let any_op_on = types::CancelBuilder::fd(types::Fd(fd)).all();
+            let sqe = opcode::AsyncCancel2::new(any_op_on).build().user_data(token::make(token::CANCEL, 0, 0));
+            if self.push_plain(sqe).is_err() {
+                break; // the SQ stays full: the connects' own time limits end them
             }
         }
         let recvs: Vec<(usize, u32)> =
@@ -957,7 +1076,7 @@ impl Io {
         for (_, c) in self.net.conns.iter() {
             if !c.close_submitted {
                 // The connection owns its socket; the ring is about to be torn down.
-                self.close_now(c.fd);
+                self.close_now(c.fd, c.fixed);
             }
         }
         for (_, c) in self.net.conns.iter_mut() {
@@ -968,7 +1087,7 @@ impl Io {
         std::mem::forget(std::mem::take(&mut self.net.zc_orphans));
         self.net.conns.clear();
         self.net.stalled.clear();
-        for l in &mut self.net.listeners {
+        for l in &mut self.net.endpoints {
             l.fd = None;
         }
     }

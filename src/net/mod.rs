@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use conn_map::ConnMap;
-pub(crate) use driver::{Listener, Net};
+pub(crate) use driver::{Endpoint, Net};
 
 use crate::buf::{IoBuf, IoBufChain};
 use crate::stage::{Context, Handler};
@@ -57,6 +57,12 @@ impl Conn {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ListenerId(pub(crate) usize);
 
+/// Identifies a connector declared with [`crate::runtime::Builder::connector`]: the stage that
+/// gets the events of the outbound connections opened with [`NetCmd::Connect`], and their
+/// options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectorId(pub(crate) usize);
+
 /// What the network stage tells a handler stage.
 #[derive(Debug)]
 pub enum NetEvent {
@@ -79,13 +85,38 @@ pub enum NetEvent {
         /// The connection.
         conn: Conn,
     },
+    /// An outbound connection asked for with [`NetCmd::Connect`] is established. Its events
+    /// follow like an accepted connection's; it ends with [`NetEvent::Closed`].
+    Connected {
+        /// The connection.
+        conn: Conn,
+        /// The connector it was opened with.
+        connector: ConnectorId,
+        /// The `tag` of the `Connect` command.
+        tag: u64,
+    },
+    /// A [`NetCmd::Connect`] failed: refused, unreachable, over the connector's connection
+    /// limit, cut by the runtime's shutdown, or not done within the connector's time limit
+    /// (`ErrorKind::TimedOut`). No connection exists.
+    ConnectFailed {
+        /// The connector it was asked of.
+        connector: ConnectorId,
+        /// The `tag` of the `Connect` command.
+        tag: u64,
+        /// Why.
+        error: std::io::Error,
+    },
 }
 
 impl NetEvent {
-    /// The connection the event is about.
-    pub fn conn(&self) -> Conn {
+    /// The connection the event is about (`None` for [`NetEvent::ConnectFailed`]).
+    pub fn conn(&self) -> Option<Conn> {
         match self {
-            NetEvent::Opened { conn, .. } | NetEvent::Data { conn, .. } | NetEvent::Closed { conn } => *conn,
+            NetEvent::Opened { conn, .. }
+            | NetEvent::Data { conn, .. }
+            | NetEvent::Closed { conn }
+            | NetEvent::Connected { conn, .. } => Some(*conn),
+            NetEvent::ConnectFailed { .. } => None,
         }
     }
 }
@@ -124,21 +155,42 @@ pub enum NetCmd {
         /// The connection.
         conn: Conn,
     },
+    /// Open a TCP connection to `addr` on worker `worker`: usually the sender's own
+    /// ([`Context::worker`]), so the connection's events stay on its core. The connector's
+    /// stage gets [`NetEvent::Connected`] or [`NetEvent::ConnectFailed`], with `tag`.
+    ///
+    /// The socket is a plain descriptor (counted against `RLIMIT_NOFILE`), connected on the
+    /// ring with the connector's time limit linked to it. Refused by the sink when `worker`
+    /// is not one of the runtime's workers.
+    Connect {
+        /// The connector (the stage to tell, the connection's options).
+        connector: ConnectorId,
+        /// Where to connect.
+        addr: SocketAddr,
+        /// The worker that will own the connection.
+        worker: usize,
+        /// Handed back in the resulting event, to tell attempts apart.
+        tag: u64,
+    },
 }
 
 impl NetCmd {
-    /// The connection the command is for.
-    pub fn conn(&self) -> Conn {
+    /// The connection the command is for (`None` for [`NetCmd::Connect`]).
+    pub fn conn(&self) -> Option<Conn> {
         match self {
             NetCmd::Send { conn, .. }
             | NetCmd::SendChain { conn, .. }
             | NetCmd::SendFile { conn, .. }
-            | NetCmd::Close { conn } => *conn,
+            | NetCmd::Close { conn } => Some(*conn),
+            NetCmd::Connect { .. } => None,
         }
     }
 
     pub(crate) fn route(cmd: &NetCmd) -> usize {
-        cmd.conn().worker()
+        match cmd {
+            NetCmd::Connect { worker, .. } => *worker,
+            _ => cmd.conn().map_or(0, |c| c.worker()),
+        }
     }
 }
 
@@ -218,6 +270,67 @@ impl ListenConfig {
     /// where it is missing).
     pub fn zero_copy_sends(mut self, min_bytes: Option<usize>) -> Self {
         self.zc_min = min_bytes;
+        self
+    }
+}
+
+/// Options of a connector: outbound connections opened with [`NetCmd::Connect`]. A connector
+/// can open connections on every worker.
+#[derive(Clone, Debug)]
+pub struct ConnectConfig {
+    pub(crate) timeout: Duration,
+    /// The per-connection options, as for a listener's connections.
+    pub(crate) conn: ListenConfig,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        ConnectConfig::new()
+    }
+}
+
+impl ConnectConfig {
+    /// A connect time limit of 5 s, `TCP_NODELAY`, at most 100 000 connections per worker, no
+    /// idle or send timeout, copying sends.
+    pub fn new() -> ConnectConfig {
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        ConnectConfig { timeout: Duration::from_secs(5), conn: ListenConfig::new(any, []) }
+    }
+
+    /// Fail a connect not established within `d` (`ErrorKind::TimedOut`); the limit is an
+    /// `IORING_OP_LINK_TIMEOUT` linked to the connect, so it costs no sweep.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Set `TCP_NODELAY` on the connections (default on).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.conn.nodelay = on;
+        self
+    }
+
+    /// Most open (and opening) connections per worker; a `Connect` beyond fails at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.conn.max_connections = n;
+        self
+    }
+
+    /// As [`ListenConfig::idle_timeout`].
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.conn.idle_timeout = Some(d);
+        self
+    }
+
+    /// As [`ListenConfig::send_timeout`].
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.conn.send_timeout = Some(d);
+        self
+    }
+
+    /// As [`ListenConfig::zero_copy_sends`].
+    pub fn zero_copy_sends(mut self, min_bytes: Option<usize>) -> Self {
+        self.conn.zc_min = min_bytes;
         self
     }
 }

@@ -93,6 +93,22 @@ impl Io {
     /// `done`'s captures, on the heap).
     pub(crate) unsafe fn submit_op(&mut self, sqe: squeue::Entry, done: OpDone, bounded: bool) {
         let limit = self.op_timeout.as_deref().filter(|_| bounded).map(|ts| ts as *const types::Timespec);
+        // SAFETY: forwarded contract; the worker's timespec is boxed in `self` and outlives the
+        // submission, when the kernel copies it.
+        unsafe { self.submit_op_within(sqe, done, limit) }
+    }
+
+    /// Like [`Io::submit_op`], with the op's own time limit, if any, instead of the worker's.
+    ///
+    /// # Safety
+    /// As [`Io::submit_op`]; and `limit`, if any, must point to a timespec that stays valid
+    /// until the SQEs are submitted (keep it boxed in `done`'s captures).
+    pub(crate) unsafe fn submit_op_within(
+        &mut self,
+        sqe: squeue::Entry,
+        done: OpDone,
+        limit: Option<*const types::Timespec>,
+    ) {
         let linked = limit.is_some();
         let done: OpDone = if linked {
             // A linked op cancelled by its timeout ends with ECANCELED, or EINTR when it was
@@ -110,8 +126,7 @@ impl Io {
             Some(ts) => {
                 let limit =
                     opcode::LinkTimeout::new(ts).build().user_data(token::make(token::OP_TIMEOUT, key as u32, 0));
-                // SAFETY: forwarded contract; the timespec is boxed in `self` and outlives the
-                // submission, when the kernel copies it.
+                // SAFETY: forwarded contract, the timespec's included.
                 unsafe { self.push(&[sqe.flags(squeue::Flags::IO_LINK), limit]) }
             }
             // SAFETY: forwarded contract.

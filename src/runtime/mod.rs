@@ -36,7 +36,7 @@ use ringstage_sys::Doorbell;
 pub use ringstage_sys::RingConfig;
 
 use crate::metrics::{Snapshot, WorkerCounters};
-use crate::net::{ListenConfig, ListenerId, NetCmd, NetEvent, NetStage};
+use crate::net::{ConnectConfig, ConnectorId, ListenConfig, ListenerId, NetCmd, NetEvent, NetStage};
 use crate::stage::injector::{InjectCounters, InjectTarget};
 use crate::stage::{Handler, Injector, LocalQueue, Sink, SinkInner, StageConfig, StageId, Stamped};
 use plumbing::{Plumbing, TypedPlumbing, WorkerParts};
@@ -53,6 +53,12 @@ struct Decl {
 
 struct ListenDecl {
     cfg: Arc<ListenConfig>,
+    deliver: usize,
+}
+
+struct ConnectorDecl {
+    cfg: Arc<ListenConfig>,
+    timeout: Duration,
     deliver: usize,
 }
 
@@ -81,6 +87,7 @@ pub struct Builder {
     signals: bool,
     decls: Vec<Decl>,
     listeners: Vec<ListenDecl>,
+    connectors: Vec<ConnectorDecl>,
     net: Option<StageId<NetCmd>>,
 }
 
@@ -207,18 +214,30 @@ impl Builder {
     /// stage (to send [`NetCmd`]s to; one per runtime, with a replica on every worker) and the
     /// listener's id.
     pub fn listen(&mut self, cfg: ListenConfig, deliver: StageId<NetEvent>) -> (StageId<NetCmd>, ListenerId) {
-        let net = match self.net {
-            Some(n) => n,
-            None => {
-                let n =
-                    self.stage_routed::<NetCmd>("net", StageConfig::on(0..self.workers).capacity(4096), NetCmd::route);
-                self.handler(n, |_| NetStage);
-                self.net = Some(n);
-                n
-            }
-        };
+        let net = self.net_stage();
         self.listeners.push(ListenDecl { cfg: Arc::new(cfg), deliver: deliver.idx });
         (net, ListenerId(self.listeners.len() - 1))
+    }
+
+    /// Adds a connector: [`NetCmd::Connect`] with its id opens an outbound TCP connection on
+    /// any worker, whose events ([`NetEvent::Connected`], then `Data` and `Closed`, or
+    /// [`NetEvent::ConnectFailed`]) go to stage `deliver`. Returns the network stage (as
+    /// [`Builder::listen`] does) and the connector's id.
+    pub fn connector(&mut self, cfg: ConnectConfig, deliver: StageId<NetEvent>) -> (StageId<NetCmd>, ConnectorId) {
+        let net = self.net_stage();
+        self.connectors.push(ConnectorDecl { cfg: Arc::new(cfg.conn), timeout: cfg.timeout, deliver: deliver.idx });
+        (net, ConnectorId(self.connectors.len() - 1))
+    }
+
+    /// The network I/O stage, declared on first use: a replica on every worker.
+    fn net_stage(&mut self) -> StageId<NetCmd> {
+        if let Some(n) = self.net {
+            return n;
+        }
+        let n = self.stage_routed::<NetCmd>("net", StageConfig::on(0..self.workers).capacity(4096), NetCmd::route);
+        self.handler(n, |_| NetStage);
+        self.net = Some(n);
+        n
     }
 
     fn validate(&self) -> std::io::Result<()> {
@@ -259,7 +278,7 @@ impl Builder {
             (0..self.workers).map(|_| Doorbell::new().map(Arc::new)).collect::<Result<_, _>>()?;
 
         // Listening sockets, bound here so that errors (EADDRINUSE) surface synchronously.
-        let mut per_worker_listeners: Vec<Vec<worker::ListenerPlan>> = (0..self.workers).map(|_| Vec::new()).collect();
+        let mut per_worker_endpoints: Vec<Vec<worker::EndpointPlan>> = (0..self.workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for (id, l) in self.listeners.iter().enumerate() {
             let in_use = |addr, e: std::io::Error| std::io::Error::new(e.kind(), format!("listen on {addr}: {e}"));
@@ -277,11 +296,12 @@ impl Builder {
             };
             nodelay(&first)?;
             if let [w] = l.cfg.workers[..] {
-                per_worker_listeners[w].push(worker::ListenerPlan {
+                per_worker_endpoints[w].push(worker::EndpointPlan {
                     id,
-                    fd: first,
+                    fd: Some(first),
                     cfg: l.cfg.clone(),
                     deliver: l.deliver,
+                    connect_timeout: None,
                 });
             } else {
                 // Several workers: one SO_REUSEPORT socket each, on the port just proven free.
@@ -289,15 +309,28 @@ impl Builder {
                 for &w in &l.cfg.workers {
                     let fd = ringstage_sys::socket::listen(addr, l.cfg.backlog, true).map_err(|e| in_use(addr, e))?;
                     nodelay(&fd)?;
-                    per_worker_listeners[w].push(worker::ListenerPlan {
+                    per_worker_endpoints[w].push(worker::EndpointPlan {
                         id,
-                        fd,
+                        fd: Some(fd),
                         cfg: l.cfg.clone(),
                         deliver: l.deliver,
+                        connect_timeout: None,
                     });
                 }
             }
             addrs.push(addr);
+        }
+        // Connectors: on every worker, after its listeners, in id order.
+        for (id, c) in self.connectors.iter().enumerate() {
+            for plans in &mut per_worker_endpoints {
+                plans.push(worker::EndpointPlan {
+                    id,
+                    fd: None,
+                    cfg: c.cfg.clone(),
+                    deliver: c.deliver,
+                    connect_timeout: Some(c.timeout),
+                });
+            }
         }
 
         let meta: Arc<Vec<StageMeta>> = Arc::new(
@@ -346,7 +379,7 @@ impl Builder {
         let ncpu = ringstage_sys::cpu::available();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
-        for (w, (parts, listeners)) in parts.into_iter().zip(per_worker_listeners).enumerate() {
+        for (w, (parts, endpoints)) in parts.into_iter().zip(per_worker_endpoints).enumerate() {
             let cpu = match &self.cpus {
                 Some(c) if c.is_empty() => None,
                 Some(c) => Some(c[w % c.len()]),
@@ -362,7 +395,7 @@ impl Builder {
                 meta: meta.clone(),
                 factories: factories.clone(),
                 parts,
-                listeners,
+                endpoints,
                 shared: shared.clone(),
             };
             let tx = ready_tx.clone();
@@ -656,6 +689,7 @@ impl Runtime {
             signals: false,
             decls: Vec::new(),
             listeners: Vec::new(),
+            connectors: Vec::new(),
             net: None,
         }
     }

@@ -22,7 +22,7 @@ use super::io::{token, Io};
 use super::{Factory, Setup, Shared, StageMeta};
 use crate::buf::BufPool;
 use crate::metrics::WorkerCounters;
-use crate::net::{ListenConfig, Listener, Net, NetEvent};
+use crate::net::{Endpoint, ListenConfig, Net, NetEvent};
 use crate::queue::{mpsc, spsc};
 use crate::stage::{Context, Handler, LocalQueue, StageId, Stamped, TimerTable};
 
@@ -37,16 +37,18 @@ pub(crate) struct Plan {
     pub(crate) meta: Arc<Vec<StageMeta>>,
     pub(crate) factories: Arc<Vec<Factory>>,
     pub(crate) parts: Vec<Option<Box<dyn Any + Send>>>,
-    pub(crate) listeners: Vec<ListenerPlan>,
+    pub(crate) endpoints: Vec<EndpointPlan>,
     pub(crate) shared: Arc<Shared>,
 }
 
-/// A listening socket for this worker: listener id, socket, options, stage to deliver to.
-pub(crate) struct ListenerPlan {
+/// A listener's socket on this worker, or a connector: its id, the socket (listeners), the
+/// connections' options, the stage to deliver to, and the connect time limit (connectors).
+pub(crate) struct EndpointPlan {
     pub(crate) id: usize,
-    pub(crate) fd: OwnedFd,
+    pub(crate) fd: Option<OwnedFd>,
     pub(crate) cfg: Arc<ListenConfig>,
     pub(crate) deliver: usize,
+    pub(crate) connect_timeout: Option<Duration>,
 }
 
 /// A stage replica with its event type erased.
@@ -272,12 +274,12 @@ impl Worker {
                 replicas.push((plan.factories[idx])(&mut setup));
             }
         }
-        let listeners = plan
-            .listeners
+        let endpoints = plan
+            .endpoints
             .into_iter()
-            .map(|l| {
-                let sink = setup.sink(StageId::<NetEvent>::new(l.deliver));
-                Listener::new(l.id, l.fd, l.cfg, sink)
+            .map(|e| {
+                let sink = setup.sink(StageId::<NetEvent>::new(e.deliver));
+                Endpoint::new(e.id, e.fd, e.cfg, sink, e.connect_timeout)
             })
             .collect();
         let io = Io {
@@ -285,7 +287,7 @@ impl Worker {
             ring,
             features,
             pool,
-            net: Net::new(listeners, plan.ring.fixed_files),
+            net: Net::new(endpoints, plan.ring.fixed_files),
             ops: slab::Slab::new(),
             op_timeout: plan.file_timeout.map(|d| Box::new(types::Timespec::from(d))),
             counters,

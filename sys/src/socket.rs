@@ -27,6 +27,21 @@ pub fn listen(addr: SocketAddr, backlog: i32, reuseport: bool) -> io::Result<Own
     Ok(fd)
 }
 
+/// Creates an unconnected TCP socket for `addr`'s family (close-on-exec, non-blocking), with
+/// `TCP_NODELAY` if `nodelay`. Connect it on the ring.
+pub fn stream(addr: &SocketAddr, nodelay: bool) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: socket takes no pointers.
+    let fd = unsafe { syscall!(socket(domain, ty, 0)) }?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if nodelay {
+        set_nodelay(fd.as_raw_fd())?;
+    }
+    Ok(fd)
+}
+
 /// Disables Nagle's algorithm on `fd`.
 pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
