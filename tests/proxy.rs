@@ -1,0 +1,83 @@
+//! The proxy example end to end on loopback: the real binaries of the proxy and, behind it,
+//! the echo example.
+
+mod example;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Deterministic bytes, distinct per client and round.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()
+}
+
+#[test]
+fn clients_reach_the_upstream_through_the_proxy_and_back() {
+    let echo = example::start("echo", &[]);
+    let upstream = echo.addr.to_string();
+    let proxy = example::start("proxy", &["--upstream", &upstream, "--workers", "2"]);
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..16u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                for round in 0..10u64 {
+                    // From one byte to 200 KiB: many receives on each side of the proxy.
+                    let msg = bytes(i * 100 + round, [1, 100, 4000, 200_000][(round % 4) as usize]);
+                    let mut w = s.try_clone().unwrap();
+                    let out = msg.clone();
+                    let writer = std::thread::spawn(move || w.write_all(&out).unwrap());
+                    let mut got = vec![0; msg.len()];
+                    s.read_exact(&mut got).unwrap();
+                    writer.join().unwrap();
+                    assert!(got == msg, "client {i} round {round}: the bytes came back unchanged");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
+#[test]
+fn a_client_closing_closes_its_upstream_connection() {
+    // The upstream is this test's own listener, so it can watch its side of the pair.
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = up.local_addr().unwrap().to_string();
+    let proxy = example::start("proxy", &["--upstream", &upstream]);
+    let mut client = connect(proxy.addr);
+    client.write_all(b"hello").unwrap();
+    let (mut server_side, _) = up.accept().unwrap();
+    server_side.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = [0; 5];
+    server_side.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello", "bytes sent before the upstream was connected were kept");
+    server_side.write_all(b"world").unwrap();
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"world");
+    drop(client);
+    let mut rest = Vec::new();
+    assert_eq!(server_side.read_to_end(&mut rest).unwrap(), 0, "the upstream side saw the close");
+}
+
+#[test]
+fn an_unreachable_upstream_closes_the_client_at_once() {
+    // A port that was just free: nothing listens there, so the connect is refused.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let proxy = example::start("proxy", &["--upstream", &upstream]);
+    let mut client = connect(proxy.addr);
+    let t = Instant::now();
+    let mut buf = [0; 16];
+    let n = client.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "no bytes, just the close");
+    assert!(t.elapsed() < Duration::from_secs(5), "closed after {:?}", t.elapsed());
+}
