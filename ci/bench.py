@@ -19,6 +19,10 @@ kv:    the key-value example vs redis-server (one thread), both pinned to CPU 0,
        set, hash and sorted-set tests pipelined, with each server's CPU per request. Then
        isolation: the project's load client (50 connections, GET) without and with 1% of
        commands slow (DEBUG SLEEP 5 ms): p99 of the fast commands.
+proxy: the TCP proxy example (connectors) vs nginx's stream proxy and HAProxy (one worker or
+       thread each, all pinned to CPU 0) in front of the C io_uring echo server; the load client
+       and that upstream share CPU 1. 64 B x 64 connections and 16 KiB x 16 connections, closed
+       loop, interleaved rounds: messages/s, p99, and each proxy's CPU per message. No target.
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -881,6 +885,140 @@ def plot_kv(rows, iso_rows, a):
     print(f"wrote {path}")
 
 
+PROXY_UPSTREAM = 7210
+PROXIES = {"ringstage": 7200, "nginx": 7201, "haproxy": 7202}
+
+
+def proxy_argv(name, port):
+    up = f"127.0.0.1:{PROXY_UPSTREAM}"
+    tmp = os.path.join(OUT, "proxy")
+    os.makedirs(tmp, exist_ok=True)
+    if name == "ringstage":
+        return [os.path.join(ROOT, "target/release/examples/proxy"), "--addr", f"127.0.0.1:{port}", "--upstream", up, "--cpu", "0"]
+    if name == "nginx":
+        path = os.path.join(tmp, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(f"""
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+master_process off;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 8192; }}
+stream {{
+  server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {up}; tcp_nodelay on; }}
+}}
+""")
+        return ["nginx", "-e", "stderr", "-c", path]
+    path = os.path.join(tmp, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  maxconn 8192
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen echo
+  bind 127.0.0.1:{port}
+  server upstream {up}
+""")
+    return ["haproxy", "-db", "-f", path]
+
+
+def bench_proxy(a):
+    sh(["cargo", "build", "--release", "--quiet", "--example", "proxy"])
+    build_echo()  # the C io_uring echo upstream and the load client
+    upstream = subprocess.Popen(["taskset", "-c", "1", os.path.join(ROOT, "target/bench/uring_echo"), str(PROXY_UPSTREAM)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cases = [("64 B x 64", 64, 64), ("16 KiB x 16", 16384, 16)]
+    names = list(PROXIES)
+    runs = {(c[0], n): [] for c in cases for n in names + ["direct"]}
+    try:
+        wait_port(PROXY_UPSTREAM, upstream)
+        for r in range(a.rounds):
+            for n in (names if r % 2 == 0 else names[::-1]):
+                port = PROXIES[n]
+                wait_port_free(port)
+                proc = subprocess.Popen(["taskset", "-c", "0"] + proxy_argv(n, port), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                try:
+                    wait_port(port, proc)
+                    for case, size, conns in cases:
+                        res = loadgen(["--addr", f"127.0.0.1:{port}", "--conns", str(conns), "--size", str(size),
+                                       "--warmup", "1", "--secs", str(a.secs), "--server-pid", str(proc.pid)])
+                        runs[(case, n)].append(res)
+                        print(f"round {r + 1} {case:<12} {n:<10} {res['rate']:>10.0f} msg/s  p99 {res['p99_us']:>8.1f} us  "
+                              f"cpu {res['cpu_ns_per_msg']:>7.0f} ns/msg", flush=True)
+                finally:
+                    stop_server(proc)
+            for case, size, conns in cases:  # the upstream alone, for scale
+                res = loadgen(["--addr", f"127.0.0.1:{PROXY_UPSTREAM}", "--conns", str(conns), "--size", str(size),
+                               "--warmup", "0.5", "--secs", str(a.secs / 2)])
+                runs[(case, "direct")].append(res)
+    finally:
+        stop_server(upstream)
+    lines = [f"proxy: TCP proxies on CPU 0 (one worker/thread each) in front of the C io_uring echo server; the load client",
+             f"and the upstream share CPU 1. Closed loop, {a.rounds} interleaved rounds of {a.secs}s; medians, ratios are medians",
+             "of per-round ratios. 'capacity': the peer's proxy CPU per message over ringstage's. 'busy': the share of",
+             "CPU 0 the proxy used (well under 100%: CPU 1, the client and upstream, was the bottleneck). No target.",
+             f"{'case':<13}{'proxy':<11}{'msg/s':>10}{'p99 us':>9}{'cpu ns/msg':>12}{'busy':>6}{'ratio':>8}{'capacity':>10}{'p99 ratio':>11}"]
+    rows = []
+    for case, _, _ in cases:
+        for n in names + ["direct"]:
+            rs = runs[(case, n)]
+            row = {"case": case, "proxy": n, "rate": median([x["rate"] for x in rs]),
+                   "p99_us": median([x["p99_us"] for x in rs]),
+                   "cpu_ns_per_msg": median([x.get("cpu_ns_per_msg", float("nan")) for x in rs]) if n != "direct" else float("nan"),
+                   "rounds": rs}
+            mine, theirs = runs[(case, "ringstage")], rs
+            pair = list(zip(mine, theirs))
+            row["ratio"] = median([m["rate"] / t["rate"] for m, t in pair if t["rate"]])
+            row["capacity"] = median([t["cpu_ns_per_msg"] / m["cpu_ns_per_msg"] for m, t in pair
+                                      if n != "direct" and m.get("cpu_ns_per_msg")])
+            row["p99_ratio"] = median([m["p99_us"] / t["p99_us"] for m, t in pair if t["p99_us"]])
+            rows.append(row)
+            busy = row["rate"] * row["cpu_ns_per_msg"] / 1e9
+            label = n if n != "direct" else "(no proxy)"
+            if n in ("ringstage", "direct"):
+                lines.append(f"{case:<13}{label:<11}{row['rate']:>10.0f}{row['p99_us']:>9.1f}"
+                             f"{row['cpu_ns_per_msg'] if n != 'direct' else float('nan'):>12.0f}"
+                             f"{(f'{busy:.0%}' if n != 'direct' else '-'):>6}{'':>8}{'':>10}{'':>11}")
+            else:
+                lines.append(f"{case:<13}{label:<11}{row['rate']:>10.0f}{row['p99_us']:>9.1f}{row['cpu_ns_per_msg']:>12.0f}"
+                             f"{busy:>6.0%}{row['ratio']:>8.3f}{row['capacity']:>10.3f}{row['p99_ratio']:>11.3f}")
+    lines.append("ratio, capacity and p99 ratio on a peer's line: ringstage against that peer (ratio and capacity > 1 and")
+    lines.append("p99 ratio < 1 favour ringstage)")
+    publish("proxy", "\n".join(lines), {"rows": rows})
+    plot_proxy(rows, cases, names, a)
+
+
+def plot_proxy(rows, cases, names, a):
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(len(cases), 3, figsize=(13, 3.6 * len(cases)), squeeze=False)
+    panels = [("rate", "messages/s (higher is better)"), ("p99_us", "p99 latency, us (lower is better)"),
+              ("cpu_ns_per_msg", "proxy CPU ns/message (lower is better)")]
+    for i, (case, _, _) in enumerate(cases):
+        by = {r["proxy"]: r for r in rows if r["case"] == case}
+        colors = ["#d62728" if n == "ringstage" else "#7f7f7f" for n in names]
+        for j, (key, title) in enumerate(panels):
+            axis = ax[i][j]
+            axis.bar(names, [by[n][key] for n in names], color=colors)
+            for k, n in enumerate(names):  # each round as a dot: the spread
+                axis.scatter([k] * len(by[n]["rounds"]), [x[key] for x in by[n]["rounds"]], color="black", s=8, zorder=3)
+            axis.set_title(f"{case}: {title}", fontsize=9)
+    fig.suptitle(f"TCP proxy in front of an echo server, proxy on one core (median of {a.rounds} rounds; dots: each round)")
+    fig.tight_layout()
+    path = os.path.join(OUT, "proxy.png")
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")
+
+
 def bench_queue(a):
     r = subprocess.run(["cargo", "bench", "--quiet", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
     cases = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -901,7 +1039,7 @@ def bench_queue(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "overload", "queue", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "overload", "proxy", "queue", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
@@ -919,6 +1057,8 @@ def main():
         bench_kv(a)
     if a.what in ("overload", "all"):
         bench_overload(a)
+    if a.what in ("proxy", "all"):
+        bench_proxy(a)
 
 
 if __name__ == "__main__":
