@@ -21,14 +21,21 @@ impl Handler for Echo {
     type Event = NetEvent;
 
     fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
-        if let NetEvent::Data { conn, data } = ev {
-            // The received pool buffer goes straight back out: zero copies.
-            if let Err(cmd) = self.net.try_enqueue(NetCmd::Send { conn, data }) {
-                // The I/O stage is saturated: shed this connection rather than lose bytes
-                // silently or block the worker.
-                drop(cmd);
+        match ev {
+            NetEvent::Data { conn, data } => {
+                // The received pool buffer goes straight back out: zero copies.
+                if let Err(cmd) = self.net.try_enqueue(NetCmd::Send { conn, data }) {
+                    // The I/O stage is saturated: shed this connection rather than lose bytes
+                    // silently or block the worker.
+                    drop(cmd);
+                    let _ = self.net.try_enqueue(NetCmd::Close { conn });
+                }
+            }
+            // The client finished sending: close once what it sent has been echoed.
+            NetEvent::Eof { conn } => {
                 let _ = self.net.try_enqueue(NetCmd::Close { conn });
             }
+            _ => {}
         }
     }
 }

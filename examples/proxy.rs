@@ -10,9 +10,11 @@
 //! Every worker accepts (one `SO_REUSEPORT` socket each) and dials the upstream itself
 //! (`NetCmd::Connect` for its own worker), so both connections of a pair live on one core and
 //! their events never cross cores. Bytes a client sends before its upstream is connected wait,
-//! up to 64 KiB. When either side closes, or the upstream cannot be reached, the other side is
-//! closed after what was queued for it has been sent. A client's FIN closes the pair: the
-//! network stage has no half-close.
+//! up to 64 KiB. A side that finished sending (its FIN, `NetEvent::Eof`) has the FIN passed on
+//! to the other (`NetCmd::Shutdown`, after what was queued for it), so a client may half-close
+//! after its request and still read the whole answer; once both sides have finished, the pair
+//! is closed. When either side closes, or the upstream cannot be reached, the other side is
+//! closed after what was queued for it has been sent.
 //!
 //! Receive buffers are 16 KiB by default (`--buffer-kib`), nginx's `proxy_buffer_size` for
 //! streams: a proxy moves bulk data, and each receive completion and hand-off costs the same
@@ -27,12 +29,19 @@ use ringstage::prelude::*;
 /// Most bytes a client may send before its upstream connection is up.
 const EARLY_MAX: usize = 64 << 10;
 
-/// One end of a pair.
-enum End {
-    /// An accepted client; `upstream` once connected. Until then its bytes wait in `early`.
-    Client { upstream: Option<Conn>, early: IoBufChain },
-    /// The outbound connection serving `client`.
-    Upstream { client: Conn },
+/// One end of a pair, and whether it finished sending.
+struct End {
+    /// The other end: the upstream of a client once connected, the client of an upstream.
+    peer: Option<Conn>,
+    /// A client's bytes sent before its upstream was connected.
+    early: IoBufChain,
+    eof: bool,
+}
+
+impl End {
+    fn new(peer: Option<Conn>) -> End {
+        End { peer, early: IoBufChain::new(), eof: false }
+    }
 }
 
 struct Proxy {
@@ -63,7 +72,7 @@ impl Proxy {
     }
 
     fn opened(&mut self, client: Conn, worker: usize) {
-        self.ends.insert(client, End::Client { upstream: None, early: IoBufChain::new() });
+        self.ends.insert(client, End::new(None));
         let tag = self.dialing.insert(client);
         let dial = NetCmd::Connect { connector: self.connector, addr: self.upstream, worker, tag: tag as u64 };
         if self.net.try_enqueue(dial).is_err() {
@@ -73,19 +82,37 @@ impl Proxy {
     }
 
     fn connected(&mut self, up: Conn, tag: u64) {
-        let client = self.dialing.try_remove(tag as usize);
-        let early = match client.and_then(|c| self.ends.get_mut(c)) {
-            Some(End::Client { upstream, early }) => {
-                *upstream = Some(up);
-                std::mem::take(early)
-            }
-            // The client left while the connect was in flight.
-            _ => return self.close(up),
+        let Some((client, end)) = self.dialing.try_remove(tag as usize).and_then(|c| Some((c, self.ends.get_mut(c)?)))
+        else {
+            return self.close(up); // the client left while the connect was in flight
         };
-        let client = client.expect("found above");
-        self.ends.insert(up, End::Upstream { client });
+        end.peer = Some(up);
+        let (early, client_eof) = (std::mem::take(&mut end.early), end.eof);
+        self.ends.insert(up, End::new(Some(client)));
         if !early.is_empty() {
             self.forward(client, up, early);
+        }
+        if client_eof {
+            self.shutdown(up);
+        }
+    }
+
+    /// Passes a FIN on: `to` gets one once what was queued for it is sent.
+    fn shutdown(&self, to: Conn) {
+        if self.net.try_enqueue(NetCmd::Shutdown { conn: to }).is_err() {
+            self.close(to);
+        }
+    }
+
+    /// `conn` finished sending: pass the FIN on to its peer, and close the pair once both have.
+    fn eof(&mut self, conn: Conn) {
+        let Some(end) = self.ends.get_mut(conn) else { return };
+        end.eof = true;
+        let Some(peer) = end.peer else { return }; // passed on once the upstream is connected
+        self.shutdown(peer);
+        if self.ends.get(peer).is_some_and(|p| p.eof) {
+            self.close(conn);
+            self.close(peer);
         }
     }
 
@@ -100,20 +127,16 @@ impl Proxy {
 
     fn data(&mut self, conn: Conn, data: IoBuf) {
         match self.ends.get_mut(conn) {
-            Some(End::Client { upstream: Some(up), .. }) => {
-                let up = *up;
-                self.forward(conn, up, IoBufChain::from(data));
+            Some(End { peer: Some(peer), .. }) => {
+                let peer = *peer;
+                self.forward(conn, peer, IoBufChain::from(data));
             }
-            Some(End::Client { upstream: None, early }) => {
+            Some(End { peer: None, early, .. }) => {
                 if early.len() + data.len() > EARLY_MAX {
                     self.close(conn);
                 } else {
                     early.push(data);
                 }
-            }
-            Some(End::Upstream { client }) => {
-                let client = *client;
-                self.forward(conn, client, IoBufChain::from(data));
             }
             None => {}
         }
@@ -121,9 +144,8 @@ impl Proxy {
 
     fn closed(&mut self, conn: Conn) {
         // The other end is closed once its queued output has gone; its own `Closed` removes it.
-        match self.ends.remove(conn) {
-            Some(End::Client { upstream: Some(peer), .. }) | Some(End::Upstream { client: peer }) => self.close(peer),
-            Some(End::Client { upstream: None, .. }) | None => {}
+        if let Some(peer) = self.ends.remove(conn).and_then(|e| e.peer) {
+            self.close(peer);
         }
     }
 }
@@ -137,6 +159,7 @@ impl Handler for Proxy {
             NetEvent::Connected { conn, tag, .. } => self.connected(conn, tag),
             NetEvent::ConnectFailed { tag, error, .. } => self.connect_failed(tag, error),
             NetEvent::Data { conn, data } => self.data(conn, data),
+            NetEvent::Eof { conn } => self.eof(conn),
             NetEvent::Closed { conn } => self.closed(conn),
         }
     }

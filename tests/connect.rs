@@ -25,6 +25,7 @@ enum Seen {
     Connected(Conn, u64, usize),
     Failed(u64, std::io::ErrorKind, String),
     Data(Conn, Vec<u8>),
+    Eof(Conn),
     Closed(Conn),
 }
 
@@ -80,6 +81,7 @@ impl Client {
                     }
                     NetEvent::ConnectFailed { tag, error, .. } => Seen::Failed(tag, error.kind(), error.to_string()),
                     NetEvent::Data { conn, data } => Seen::Data(conn, data.to_vec()),
+                    NetEvent::Eof { conn } => Seen::Eof(conn),
                     NetEvent::Closed { conn } => Seen::Closed(conn),
                     NetEvent::Opened { .. } => panic!("no listener here"),
                 };
@@ -154,24 +156,31 @@ fn an_outbound_connection_lives_on_the_asking_worker_and_carries_bytes_both_ways
 }
 
 #[test]
-fn a_peer_that_closes_ends_the_outbound_connection() {
+fn a_peer_that_finishes_sending_is_reported_and_still_gets_the_answer() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let peer = l.local_addr().unwrap();
     let c = Client::start(1, 0, ConnectConfig::new());
     c.ask(Job::Connect(peer, 1));
     let conn = connected(&c, 1);
     let (mut s, _) = l.accept().unwrap();
-    s.write_all(b"bye").unwrap();
-    drop(s);
+    s.write_all(b"question").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap(); // half-close: still reading
     let mut got = Vec::new();
     loop {
         match c.next() {
             Seen::Data(d, bytes) if d == conn => got.extend(bytes),
-            Seen::Closed(d) if d == conn => break,
-            other => panic!("expected data then Closed, got {other:?}"),
+            Seen::Eof(d) if d == conn => break,
+            other => panic!("expected data then Eof, got {other:?}"),
         }
     }
-    assert_eq!(got, b"bye");
+    assert_eq!(got, b"question");
+    c.ask(Job::Send(conn, b"answer".to_vec()));
+    c.ask(Job::Close(conn));
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Read::read_to_end(&mut s, &mut answer).unwrap();
+    assert_eq!(answer, b"answer", "the answer, then the close");
+    assert!(matches!(c.next(), Seen::Closed(d) if d == conn));
     c.stop();
 }
 

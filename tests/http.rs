@@ -540,3 +540,33 @@ fn chunked_request_bodies_are_read_past_and_checked() {
     c.get_mut().write_all(format!("{chunked}5\r\nab").as_bytes()).unwrap();
     assert_eq!(read_response(&mut c, false).unwrap().status, 408);
 }
+
+#[test]
+fn a_client_that_half_closes_after_its_requests_gets_every_answer() {
+    // Like `printf 'GET ...' | nc -N`: the requests, then a FIN, then reading. The answers
+    // come from later stages (a cache miss goes through the file stage), after the FIN arrived.
+    let s = server(&[]);
+    let mut c = connect(s.addr);
+    let reqs = "GET /files/1k.txt HTTP/1.1\r\nHost: t\r\n\r\n\
+                GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n\
+                HEAD /index.html HTTP/1.1\r\nHost: t\r\n\r\n\
+                GET /files/100k.bin HTTP/1.1\r\nHost: t\r\n\r\n";
+    c.get_mut().write_all(reqs.as_bytes()).unwrap();
+    c.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let file = std::fs::read(bundled().join("files/1k.txt")).unwrap();
+    let big = std::fs::read(bundled().join("files/100k.bin")).unwrap();
+    let r = read_response(&mut c, false).expect("the first answer");
+    assert_eq!((r.status, &r.body), (200, &file));
+    let r = read_response(&mut c, false).expect("the second answer");
+    assert_eq!((r.status, &r.body[..]), (200, &b"Hello, World!"[..]));
+    let r = read_response(&mut c, true).expect("the third answer");
+    assert_eq!(r.status, 200);
+    let r = read_response(&mut c, false).expect("the fourth answer, spliced from the file");
+    assert!(r.status == 200 && r.body == big);
+    assert!(closed_by_server(&mut c), "then the server closes");
+    // A request cut short by the FIN gets no answer, just the close.
+    let mut c = connect(s.addr);
+    c.get_mut().write_all(b"GET /files/1k.txt HTTP/1.1\r\nHo").unwrap();
+    c.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_server(&mut c));
+}

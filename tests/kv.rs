@@ -536,3 +536,27 @@ fn redis_cli_and_redis_benchmark_work_against_it() {
     let two = cli(&["lrange", "mylist", "0", "1"]);
     assert!(two.lines().count() == 2 && two.lines().all(|l| l.len() == 3), "two 3-byte elements (-d 3): {two:?}");
 }
+
+#[test]
+fn a_client_that_half_closes_gets_its_replies_even_behind_a_slow_command() {
+    let s = server(&[]);
+    let mut c = Client::new(s.addr);
+    let mut batch = cmd(&[b"SET", b"hc", b"v"]);
+    batch.extend(cmd(&[b"DEBUG", b"SLEEP", b"0.05"]));
+    batch.extend(cmd(&[b"GET", b"hc"]));
+    c.send(&batch);
+    c.0.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(c.reply(), "+OK\r\n");
+    assert_eq!(c.reply(), "+OK\r\n", "the slow command's reply");
+    assert_eq!(c.reply(), "$1\r\nv\r\n", "the command that waited behind it");
+    assert!(c.closed(), "then the server closes");
+    // A client blocked in a pop that finishes sending is forgotten, as Redis does.
+    let mut b = Client::new(s.addr);
+    b.send(&cmd(&[b"BLPOP", b"hq", b"0"]));
+    std::thread::sleep(Duration::from_millis(100));
+    b.0.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(b.closed());
+    let mut c = Client::new(s.addr);
+    assert_eq!(c.call(&[b"RPUSH", b"hq", b"x"]), ":1\r\n");
+    assert_eq!(c.call(&[b"LLEN", b"hq"]), ":1\r\n", "the push was not given to the departed client");
+}

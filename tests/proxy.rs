@@ -81,3 +81,23 @@ fn an_unreachable_upstream_closes_the_client_at_once() {
     assert_eq!(n, 0, "no bytes, just the close");
     assert!(t.elapsed() < Duration::from_secs(5), "closed after {:?}", t.elapsed());
 }
+
+#[test]
+fn a_half_close_passes_through_the_proxy_both_ways() {
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = up.local_addr().unwrap().to_string();
+    let proxy = example::start("proxy", &["--upstream", &upstream]);
+    let mut client = connect(proxy.addr);
+    client.write_all(b"the whole request").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut server_side, _) = up.accept().unwrap();
+    server_side.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut request = Vec::new();
+    server_side.read_to_end(&mut request).unwrap();
+    assert_eq!(request, b"the whole request", "the request, then the client's FIN passed on");
+    server_side.write_all(b"the answer").unwrap();
+    server_side.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"the answer", "the half-closed client still got the answer, then the end");
+}

@@ -342,6 +342,11 @@ impl Cache {
                 return self.send(req.conn, c, !req.keep_alive);
             }
             Kind::Error(s) => return self.respond_error(&req, *s, ""),
+            Kind::Eof => {
+                // Every earlier request of the connection is answered: close after sending.
+                let _ = self.net.try_enqueue(NetCmd::Close { conn: req.conn });
+                return;
+            }
             Kind::Stats => {
                 let body = IoBuf::from(self.handle.metrics().prometheus().into_bytes());
                 return self.respond_body(&req, "text/plain; version=0.0.4", body);

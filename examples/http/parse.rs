@@ -39,6 +39,9 @@ pub enum Kind {
     File(IoBuf),
     /// Answer with this status and close.
     Error(u16),
+    /// Not a request: the client finished sending, so close the connection once the requests
+    /// before this one are answered (it travels behind them, in order).
+    Eof,
 }
 
 /// A parsed request. Header values are views of the received buffer, not copies.
@@ -117,6 +120,23 @@ enum Parsed {
 impl Parse {
     pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, limits: Limits) -> Parse {
         Parse { net, cache, limits, conns: ConnMap::new(), date: DateLine::new(), now: Instant::now(), out: Vec::new() }
+    }
+
+    /// The client finished sending (it may half-close after its last request and wait for the
+    /// answers): the connection closes after the answers to what it sent. A request cut short
+    /// by the FIN can never complete and gets none.
+    fn on_eof(&mut self, conn: Conn) {
+        let Some(st) = self.conns.get_mut(conn) else { return };
+        if st.done {
+            return; // a final response already closes it
+        }
+        st.done = true;
+        let mut last = Request::error(conn, 0);
+        last.kind = Kind::Eof;
+        if self.cache.try_enqueue(CacheEvent::Req(last)).is_err() {
+            // Overloaded: close now, which may cut answers still in the cache stage's queue.
+            let _ = self.net.try_enqueue(NetCmd::Close { conn });
+        }
     }
 
     /// Hands a request to the cache stage; when that stage is full, answers 503 at once.
@@ -331,6 +351,7 @@ impl Handler for Parse {
                 self.conns.insert(conn, st);
             }
             NetEvent::Data { conn, data } => self.on_data(conn, data, self.now),
+            NetEvent::Eof { conn } => self.on_eof(conn),
             NetEvent::Closed { conn } => {
                 self.conns.remove(conn);
             }

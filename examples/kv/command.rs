@@ -31,6 +31,8 @@ struct KvConn {
     done: bool,
     /// A blocking pop waits for one of these keys (`waiting` is set too).
     blocked: Option<Blocked>,
+    /// The client finished sending: close once nothing of it is pending.
+    eof: bool,
 }
 
 /// A `BLPOP` / `BRPOP` waiting for a push.
@@ -127,12 +129,24 @@ impl Shard {
     fn on_net(&mut self, ev: NetEvent, now: Instant) {
         match ev {
             NetEvent::Opened { conn, .. } => {
-                let st = KvConn { stash: Vec::new(), need: 0, waiting: false, done: false, blocked: None };
+                let st = KvConn { stash: Vec::new(), need: 0, waiting: false, done: false, blocked: None, eof: false };
                 self.conns.insert(conn, st);
             }
             NetEvent::Data { conn, data } => {
                 self.on_data(conn, &data, now);
                 self.run_unblocked(now);
+            }
+            NetEvent::Eof { conn } => {
+                let Some(st) = self.conns.get_mut(conn) else { return };
+                st.eof = true;
+                // A client blocked in a pop is forgotten, as Redis does: no push may ever come,
+                // and it stopped talking. One waiting on a slow command gets its reply first.
+                if let Some(b) = st.blocked.take() {
+                    st.done = true;
+                    self.forget_waits(conn, &b);
+                    self.send(conn, NetCmd::Close { conn });
+                }
+                self.finish_if_eof(conn);
             }
             NetEvent::Closed { conn } => {
                 if let Some(b) = self.conns.remove(conn).and_then(|st| st.blocked) {
@@ -182,6 +196,18 @@ impl Shard {
         st.stash.drain(..used);
         if st.stash.is_empty() && st.stash.capacity() > 64 << 10 {
             st.stash = Vec::new(); // a large value passed through: give its memory back
+        }
+        self.finish_if_eof(conn);
+    }
+
+    /// Closes a connection whose client finished sending once no command of it is pending:
+    /// its replies are all queued, and the close sends them first. An incomplete command left
+    /// in the stash can never complete and is dropped.
+    fn finish_if_eof(&mut self, conn: Conn) {
+        let Some(st) = self.conns.get_mut(conn) else { return };
+        if st.eof && !st.waiting && !st.done {
+            st.done = true;
+            self.send(conn, NetCmd::Close { conn });
         }
     }
 

@@ -126,6 +126,8 @@ struct FileSend {
 enum Queued {
     Bufs(IoBufChain),
     File(FileSend),
+    /// `shutdown(SHUT_WR)` once everything before it is sent.
+    Shutdown,
 }
 
 struct ConnState {
@@ -159,6 +161,12 @@ struct ConnState {
     queue: VecDeque<Queued>,
     /// Splice ops in flight.
     splicing: u8,
+    /// The peer finished sending (no recv is armed any more).
+    eof: bool,
+    /// A `Shutdown` was asked: later output is dropped.
+    write_shut: bool,
+    /// The `shutdown(SHUT_WR)` op is in flight.
+    shutting: bool,
     /// Listed in `Net::dirty`: output arrived during the current net batch.
     dirty: bool,
     last_active: Instant,
@@ -172,9 +180,9 @@ impl ConnState {
         self.closing && !self.graceful
     }
 
-    /// A send or splice is in flight.
+    /// A send, splice or shutdown is in flight.
     fn busy(&self) -> bool {
-        self.sending || self.splicing > 0
+        self.sending || self.splicing > 0 || self.shutting
     }
 
     /// Output not yet handed to the kernel.
@@ -323,6 +331,10 @@ impl Io {
                 self.on_closed(idx, gen);
                 Ok(())
             }
+            token::SHUTDOWN => {
+                self.on_shutdown(idx, gen, res);
+                Ok(())
+            }
             // Cancel results need no action: the operation they target reports its own
             // outcome. Closes of refused connections carry the same token.
             _ => Ok(()),
@@ -433,6 +445,9 @@ impl Io {
             file: None,
             queue: VecDeque::new(),
             splicing: 0,
+            eof: false,
+            write_shut: false,
+            shutting: false,
             dirty: false,
             last_active: self.now,
             out_since: self.now,
@@ -550,7 +565,12 @@ impl Io {
                     self.arm_recv(idx)?;
                 }
             }
-            0 => self.begin_close(idx, true), // peer finished sending: flush, then close
+            // Peer finished sending: tell the stage after its data; the handler closes.
+            0 if !closing => {
+                self.net.conns[idx].eof = true;
+                self.emit(li, replica, NetEvent::Eof { conn: self.conn_id(idx, cgen) });
+            }
+            0 => self.begin_close(idx, true),
             e if -e == libc::ENOBUFS => {
                 self.counters.enobufs.add(1);
                 if !closing && !self.draining {
@@ -599,7 +619,8 @@ impl Io {
             NetCmd::Send { conn, .. }
             | NetCmd::SendChain { conn, .. }
             | NetCmd::SendFile { conn, .. }
-            | NetCmd::Close { conn } => conn,
+            | NetCmd::Close { conn }
+            | NetCmd::Shutdown { conn } => conn,
         };
         let idx = conn.idx as usize;
         let live = self.net.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !c.close_submitted && !c.aborting());
@@ -607,6 +628,9 @@ impl Io {
             return; // stale id or already aborted: the bytes are dropped with the command
         }
         let c = &mut self.net.conns[idx];
+        if c.write_shut && !matches!(cmd, NetCmd::Close { .. }) {
+            return; // after a Shutdown nothing more can be sent
+        }
         // Behind a file transfer, output waits its turn in `queue`.
         let behind = c.file.is_some() || !c.queue.is_empty();
         let queue_bufs = |q: &mut VecDeque<Queued>, mut chain: IoBufChain| match q.back_mut() {
@@ -629,6 +653,10 @@ impl Io {
             NetCmd::Close { .. } => {
                 self.begin_close(idx, true);
                 return;
+            }
+            NetCmd::Shutdown { .. } => {
+                c.write_shut = true;
+                c.queue.push_back(Queued::Shutdown);
             }
             NetCmd::Connect { .. } => return, // started above
         }
@@ -676,9 +704,36 @@ impl Io {
             match c.queue.pop_front() {
                 Some(Queued::Bufs(b)) => c.out = b,
                 Some(Queued::File(f)) => c.file = Some(Box::new(f)),
+                Some(Queued::Shutdown) => return self.submit_shutdown(idx),
                 None => return,
             }
         }
+    }
+
+    /// Sends the FIN a `Shutdown` asked for, now that everything before it is sent.
+    fn submit_shutdown(&mut self, idx: usize) {
+        let c = &mut self.net.conns[idx];
+        let sqe = sock!(c.fixed, c.fd, |t| opcode::Shutdown::new(t, libc::SHUT_WR).build()).user_data(token::make(
+            token::SHUTDOWN,
+            idx as u32,
+            c.gen,
+        ));
+        c.shutting = true;
+        if self.push_plain(sqe).is_err() {
+            self.net.conns[idx].shutting = false;
+            return self.begin_close(idx, false);
+        }
+        self.counters.io_started.add(1);
+    }
+
+    fn on_shutdown(&mut self, idx: usize, gen: u32, res: i32) {
+        self.counters.io_finished.add(1);
+        let Some(c) = self.net.conns.get_mut(idx).filter(|c| token::same_gen(c.gen, gen)) else { return };
+        c.shutting = false;
+        if res < 0 && !c.closing {
+            return self.begin_close(idx, false); // the peer is gone
+        }
+        self.maybe_finish_close(idx);
     }
 
     /// Submits the next splice step of the connection's file transfer. Returns false (and

@@ -20,6 +20,9 @@
 //!   `SPLICE` ops per chunk (up to the pipe's size), so file bytes never enter user memory.
 //! - **Peer reset mid-send / send timeout**: the connection is closed, its queued buffers are
 //!   released, and the handler stage gets [`NetEvent::Closed`].
+//! - **Peer finished sending** (FIN): the stage gets [`NetEvent::Eof`] after the last data, and
+//!   the connection stays open until the handler closes it, so answers still on their way
+//!   through later stages are delivered (a client that half-closes after its request).
 
 mod conn_map;
 mod driver;
@@ -80,6 +83,14 @@ pub enum NetEvent {
         /// The received bytes.
         data: IoBuf,
     },
+    /// The peer finished sending (its FIN arrived, after all its data). The connection stays
+    /// open for sending: answer what it asked, then [`NetCmd::Close`] it (queued output is sent
+    /// first), or [`NetCmd::Shutdown`] to pass the FIN on and keep it open. A handler that
+    /// ignores this keeps the connection until the peer resets it or the idle timeout.
+    Eof {
+        /// The connection.
+        conn: Conn,
+    },
     /// The connection is closed and its id is dead.
     Closed {
         /// The connection.
@@ -114,6 +125,7 @@ impl NetEvent {
         match self {
             NetEvent::Opened { conn, .. }
             | NetEvent::Data { conn, .. }
+            | NetEvent::Eof { conn }
             | NetEvent::Closed { conn }
             | NetEvent::Connected { conn, .. } => Some(*conn),
             NetEvent::ConnectFailed { .. } => None,
@@ -155,6 +167,12 @@ pub enum NetCmd {
         /// The connection.
         conn: Conn,
     },
+    /// Finish queued sends, then send a FIN (`shutdown(SHUT_WR)`); keep receiving. Sends after
+    /// it are dropped. What a proxy does when one side of a pair finished sending.
+    Shutdown {
+        /// The connection.
+        conn: Conn,
+    },
     /// Open a TCP connection to `addr` on worker `worker`: usually the sender's own
     /// ([`Context::worker`]), so the connection's events stay on its core. The connector's
     /// stage gets [`NetEvent::Connected`] or [`NetEvent::ConnectFailed`], with `tag`.
@@ -181,7 +199,8 @@ impl NetCmd {
             NetCmd::Send { conn, .. }
             | NetCmd::SendChain { conn, .. }
             | NetCmd::SendFile { conn, .. }
-            | NetCmd::Close { conn } => Some(*conn),
+            | NetCmd::Close { conn }
+            | NetCmd::Shutdown { conn } => Some(*conn),
             NetCmd::Connect { .. } => None,
         }
     }

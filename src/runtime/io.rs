@@ -26,6 +26,8 @@ pub(crate) mod token {
     pub(crate) const SPLICE_OUT: u8 = 11;
     /// The linked timeout of a generic op (its completion is ignored).
     pub(crate) const OP_TIMEOUT: u8 = 12;
+    /// A connection's `shutdown(SHUT_WR)` ([`crate::net::NetCmd::Shutdown`]).
+    pub(crate) const SHUTDOWN: u8 = 13;
 
     #[inline]
     pub(crate) fn make(kind: u8, idx: u32, gen: u32) -> u64 {

@@ -13,10 +13,14 @@ pub struct Echo {
 impl Handler for Echo {
     type Event = NetEvent;
     fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
-        if let NetEvent::Data { conn, data } = ev {
-            if let Err(cmd) = self.net.try_enqueue(NetCmd::Send { conn, data }) {
-                panic!("net stage refused {cmd:?}");
-            }
+        let cmd = match ev {
+            NetEvent::Data { conn, data } => NetCmd::Send { conn, data },
+            // The client finished sending: close once its echo is out.
+            NetEvent::Eof { conn } => NetCmd::Close { conn },
+            _ => return,
+        };
+        if let Err(cmd) = self.net.try_enqueue(cmd) {
+            panic!("net stage refused {cmd:?}");
         }
     }
 }
