@@ -161,8 +161,6 @@ struct ConnState {
     queue: VecDeque<Queued>,
     /// Splice ops in flight.
     splicing: u8,
-    /// The peer finished sending (no recv is armed any more).
-    eof: bool,
     /// A `Shutdown` was asked: later output is dropped.
     write_shut: bool,
     /// The `shutdown(SHUT_WR)` op is in flight.
@@ -445,7 +443,6 @@ impl Io {
             file: None,
             queue: VecDeque::new(),
             splicing: 0,
-            eof: false,
             write_shut: false,
             shutting: false,
             dirty: false,
@@ -565,11 +562,9 @@ impl Io {
                     self.arm_recv(idx)?;
                 }
             }
-            // Peer finished sending: tell the stage after its data; the handler closes.
-            0 if !closing => {
-                self.net.conns[idx].eof = true;
-                self.emit(li, replica, NetEvent::Eof { conn: self.conn_id(idx, cgen) });
-            }
+            // Peer finished sending (the multishot recv ended; none is re-armed): tell the
+            // stage after its data; the handler closes.
+            0 if !closing => self.emit(li, replica, NetEvent::Eof { conn: self.conn_id(idx, cgen) }),
             0 => self.begin_close(idx, true),
             e if -e == libc::ENOBUFS => {
                 self.counters.enobufs.add(1);
