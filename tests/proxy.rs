@@ -101,3 +101,81 @@ fn a_half_close_passes_through_the_proxy_both_ways() {
     client.read_to_end(&mut answer).unwrap();
     assert_eq!(answer, b"the answer", "the half-closed client still got the answer, then the end");
 }
+
+/// Descriptors the process holds (its outbound sockets are plain descriptors; accepted ones
+/// live in the ring's table).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn clients_that_vanish_in_every_way_leave_nothing_behind() {
+    let echo = example::start("echo", &[]);
+    let upstream = echo.addr.to_string();
+    let proxy = example::start("proxy", &["--upstream", &upstream, "--workers", "2"]);
+    let addr = proxy.addr;
+    connect(addr).write_all(b"warm").unwrap(); // the runtime's own descriptors are all open now
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = open_fds(proxy.pid());
+    let clients: Vec<_> = (0..32u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                for round in 0..12u64 {
+                    let msg = bytes(i * 100 + round, 1 + ((i * 7919 + round * 104_729) % 50_000) as usize);
+                    let mut s = connect(addr);
+                    match (i + round) % 4 {
+                        0 => {
+                            // A whole round trip on an open connection.
+                            s.write_all(&msg).unwrap();
+                            let mut got = vec![0; msg.len()];
+                            s.read_exact(&mut got).unwrap();
+                            assert!(got == msg);
+                        }
+                        1 => {
+                            // Half-close after sending: everything comes back, then the end.
+                            s.write_all(&msg).unwrap();
+                            s.shutdown(std::net::Shutdown::Write).unwrap();
+                            let mut got = Vec::new();
+                            s.read_to_end(&mut got).unwrap();
+                            assert!(got == msg, "{} of {} bytes after a half-close", got.len(), msg.len());
+                        }
+                        2 => {
+                            // Send and go away without reading.
+                            let _ = s.write_all(&msg);
+                        }
+                        _ => {
+                            // Send and reset (SO_LINGER 0): the proxy sees ECONNRESET.
+                            let _ = s.write_all(&msg);
+                            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                            // SAFETY: setsockopt reads a live linger struct of the given size.
+                            unsafe {
+                                libc::setsockopt(
+                                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                                    libc::SOL_SOCKET,
+                                    libc::SO_LINGER,
+                                    (&linger as *const libc::linger).cast(),
+                                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                                )
+                            };
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Every pair ends: the proxy's outbound sockets are closed again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open_fds(proxy.pid()) > baseline {
+        assert!(Instant::now() < deadline, "{} descriptors open, {baseline} before", open_fds(proxy.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the proxy still serves.
+    let mut s = connect(addr);
+    s.write_all(b"still here").unwrap();
+    let mut got = [0; 10];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+}

@@ -11,6 +11,14 @@ pub struct Server {
     pub addr: SocketAddr,
 }
 
+impl Server {
+    /// The example's process id.
+    #[allow(dead_code)] // not every test file looks at the process
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SAFETY: signalling our own child process.
