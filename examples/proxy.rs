@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example proxy -- --upstream HOST:PORT [--addr 127.0.0.1:7100]
-//!     [--workers N] [--cpu FIRST] [--connect-timeout-ms MS] [--buffer-kib KIB]
+//!     [--workers N] [--cpu FIRST] [--connect-timeout-ms MS] [--buffer-kib KIB] [--idle-timeout-s S]
 //! ```
 //!
 //! Every worker accepts (one `SO_REUSEPORT` socket each) and dials the upstream itself
@@ -14,7 +14,8 @@
 //! to the other (`NetCmd::Shutdown`, after what was queued for it), so a client may half-close
 //! after its request and still read the whole answer; once both sides have finished, the pair
 //! is closed. When either side closes, or the upstream cannot be reached, the other side is
-//! closed after what was queued for it has been sent.
+//! closed after what was queued for it has been sent. A connection with nothing received or
+//! sent for `--idle-timeout-s` (600 s, nginx's `proxy_timeout`) is closed, and its pair with it.
 //!
 //! Receive buffers are 16 KiB by default (`--buffer-kib`), nginx's `proxy_buffer_size` for
 //! streams: a proxy moves bulk data, and each receive completion and hand-off costs the same
@@ -65,7 +66,7 @@ impl Proxy {
 
     fn close(&self, conn: Conn) {
         // A refused close (the network stage is full) is retried by the peer's own close, or
-        // by the idle timeout of the runtime's sweep; nothing else can be done here.
+        // left to the idle timeout; nothing else can be done here without blocking.
         if self.net.try_enqueue(NetCmd::Close { conn }).is_err() {
             eprintln!("proxy: network stage full, close of {conn:?} deferred");
         }
@@ -166,12 +167,12 @@ impl Handler for Proxy {
 }
 
 const USAGE: &str = "usage: proxy --upstream HOST:PORT [--addr HOST:PORT] [--workers N] [--cpu FIRST] \
-                     [--connect-timeout-ms MS] [--buffer-kib KIB]";
+                     [--connect-timeout-ms MS] [--buffer-kib KIB] [--idle-timeout-s S]";
 
 fn main() -> std::io::Result<()> {
     let mut addr: SocketAddr = "127.0.0.1:7100".parse().unwrap();
     let mut upstream: Option<SocketAddr> = None;
-    let (mut workers, mut cpu, mut connect_ms, mut buf_kib) = (1usize, 0usize, 5000u64, 16usize);
+    let (mut workers, mut cpu, mut connect_ms, mut buf_kib, mut idle_s) = (1usize, 0usize, 5000u64, 16usize, 600u64);
     let mut args = std::env::args().skip(1);
     let fail = |m: &str| -> ! {
         eprintln!("{m}\n{USAGE}");
@@ -186,6 +187,9 @@ fn main() -> std::io::Result<()> {
             }
             "--workers" => workers = value("--workers").parse().unwrap_or_else(|_| fail("--workers N")),
             "--cpu" => cpu = value("--cpu").parse().unwrap_or_else(|_| fail("--cpu N")),
+            "--idle-timeout-s" => {
+                idle_s = value("--idle-timeout-s").parse().unwrap_or_else(|_| fail("--idle-timeout-s S"))
+            }
             "--buffer-kib" => buf_kib = value("--buffer-kib").parse().unwrap_or_else(|_| fail("--buffer-kib KIB")),
             "--connect-timeout-ms" => {
                 connect_ms = value("--connect-timeout-ms").parse().unwrap_or_else(|_| fail("--connect-timeout-ms MS"))
@@ -203,8 +207,10 @@ fn main() -> std::io::Result<()> {
     let mut b =
         Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).buffers(1024, buf_kib.max(1) << 10).signals(true);
     let proxy = b.stage::<NetEvent>("proxy", StageConfig::on(all.clone()));
-    let (net, listener) = b.listen(ListenConfig::new(addr, all), proxy);
-    let (_, connector) = b.connector(ConnectConfig::new().timeout(Duration::from_millis(connect_ms)), proxy);
+    let idle = Duration::from_secs(idle_s.max(1));
+    let (net, listener) = b.listen(ListenConfig::new(addr, all).idle_timeout(idle), proxy);
+    let dial = ConnectConfig::new().timeout(Duration::from_millis(connect_ms)).idle_timeout(idle);
+    let (_, connector) = b.connector(dial, proxy);
     b.handler(proxy, move |s| Proxy {
         net: s.sink(net),
         connector,

@@ -179,3 +179,19 @@ fn clients_that_vanish_in_every_way_leave_nothing_behind() {
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"still here");
 }
+
+#[test]
+fn an_idle_pair_is_closed_on_both_sides() {
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = up.local_addr().unwrap().to_string();
+    let proxy = example::start("proxy", &["--upstream", &upstream, "--idle-timeout-s", "1"]);
+    let t = Instant::now();
+    let mut client = connect(proxy.addr);
+    let (mut server_side, _) = up.accept().unwrap();
+    server_side.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(client.read_to_end(&mut rest).unwrap(), 0, "the idle client is closed");
+    assert_eq!(server_side.read_to_end(&mut rest).unwrap(), 0, "and so is its upstream connection");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "after {took:?}");
+}
