@@ -363,6 +363,16 @@ fn stats_endpoint_serves_prometheus_text() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap();
     assert!(parse_done >= 3, "counts are live: {parse_done}");
+    // The buffer gauges are refreshed every tick (50 ms).
+    std::thread::sleep(Duration::from_millis(120));
+    let text = String::from_utf8(get(s.addr, "/stats").body).unwrap();
+    assert!(text.contains("# TYPE ringstage_worker_buffer_ring_window gauge"), "{text}");
+    let window: u64 = text
+        .lines()
+        .find(|l| l.starts_with("ringstage_worker_buffer_ring_window{worker=\"0\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!((64..=2048).contains(&window), "the ring's window is within the pool: {window}");
 }
 
 #[test]

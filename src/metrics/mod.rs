@@ -95,6 +95,10 @@ pub struct WorkerCounters {
     pub zc_sends: Counter,
     /// Network events parked because their stage refused them (retried in order).
     pub parked: Counter,
+    /// Gauge, refreshed every tick: receive buffers out of the pool (held by `IoBuf`s).
+    pub buffers_out: Counter,
+    /// Gauge, refreshed every tick: the buffers the provided ring is kept at (its window).
+    pub buffer_window: Counter,
     /// I/O operations armed (monotone; for quiescence).
     pub io_started: Counter,
     /// I/O operations finished (monotone; for quiescence).
@@ -120,6 +124,8 @@ impl WorkerCounters {
             sends: Counter::default(),
             zc_sends: Counter::default(),
             parked: Counter::default(),
+            buffers_out: Counter::default(),
+            buffer_window: Counter::default(),
             io_started: Counter::default(),
             io_finished: Counter::default(),
         }
@@ -190,6 +196,10 @@ pub struct WorkerSnapshot {
     pub zc_sends: u64,
     /// Network events parked behind a refusing stage.
     pub parked: u64,
+    /// Receive buffers out of the pool at the last tick.
+    pub buffers_out: u64,
+    /// The provided ring's window at the last tick.
+    pub buffer_window: u64,
 }
 
 /// An exposition entry: metric name, help text, and how to read it from a snapshot.
@@ -249,6 +259,8 @@ impl Snapshot {
                 sends: w.sends.get(),
                 zc_sends: w.zc_sends.get(),
                 parked: w.parked.get(),
+                buffers_out: w.buffers_out.get(),
+                buffer_window: w.buffer_window.get(),
             })
             .collect();
         Snapshot { stages, workers }
@@ -325,6 +337,16 @@ impl Snapshot {
             ),
             ("ringstage_worker_parked_total", "Network events parked behind a stage that refused them.", |w| w.parked),
         ];
+        let worker_gauges: [Metric<WorkerSnapshot>; 2] = [
+            ("ringstage_worker_buffers_out", "Receive buffers held by IoBufs (at the last tick).", |w| w.buffers_out),
+            ("ringstage_worker_buffer_ring_window", "Buffers the provided ring is kept at.", |w| w.buffer_window),
+        ];
+        for (name, help, f) in worker_gauges {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for w in &self.workers {
+                let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", w.worker, f(w));
+            }
+        }
         for (name, help, f) in worker_counters {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
             for w in &self.workers {

@@ -355,6 +355,9 @@ impl Worker {
                 for r in &mut self.replicas {
                     r.tick(&mut self.io);
                 }
+                let pool = self.io.pool.stats();
+                self.io.counters.buffers_out.set(pool.outstanding as u64);
+                self.io.counters.buffer_window.set(pool.window as u64);
                 for (stage, ctl, mask) in &mut self.elastic {
                     let queued: u64 = self.shared.counters.iter().map(|c| c.stages[*stage].queued.get()).sum();
                     let active = ctl.update(queued);
