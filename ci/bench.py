@@ -247,17 +247,22 @@ def plot_echo(rows, a):
 WWW = os.path.join(ROOT, "examples", "http", "www")
 
 
-def nginx_conf(port):
-    tmp = os.path.join(OUT, "nginx")
-    os.makedirs(tmp, exist_ok=True)
-    conf = f"""
+def nginx_main(tmp):
+    """The top of every nginx config here: one worker process in the foreground, errors to stderr."""
+    return f"""
 worker_processes 1;
 master_process off;
 daemon off;
 pid {tmp}/nginx.pid;
 error_log stderr error;
 events {{ worker_connections 8192; }}
-http {{
+"""
+
+
+def nginx_conf(port):
+    tmp = os.path.join(OUT, "nginx")
+    os.makedirs(tmp, exist_ok=True)
+    conf = nginx_main(tmp) + f"""http {{
   access_log off;
   sendfile on; tcp_nopush on; tcp_nodelay on;
   keepalive_timeout 65; keepalive_requests 100000000;
@@ -898,15 +903,7 @@ def proxy_argv(name, port):
     if name == "nginx":
         path = os.path.join(tmp, "nginx.conf")
         with open(path, "w") as f:
-            f.write(f"""
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 1;
-master_process off;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log stderr error;
-events {{ worker_connections 8192; }}
-stream {{
+            f.write("load_module /usr/lib/nginx/modules/ngx_stream_module.so;" + nginx_main(tmp) + f"""stream {{
   server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {up}; tcp_nodelay on; }}
 }}
 """)
