@@ -117,6 +117,23 @@ fn echo_peer() -> (Runtime, SocketAddr) {
     (rt, addr)
 }
 
+/// A listener with a backlog of 0 that never accepts, with its queue filled: the kernel drops
+/// further SYNs, so a connect to `addr` hangs until it gives up. Lives as long as the value.
+struct UnansweringPeer {
+    addr: SocketAddr,
+    _listener: std::os::fd::OwnedFd,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+fn unanswering_peer() -> UnansweringPeer {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let l = ringstage_sys::socket::listen(any, 0, false).unwrap();
+    let addr = ringstage_sys::socket::local_addr(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
+    let queued =
+        (0..3).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()).collect();
+    UnansweringPeer { addr, _listener: l, _queued: queued }
+}
+
 fn connected(c: &Client, tag: u64) -> Conn {
     match c.next() {
         Seen::Connected(conn, t, _) if t == tag => conn,
@@ -200,16 +217,10 @@ fn a_refused_connect_says_so() {
 
 #[test]
 fn a_connect_that_gets_no_answer_times_out() {
-    // A listener with a backlog of 0 that never accepts: once one connection waits in its
-    // queue, the kernel drops further SYNs, and a connect hangs until it gives up.
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let l = ringstage_sys::socket::listen(addr, 0, false).unwrap();
-    let peer = ringstage_sys::socket::local_addr(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
-    let _fill: Vec<_> =
-        (0..3).filter_map(|_| std::net::TcpStream::connect_timeout(&peer, Duration::from_millis(100)).ok()).collect();
+    let peer = unanswering_peer();
     let c = Client::start(1, 0, ConnectConfig::new().timeout(Duration::from_millis(200)));
     let t = Instant::now();
-    c.ask(Job::Connect(peer, 9));
+    c.ask(Job::Connect(peer.addr, 9));
     match c.next() {
         Seen::Failed(9, kind, _) => assert_eq!(kind, std::io::ErrorKind::TimedOut),
         other => panic!("expected a timeout, got {other:?}"),
@@ -217,7 +228,7 @@ fn a_connect_that_gets_no_answer_times_out() {
     let took = t.elapsed();
     assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(5), "timed out after {took:?}");
     c.stop();
-    drop(l);
+    drop(peer);
 }
 
 #[test]
@@ -293,13 +304,9 @@ fn a_connect_for_a_worker_that_does_not_exist_is_refused_by_the_sink() {
 
 #[test]
 fn shutdown_cuts_a_hanging_connect_short() {
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let l = ringstage_sys::socket::listen(addr, 0, false).unwrap();
-    let peer = ringstage_sys::socket::local_addr(std::os::fd::AsRawFd::as_raw_fd(&l)).unwrap();
-    let _fill: Vec<_> =
-        (0..3).filter_map(|_| std::net::TcpStream::connect_timeout(&peer, Duration::from_millis(100)).ok()).collect();
+    let peer = unanswering_peer();
     let c = Client::start(1, 0, ConnectConfig::new().timeout(Duration::from_secs(60)));
-    c.ask(Job::Connect(peer, 5));
+    c.ask(Job::Connect(peer.addr, 5));
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     c.rt.shutdown();
@@ -309,5 +316,5 @@ fn shutdown_cuts_a_hanging_connect_short() {
     }
     c.rt.join().unwrap();
     assert!(t.elapsed() < Duration::from_secs(5), "shutdown waited {:?} for a 60 s connect", t.elapsed());
-    drop(l);
+    drop(peer);
 }
