@@ -14,6 +14,22 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A proxy (with `args`) in front of this test's own listener, so the test sees the upstream
+/// side of each pair.
+fn proxy_to_own_upstream(args: &[&str]) -> (TcpListener, example::Server) {
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = up.local_addr().unwrap().to_string();
+    let proxy = example::start("proxy", &[&["--upstream", upstream.as_str()], args].concat());
+    (up, proxy)
+}
+
+/// The proxy's next connection to the test's upstream, reads bounded by 20 s.
+fn accept_upstream(up: &TcpListener) -> TcpStream {
+    let (s, _) = up.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
 /// Deterministic bytes, distinct per client and round.
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()
@@ -50,14 +66,10 @@ fn clients_reach_the_upstream_through_the_proxy_and_back() {
 
 #[test]
 fn a_client_closing_closes_its_upstream_connection() {
-    // The upstream is this test's own listener, so it can watch its side of the pair.
-    let up = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = up.local_addr().unwrap().to_string();
-    let proxy = example::start("proxy", &["--upstream", &upstream]);
+    let (up, proxy) = proxy_to_own_upstream(&[]);
     let mut client = connect(proxy.addr);
     client.write_all(b"hello").unwrap();
-    let (mut server_side, _) = up.accept().unwrap();
-    server_side.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut server_side = accept_upstream(&up);
     let mut got = [0; 5];
     server_side.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello", "bytes sent before the upstream was connected were kept");
@@ -84,14 +96,11 @@ fn an_unreachable_upstream_closes_the_client_at_once() {
 
 #[test]
 fn a_half_close_passes_through_the_proxy_both_ways() {
-    let up = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = up.local_addr().unwrap().to_string();
-    let proxy = example::start("proxy", &["--upstream", &upstream]);
+    let (up, proxy) = proxy_to_own_upstream(&[]);
     let mut client = connect(proxy.addr);
     client.write_all(b"the whole request").unwrap();
     client.shutdown(std::net::Shutdown::Write).unwrap();
-    let (mut server_side, _) = up.accept().unwrap();
-    server_side.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut server_side = accept_upstream(&up);
     let mut request = Vec::new();
     server_side.read_to_end(&mut request).unwrap();
     assert_eq!(request, b"the whole request", "the request, then the client's FIN passed on");
@@ -182,13 +191,10 @@ fn clients_that_vanish_in_every_way_leave_nothing_behind() {
 
 #[test]
 fn an_idle_pair_is_closed_on_both_sides() {
-    let up = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = up.local_addr().unwrap().to_string();
-    let proxy = example::start("proxy", &["--upstream", &upstream, "--idle-timeout-s", "1"]);
+    let (up, proxy) = proxy_to_own_upstream(&["--idle-timeout-s", "1"]);
     let t = Instant::now();
     let mut client = connect(proxy.addr);
-    let (mut server_side, _) = up.accept().unwrap();
-    server_side.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut server_side = accept_upstream(&up);
     let mut rest = Vec::new();
     assert_eq!(client.read_to_end(&mut rest).unwrap(), 0, "the idle client is closed");
     assert_eq!(server_side.read_to_end(&mut rest).unwrap(), 0, "and so is its upstream connection");
