@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example proxy -- --upstream HOST:PORT [--addr 127.0.0.1:7100]
 //!     [--workers N] [--cpu FIRST] [--connect-timeout-ms MS] [--buffer-kib KIB] [--idle-timeout-s S]
+//!     [--output-kib KIB]
 //! ```
 //!
 //! Every worker accepts (one `SO_REUSEPORT` socket each) and dials the upstream itself
@@ -20,6 +21,15 @@
 //! Receive buffers are 16 KiB by default (`--buffer-kib`), nginx's `proxy_buffer_size` for
 //! streams: a proxy moves bulk data, and each receive completion and hand-off costs the same
 //! whatever its size. 1024 of them per worker; untouched ones cost no resident memory.
+//!
+//! Flow control: when one side reads slower than the other sends, what waits for it is held to
+//! `--output-kib` (64 KiB by default, and at most 16 views): that side is `Backlogged`, and
+//! the proxy stops reading the other side (`NetCmd::PauseReads`) until it has `Drained`. TCP
+//! then closes the sender's window, end to end, as a direct connection would. So a slow reader
+//! holds a few buffers of its worker's pool, not all of them: the other pairs keep moving.
+//! The connections' own backpressure is off (`ListenConfig::backpressure(false)`): a side is
+//! paused for its peer's backlog, never for its own, which could deadlock a pair whose two ends
+//! each wait to finish writing before they read.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -143,6 +153,18 @@ impl Proxy {
         }
     }
 
+    /// `conn` has too much waiting for it (`pause`) or is down to half again: stop or restart
+    /// reading the side that sends to it. (An upstream still connecting has nothing queued.)
+    fn reads_of_peer(&self, conn: Conn, pause: bool) {
+        let Some(peer) = self.ends.get(conn).and_then(|e| e.peer) else { return };
+        let cmd = if pause { NetCmd::PauseReads { conn: peer } } else { NetCmd::ResumeReads { conn: peer } };
+        if self.net.try_enqueue(cmd).is_err() {
+            // Losing either command would leave the pair unbounded or stuck: end it instead.
+            self.close(conn);
+            self.close(peer);
+        }
+    }
+
     fn closed(&mut self, conn: Conn) {
         // The other end is closed once its queued output has gone; its own `Closed` removes it.
         if let Some(peer) = self.ends.remove(conn).and_then(|e| e.peer) {
@@ -162,17 +184,20 @@ impl Handler for Proxy {
             NetEvent::Data { conn, data } => self.data(conn, data),
             NetEvent::Eof { conn } => self.eof(conn),
             NetEvent::Closed { conn } => self.closed(conn),
+            NetEvent::Backlogged { conn } => self.reads_of_peer(conn, true),
+            NetEvent::Drained { conn } => self.reads_of_peer(conn, false),
         }
     }
 }
 
 const USAGE: &str = "usage: proxy --upstream HOST:PORT [--addr HOST:PORT] [--workers N] [--cpu FIRST] \
-                     [--connect-timeout-ms MS] [--buffer-kib KIB] [--idle-timeout-s S]";
+                     [--connect-timeout-ms MS] [--buffer-kib KIB] [--idle-timeout-s S] [--output-kib KIB]";
 
 fn main() -> std::io::Result<()> {
     let mut addr: SocketAddr = "127.0.0.1:7100".parse().unwrap();
     let mut upstream: Option<SocketAddr> = None;
     let (mut workers, mut cpu, mut connect_ms, mut buf_kib, mut idle_s) = (1usize, 0usize, 5000u64, 16usize, 600u64);
+    let mut output_kib = 64usize;
     let mut args = std::env::args().skip(1);
     let fail = |m: &str| -> ! {
         eprintln!("{m}\n{USAGE}");
@@ -191,6 +216,7 @@ fn main() -> std::io::Result<()> {
                 idle_s = value("--idle-timeout-s").parse().unwrap_or_else(|_| fail("--idle-timeout-s S"))
             }
             "--buffer-kib" => buf_kib = value("--buffer-kib").parse().unwrap_or_else(|_| fail("--buffer-kib KIB")),
+            "--output-kib" => output_kib = value("--output-kib").parse().unwrap_or_else(|_| fail("--output-kib KIB")),
             "--connect-timeout-ms" => {
                 connect_ms = value("--connect-timeout-ms").parse().unwrap_or_else(|_| fail("--connect-timeout-ms MS"))
             }
@@ -208,8 +234,15 @@ fn main() -> std::io::Result<()> {
         Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).buffers(1024, buf_kib.max(1) << 10).signals(true);
     let proxy = b.stage::<NetEvent>("proxy", StageConfig::on(all.clone()));
     let idle = Duration::from_secs(idle_s.max(1));
-    let (net, listener) = b.listen(ListenConfig::new(addr, all).idle_timeout(idle), proxy);
-    let dial = ConnectConfig::new().timeout(Duration::from_millis(connect_ms)).idle_timeout(idle);
+    // Each side is paused for its peer's backlog (the handler), not for its own.
+    let limit = output_kib.max(1) << 10;
+    let client_side = ListenConfig::new(addr, all).idle_timeout(idle).output_limit(limit).backpressure(false);
+    let (net, listener) = b.listen(client_side, proxy);
+    let dial = ConnectConfig::new()
+        .timeout(Duration::from_millis(connect_ms))
+        .idle_timeout(idle)
+        .output_limit(limit)
+        .backpressure(false);
     let (_, connector) = b.connector(dial, proxy);
     b.handler(proxy, move |s| Proxy {
         net: s.sink(net),

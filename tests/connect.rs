@@ -84,6 +84,8 @@ impl Client {
                     NetEvent::Eof { conn } => Seen::Eof(conn),
                     NetEvent::Closed { conn } => Seen::Closed(conn),
                     NetEvent::Opened { .. } => panic!("no listener here"),
+                    // Nothing here sends anywhere near the output limit.
+                    ev @ (NetEvent::Backlogged { .. } | NetEvent::Drained { .. }) => panic!("unexpected {ev:?}"),
                 };
                 let _ = tx.send(seen);
             })

@@ -111,6 +111,47 @@ fn a_half_close_passes_through_the_proxy_both_ways() {
     assert_eq!(answer, b"the answer", "the half-closed client still got the answer, then the end");
 }
 
+#[test]
+fn a_client_that_does_not_read_stalls_only_its_own_pair() {
+    // The upstream of pair A sends 32 MiB, twice the proxy's receive buffers (1024 x 16 KiB),
+    // to a client that reads nothing. Without flow control the proxy reads it all: the bytes
+    // pile up in its buffers until none is left for any connection of the worker. With it,
+    // the proxy stops reading A's upstream once 64 KiB wait for A, so pair B, on the same
+    // worker, keeps its round trips going; and A, once it reads, gets every byte.
+    let (up, proxy) = proxy_to_own_upstream(&[]);
+    let mut a = connect(proxy.addr);
+    a.write_all(b"a").unwrap();
+    let mut a_up = accept_upstream(&up);
+    a_up.read_exact(&mut [0; 1]).unwrap();
+    let flood = bytes(1, 32 << 20);
+    let mut w = a_up.try_clone().unwrap();
+    let sent = flood.clone();
+    let flooder = std::thread::spawn(move || w.write_all(&sent).unwrap());
+    std::thread::sleep(Duration::from_millis(300)); // the flood reaches the proxy's limit
+    let mut b = connect(proxy.addr);
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    b.write_all(b"b").unwrap();
+    let mut b_up = accept_upstream(&up);
+    b_up.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    b_up.read_exact(&mut [0; 1]).unwrap();
+    let t0 = Instant::now();
+    for round in 0..50u64 {
+        let msg = bytes(100 + round, 1000);
+        b.write_all(&msg).unwrap();
+        let mut there = vec![0; msg.len()];
+        b_up.read_exact(&mut there).unwrap_or_else(|e| panic!("round {round}: upstream B: {e}"));
+        b_up.write_all(&there).unwrap();
+        let mut back = vec![0; msg.len()];
+        b.read_exact(&mut back).unwrap_or_else(|e| panic!("round {round}: client B: {e}"));
+        assert!(back == msg, "round {round}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "pair B's 50 round trips took {:?}", t0.elapsed());
+    let mut got = vec![0; flood.len()];
+    a.read_exact(&mut got).unwrap();
+    flooder.join().unwrap();
+    assert!(got == flood, "A got every byte, in order");
+}
+
 /// Descriptors the process holds (its outbound sockets are plain descriptors; accepted ones
 /// live in the ring's table).
 fn open_fds(pid: u32) -> usize {

@@ -355,8 +355,12 @@ impl Handler for Parse {
             NetEvent::Closed { conn } => {
                 self.conns.remove(conn);
             }
-            // This stage opens no outbound connections.
-            NetEvent::Connected { .. } | NetEvent::ConnectFailed { .. } => {}
+            // This stage opens no outbound connections; a client that does not read its answers
+            // is not read either (the listener's backpressure) until they drain.
+            NetEvent::Connected { .. }
+            | NetEvent::ConnectFailed { .. }
+            | NetEvent::Backlogged { .. }
+            | NetEvent::Drained { .. } => {}
         }
     }
 

@@ -153,8 +153,12 @@ impl Shard {
                     self.forget_waits(conn, &b);
                 }
             }
-            // This stage opens no outbound connections.
-            NetEvent::Connected { .. } | NetEvent::ConnectFailed { .. } => {}
+            // This stage opens no outbound connections; a client that does not read its replies
+            // is not read either (the listener's backpressure) until they drain.
+            NetEvent::Connected { .. }
+            | NetEvent::ConnectFailed { .. }
+            | NetEvent::Backlogged { .. }
+            | NetEvent::Drained { .. } => {}
         }
     }
 

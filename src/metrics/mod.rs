@@ -85,6 +85,9 @@ pub struct WorkerCounters {
     pub connected: Counter,
     /// Outbound connections that failed or timed out.
     pub connect_failed: Counter,
+    /// Times a connection's unsent output went over its limit
+    /// ([`NetEvent::Backlogged`](crate::net::NetEvent::Backlogged)).
+    pub backlogged: Counter,
     /// Connections closed.
     pub closed: Counter,
     /// File bytes sent to sockets with splice (zero copy).
@@ -119,6 +122,7 @@ impl WorkerCounters {
             accepted: Counter::default(),
             connected: Counter::default(),
             connect_failed: Counter::default(),
+            backlogged: Counter::default(),
             closed: Counter::default(),
             spliced: Counter::default(),
             sends: Counter::default(),
@@ -186,6 +190,8 @@ pub struct WorkerSnapshot {
     pub connected: u64,
     /// Outbound connections that failed or timed out.
     pub connect_failed: u64,
+    /// Times a connection's unsent output went over its limit.
+    pub backlogged: u64,
     /// Connections closed.
     pub closed: u64,
     /// File bytes spliced to sockets.
@@ -254,6 +260,7 @@ impl Snapshot {
                 accepted: w.accepted.get(),
                 connected: w.connected.get(),
                 connect_failed: w.connect_failed.get(),
+                backlogged: w.backlogged.get(),
                 closed: w.closed.get(),
                 spliced: w.spliced.get(),
                 sends: w.sends.get(),
@@ -312,7 +319,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 15] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 16] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -326,6 +333,9 @@ impl Snapshot {
             ("ringstage_worker_connected_total", "Outbound connections established.", |w| w.connected),
             ("ringstage_worker_connect_failed_total", "Outbound connections that failed or timed out.", |w| {
                 w.connect_failed
+            }),
+            ("ringstage_worker_backlogged_total", "Times a connection's unsent output went over its limit.", |w| {
+                w.backlogged
             }),
             ("ringstage_worker_closed_total", "Connections closed.", |w| w.closed),
             ("ringstage_worker_spliced_bytes_total", "File bytes spliced to sockets (zero copy).", |w| w.spliced),

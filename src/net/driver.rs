@@ -18,6 +18,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Most iovecs per send; the rest goes in the next send.
 const MAX_IOV: usize = 64;
+/// The bytes of output limit a queued view uses up at least (see `ConnState::over_limit`).
+const VIEW_CHARGE: u64 = 4096;
 
 /// A non-blocking pipe for splicing, enlarged to 1 MiB where the system allows (the chunk
 /// size of a transfer). Returns (read end, write end, capacity).
@@ -149,6 +151,20 @@ struct ConnState {
     zc_held: VecDeque<IoBufChain>,
     /// Waiting for buffers (recv ended with ENOBUFS).
     starved: bool,
+    /// The peer's FIN arrived: nothing more to read.
+    eof: bool,
+    /// The handler paused reading ([`NetCmd::PauseReads`]).
+    paused: bool,
+    /// Unsent output is over `limit` (until it is down to half).
+    backlogged: bool,
+    /// The endpoint's [`ListenConfig::backpressure`]: no reads while backlogged.
+    backpressure: bool,
+    /// Bytes queued or in flight, not yet taken by the kernel: buffers and file bytes.
+    unsent: u64,
+    /// Views queued or in flight: each may pin a whole pool buffer, however few bytes it has.
+    views: u32,
+    /// The endpoint's [`ListenConfig::output_limit`].
+    limit: u64,
     /// Closing: no more reads; `graceful` flushes queued sends first.
     closing: bool,
     graceful: bool,
@@ -193,6 +209,24 @@ impl ConnState {
         self.out.clear();
         self.file = None;
         self.queue.clear();
+        self.unsent = 0;
+        self.views = 0;
+    }
+
+    /// Over the output limit: more unsent bytes than it, or more views than one per 4 KiB of it.
+    fn over_limit(&self) -> bool {
+        self.unsent > self.limit || u64::from(self.views) > self.limit / VIEW_CHARGE
+    }
+
+    /// Down to half the output limit, in bytes and in views.
+    fn under_half(&self) -> bool {
+        self.unsent <= self.limit / 2 && u64::from(self.views) <= self.limit / VIEW_CHARGE / 2
+    }
+
+    /// Whether the connection should have a recv armed: open for reading, not paused by the
+    /// handler, not held back by its own backlog.
+    fn wants_reads(&self) -> bool {
+        !(self.closing || self.eof || self.paused || self.backlogged && self.backpressure)
     }
 }
 
@@ -424,6 +458,8 @@ impl Io {
     fn open_conn(&mut self, ei: usize, fd: RawFd, fixed: bool, first: impl FnOnce(Conn, usize) -> NetEvent) {
         self.net.next_gen = self.net.next_gen.wrapping_add(1);
         let gen = self.net.next_gen;
+        let cfg = &self.net.endpoints[ei].cfg;
+        let (limit, backpressure) = (cfg.output_limit as u64, cfg.backpressure);
         let idx = self.net.conns.insert(ConnState {
             fd,
             fixed,
@@ -435,6 +471,13 @@ impl Io {
             zc: false,
             zc_held: VecDeque::new(),
             starved: false,
+            eof: false,
+            paused: false,
+            backlogged: false,
+            backpressure,
+            unsent: 0,
+            views: 0,
+            limit,
             closing: false,
             graceful: false,
             close_submitted: false,
@@ -551,6 +594,9 @@ impl Io {
             self.counters.io_finished.add(1);
         }
         c.last_active = self.now;
+        // A multishot that ended (on its own, or cancelled by a pause since lifted) restarts
+        // if the connection still wants reads.
+        let rearm = !more && c.wants_reads() && !self.draining;
         let (closing, li, replica, cgen) = (c.closing, c.endpoint, c.replica, c.gen);
         match res {
             n if n > 0 => {
@@ -558,13 +604,16 @@ impl Io {
                     let data = data.expect("recv with data carries a buffer");
                     self.emit(li, replica, NetEvent::Data { conn: self.conn_id(idx, cgen), data });
                 }
-                if !more && !closing && !self.draining {
+                if rearm {
                     self.arm_recv(idx)?;
                 }
             }
             // Peer finished sending (the multishot recv ended; none is re-armed): tell the
             // stage after its data; the handler closes.
-            0 if !closing => self.emit(li, replica, NetEvent::Eof { conn: self.conn_id(idx, cgen) }),
+            0 if !closing => {
+                self.net.conns[idx].eof = true;
+                self.emit(li, replica, NetEvent::Eof { conn: self.conn_id(idx, cgen) });
+            }
             0 => self.begin_close(idx, true),
             e if -e == libc::ENOBUFS => {
                 self.counters.enobufs.add(1);
@@ -574,7 +623,12 @@ impl Io {
                     self.pool.set_starved(true);
                 }
             }
-            e if -e == libc::ECANCELED => {}
+            // Cancelled by a close, the drain, or a pause (re-armed if lifted meanwhile).
+            e if -e == libc::ECANCELED => {
+                if rearm {
+                    self.arm_recv(idx)?;
+                }
+            }
             _ => self.begin_close(idx, false), // reset or other error: abort
         }
         if !more {
@@ -596,7 +650,8 @@ impl Io {
                 continue;
             }
             c.starved = false;
-            if !c.closing && !self.draining && self.arm_recv(idx).is_err() {
+            // A paused or backlogged connection is re-armed when that ends.
+            if c.wants_reads() && !self.draining && self.arm_recv(idx).is_err() {
                 self.begin_close(idx, false);
             }
         }
@@ -615,7 +670,9 @@ impl Io {
             | NetCmd::SendChain { conn, .. }
             | NetCmd::SendFile { conn, .. }
             | NetCmd::Close { conn }
-            | NetCmd::Shutdown { conn } => conn,
+            | NetCmd::Shutdown { conn }
+            | NetCmd::PauseReads { conn }
+            | NetCmd::ResumeReads { conn } => conn,
         };
         let idx = conn.idx as usize;
         let live = self.net.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !c.close_submitted && !c.aborting());
@@ -623,8 +680,18 @@ impl Io {
             return; // stale id or already aborted: the bytes are dropped with the command
         }
         let c = &mut self.net.conns[idx];
-        if c.write_shut && !matches!(cmd, NetCmd::Close { .. }) {
-            return; // after a Shutdown nothing more can be sent
+        match cmd {
+            NetCmd::Close { .. } => return self.begin_close(idx, true),
+            NetCmd::PauseReads { .. } => {
+                c.paused = true;
+                return self.hold_reads(idx);
+            }
+            NetCmd::ResumeReads { .. } => {
+                c.paused = false;
+                return self.release_reads(idx);
+            }
+            _ if c.write_shut => return, // after a Shutdown nothing more can be sent
+            _ => {}
         }
         // Behind a file transfer, output waits its turn in `queue`.
         let behind = c.file.is_some() || !c.queue.is_empty();
@@ -633,11 +700,26 @@ impl Io {
             _ => q.push_back(Queued::Bufs(chain)),
         };
         match cmd {
-            NetCmd::Send { data, .. } if behind => queue_bufs(&mut c.queue, IoBufChain::from(data)),
-            NetCmd::Send { data, .. } => c.out.push(data),
-            NetCmd::SendChain { data, .. } if behind => queue_bufs(&mut c.queue, data),
-            NetCmd::SendChain { mut data, .. } => c.out.append(&mut data),
+            NetCmd::Send { data, .. } => {
+                c.unsent += data.len() as u64;
+                c.views += u32::from(!data.is_empty());
+                if behind {
+                    queue_bufs(&mut c.queue, IoBufChain::from(data));
+                } else {
+                    c.out.push(data);
+                }
+            }
+            NetCmd::SendChain { mut data, .. } => {
+                c.unsent += data.len() as u64;
+                c.views += data.segments() as u32;
+                if behind {
+                    queue_bufs(&mut c.queue, data);
+                } else {
+                    c.out.append(&mut data);
+                }
+            }
             NetCmd::SendFile { file, offset, len, .. } => {
+                c.unsent += len;
                 let f = FileSend { file, offset, remaining: len, in_pipe: 0, pipe: None, chunk: 0 };
                 if behind || !c.out.is_empty() {
                     c.queue.push_back(Queued::File(f));
@@ -645,21 +727,75 @@ impl Io {
                     c.file = Some(Box::new(f));
                 }
             }
-            NetCmd::Close { .. } => {
-                self.begin_close(idx, true);
-                return;
-            }
             NetCmd::Shutdown { .. } => {
                 c.write_shut = true;
                 c.queue.push_back(Queued::Shutdown);
             }
-            NetCmd::Connect { .. } => return, // started above
+            // Handled above.
+            NetCmd::Connect { .. } | NetCmd::Close { .. } | NetCmd::PauseReads { .. } | NetCmd::ResumeReads { .. } => {
+                return
+            }
         }
+        if !c.backlogged && !c.closing && c.over_limit() {
+            self.set_backlogged(idx, true);
+        }
+        let c = &mut self.net.conns[idx];
         // Sent when the batch ends: every response a batch produced for this connection
         // (pipelined requests) leaves in one gathered send.
         if !c.dirty {
             c.dirty = true;
             self.net.dirty.push((idx, conn.gen));
+        }
+    }
+
+    /// The connection's unsent output went over its limit (`full`) or back down to half of it:
+    /// tell its stage, and hold or release its reads if it has backpressure.
+    fn set_backlogged(&mut self, idx: usize, full: bool) {
+        let c = &mut self.net.conns[idx];
+        c.backlogged = full;
+        let (ei, replica, gen, backpressure) = (c.endpoint, c.replica, c.gen, c.backpressure);
+        let conn = self.conn_id(idx, gen);
+        if full {
+            self.counters.backlogged.add(1);
+            self.emit(ei, replica, NetEvent::Backlogged { conn });
+        } else {
+            self.emit(ei, replica, NetEvent::Drained { conn });
+        }
+        match (backpressure, full) {
+            (false, _) => {}
+            (true, true) => self.hold_reads(idx),
+            (true, false) => self.release_reads(idx),
+        }
+    }
+
+    /// `n` bytes in `views` whole views of the connection's output were taken by the kernel; a
+    /// backlogged connection down to half its limit is drained.
+    fn output_sent(&mut self, idx: usize, n: u64, views: usize) {
+        let c = &mut self.net.conns[idx];
+        c.unsent = c.unsent.saturating_sub(n);
+        c.views = c.views.saturating_sub(views as u32);
+        if c.backlogged && !c.closing && c.under_half() {
+            self.set_backlogged(idx, false);
+        }
+    }
+
+    /// Stops reading (paused, or backlogged with backpressure): cancels the multishot recv. Its
+    /// last completion (ECANCELED) re-arms it if reading was wanted again meanwhile.
+    fn hold_reads(&mut self, idx: usize) {
+        let c = &self.net.conns[idx];
+        if c.recv_armed && !c.wants_reads() {
+            // A cancel that cannot be queued leaves the recv armed: the connection is read on,
+            // bounded by the pool, as before flow control; the next hold retries.
+            let _ = self.cancel(token::make(token::RECV, idx as u32, c.gen));
+        }
+    }
+
+    /// Restarts reading if the connection wants it and nothing else (a recv still armed, one
+    /// waiting for buffers, the drain) stands in the way.
+    fn release_reads(&mut self, idx: usize) {
+        let c = &self.net.conns[idx];
+        if c.wants_reads() && !c.recv_armed && !c.starved && !self.draining && self.arm_recv(idx).is_err() {
+            self.begin_close(idx, false);
         }
     }
 
@@ -803,6 +939,7 @@ impl Io {
                 (true, _) => fail = true, // the file ended early (or failed): the length promised is wrong
                 (false, n) if n > 0 => {
                     f.in_pipe -= n as u64;
+                    c.unsent = c.unsent.saturating_sub(n as u64);
                     self.counters.spliced.add(n as u64);
                 }
                 // A short file-side splice breaks the link: resubmit from the pipe.
@@ -818,6 +955,7 @@ impl Io {
             self.begin_close(idx, false); // ends with maybe_finish_close
             return;
         }
+        self.output_sent(idx, 0, 0);
         self.pump(idx);
         self.maybe_finish_close(idx);
     }
@@ -918,6 +1056,7 @@ impl Io {
             c.drop_output();
             self.begin_close(idx, false);
         } else {
+            let views = c.out.segments();
             if hold {
                 let sent = c.out.split_to(res as usize);
                 c.zc_held.push_back(sent);
@@ -927,6 +1066,8 @@ impl Io {
             if c.aborting() {
                 c.drop_output();
             } else {
+                let views = views - c.out.segments();
+                self.output_sent(idx, res as u64, views);
                 self.pump(idx);
             }
         }

@@ -23,6 +23,14 @@
 //! - **Peer finished sending** (FIN): the stage gets [`NetEvent::Eof`] after the last data, and
 //!   the connection stays open until the handler closes it, so answers still on their way
 //!   through later stages are delivered (a client that half-closes after its request).
+//! - **Peer not reading** (output piling up): when a connection's unsent output goes over its
+//!   limit ([`ListenConfig::output_limit`], 1 MiB by default) the stage gets
+//!   [`NetEvent::Backlogged`], and [`NetEvent::Drained`] once half of it has gone out.
+//!   Meanwhile the connection is not read ([`ListenConfig::backpressure`], on by default), so
+//!   the peer's further requests wait in TCP, whose window closes on it: a client that
+//!   pipelines requests without reading the answers costs the server a bounded amount of
+//!   memory, not the answers to everything it sent. A proxy turns that off and pauses the
+//!   *other* side of the pair instead ([`NetCmd::PauseReads`] / [`NetCmd::ResumeReads`]).
 
 mod conn_map;
 mod driver;
@@ -106,6 +114,19 @@ pub enum NetEvent {
         /// The `tag` of the `Connect` command.
         tag: u64,
     },
+    /// The connection's unsent output went over its limit ([`ListenConfig::output_limit`]):
+    /// the peer reads slower than it is answered. Unless [`ListenConfig::backpressure`] is off,
+    /// the connection is not read until [`NetEvent::Drained`].
+    Backlogged {
+        /// The connection.
+        conn: Conn,
+    },
+    /// A [`NetEvent::Backlogged`] connection's unsent output is down to half its limit;
+    /// reading resumes (unless the handler paused it with [`NetCmd::PauseReads`]).
+    Drained {
+        /// The connection.
+        conn: Conn,
+    },
     /// A [`NetCmd::Connect`] failed: refused, unreachable, over the connector's connection
     /// limit, cut by the runtime's shutdown, or not done within the connector's time limit
     /// (`ErrorKind::TimedOut`). No connection exists.
@@ -126,6 +147,8 @@ impl NetEvent {
             NetEvent::Opened { conn, .. }
             | NetEvent::Data { conn, .. }
             | NetEvent::Eof { conn }
+            | NetEvent::Backlogged { conn }
+            | NetEvent::Drained { conn }
             | NetEvent::Closed { conn }
             | NetEvent::Connected { conn, .. } => Some(*conn),
             NetEvent::ConnectFailed { .. } => None,
@@ -173,6 +196,19 @@ pub enum NetCmd {
         /// The connection.
         conn: Conn,
     },
+    /// Stop reading the connection (its recv is cancelled; bytes the peer sends wait in TCP,
+    /// then its window closes) until [`NetCmd::ResumeReads`]. Data already received may still
+    /// arrive. What a proxy does to one side while the other is [`NetEvent::Backlogged`].
+    PauseReads {
+        /// The connection.
+        conn: Conn,
+    },
+    /// Undo [`NetCmd::PauseReads`]. Reading restarts unless the connection is itself
+    /// backlogged with [`ListenConfig::backpressure`] on, or its peer finished sending.
+    ResumeReads {
+        /// The connection.
+        conn: Conn,
+    },
     /// Open a TCP connection to `addr` on worker `worker`: usually the sender's own
     /// ([`Context::worker`]), so the connection's events stay on its core. The connector's
     /// stage gets [`NetEvent::Connected`] or [`NetEvent::ConnectFailed`], with `tag`.
@@ -200,7 +236,9 @@ impl NetCmd {
             | NetCmd::SendChain { conn, .. }
             | NetCmd::SendFile { conn, .. }
             | NetCmd::Close { conn }
-            | NetCmd::Shutdown { conn } => Some(*conn),
+            | NetCmd::Shutdown { conn }
+            | NetCmd::PauseReads { conn }
+            | NetCmd::ResumeReads { conn } => Some(*conn),
             NetCmd::Connect { .. } => None,
         }
     }
@@ -224,6 +262,8 @@ pub struct ListenConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) send_timeout: Option<Duration>,
     pub(crate) zc_min: Option<usize>,
+    pub(crate) output_limit: usize,
+    pub(crate) backpressure: bool,
 }
 
 impl ListenConfig {
@@ -239,6 +279,8 @@ impl ListenConfig {
             idle_timeout: None,
             send_timeout: None,
             zc_min: None,
+            output_limit: 1 << 20,
+            backpressure: true,
         }
     }
 
@@ -280,6 +322,27 @@ impl ListenConfig {
         self
     }
 
+    /// Unsent output (queued buffers and file bytes not yet handed to the kernel) above which a
+    /// connection is backlogged (default 1 MiB): its stage gets [`NetEvent::Backlogged`], then
+    /// [`NetEvent::Drained`] once the unsent output is down to half. What one connection
+    /// holds in memory is this plus what it asked for before reads stopped (the answers to one
+    /// receive buffer's requests). Counting costs an add per send command and a subtract per
+    /// completion.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes.max(1);
+        self
+    }
+
+    /// Stop reading a backlogged connection until it drains (default on): a peer that does
+    /// not read its answers is not read either, as fits request/response protocols. Turn it
+    /// off where a connection's output comes from another connection (a proxy); the handler
+    /// then pauses that one ([`NetCmd::PauseReads`]) on [`NetEvent::Backlogged`]. Leaving it on
+    /// there could deadlock a pair whose two ends each wait to write before they read.
+    pub fn backpressure(mut self, on: bool) -> Self {
+        self.backpressure = on;
+        self
+    }
+
     /// Send with `SEND_ZC` (zero copy: the NIC reads the `IoBuf`s' memory, which stays pinned
     /// until the kernel's notification) when one send carries at least `min_bytes`; `None`,
     /// the default, always copies. Zero copy pays for large sends to a real NIC. It costs more
@@ -310,7 +373,7 @@ impl Default for ConnectConfig {
 
 impl ConnectConfig {
     /// A connect time limit of 5 s, `TCP_NODELAY`, at most 100 000 connections per worker, no
-    /// idle or send timeout, copying sends.
+    /// idle or send timeout, copying sends, a 1 MiB output limit with backpressure.
     pub fn new() -> ConnectConfig {
         let any = SocketAddr::from(([0, 0, 0, 0], 0));
         ConnectConfig { timeout: Duration::from_secs(5), conn: ListenConfig::new(any, []) }
@@ -350,6 +413,18 @@ impl ConnectConfig {
     /// As [`ListenConfig::zero_copy_sends`].
     pub fn zero_copy_sends(mut self, min_bytes: Option<usize>) -> Self {
         self.conn.zc_min = min_bytes;
+        self
+    }
+
+    /// As [`ListenConfig::output_limit`].
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.conn = self.conn.output_limit(bytes);
+        self
+    }
+
+    /// As [`ListenConfig::backpressure`].
+    pub fn backpressure(mut self, on: bool) -> Self {
+        self.conn.backpressure = on;
         self
     }
 }
