@@ -42,6 +42,9 @@ use crate::stage::{Handler, Injector, LocalQueue, Sink, SinkInner, StageConfig, 
 use plumbing::{Plumbing, TypedPlumbing, WorkerParts};
 pub(crate) use worker::ReplicaDyn;
 
+/// The network stage's queue per worker, and its batch (see `Builder::net_stage`).
+const NET_CAPACITY: usize = 4096;
+
 type Factory = Arc<dyn Fn(&mut Setup<'_>) -> Box<dyn ReplicaDyn> + Send + Sync>;
 
 struct Decl {
@@ -229,12 +232,17 @@ impl Builder {
         (net, ConnectorId(self.connectors.len() - 1))
     }
 
-    /// The network I/O stage, declared on first use: a replica on every worker.
+    /// The network I/O stage, declared on first use: a replica on every worker. It takes its
+    /// whole queue each visit: its commands are cheap (each queues output, the sends go out
+    /// gathered at the end of the batch), and it is where every other stage's work ends, so a
+    /// smaller batch would let a stage that sends more than one command per event (a head and
+    /// a file; a reply per pipelined request) fill its queue and have it refuse.
     fn net_stage(&mut self) -> StageId<NetCmd> {
         if let Some(n) = self.net {
             return n;
         }
-        let n = self.stage_routed::<NetCmd>("net", StageConfig::on(0..self.workers).capacity(4096), NetCmd::route);
+        let cfg = StageConfig::on(0..self.workers).capacity(NET_CAPACITY).batch(NET_CAPACITY);
+        let n = self.stage_routed::<NetCmd>("net", cfg, NetCmd::route);
         self.handler(n, |_| NetStage);
         self.net = Some(n);
         n
