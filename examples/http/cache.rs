@@ -156,6 +156,8 @@ pub enum CacheEvent {
         key: Box<[u8]>,
         result: Result<Arc<Entry>, u16>,
     },
+    /// From this stage's own timer: offer the commands the network stage refused again.
+    Flush,
 }
 
 pub struct Cache {
@@ -174,6 +176,13 @@ pub struct Cache {
     plain: PlainResponse,
     /// The loop clock of the event being handled (for the `Date:` line).
     now: Instant,
+    /// Commands the network stage's queue refused, oldest first. Later ones queue behind them,
+    /// so responses keep their order and none is lost to a burst (a blocked connection's
+    /// pipelined requests answered at once); retried the next loop iteration. The network stage
+    /// takes its whole queue each visit, so this empties as fast as it fills.
+    outbox: VecDeque<NetCmd>,
+    retry: Timer<CacheEvent>,
+    nudged: bool,
 }
 
 /// The complete keep-alive `/plaintext` response, rebuilt when the `Date:` line changes.
@@ -224,8 +233,12 @@ impl Cache {
         dynamic: Sink<Request>,
         handle: Handle,
         shared: Arc<SharedCache>,
+        retry: Timer<CacheEvent>,
     ) -> Cache {
         Cache {
+            outbox: VecDeque::new(),
+            retry,
+            nudged: false,
             net,
             files,
             dynamic,
@@ -240,9 +253,42 @@ impl Cache {
         }
     }
 
+    /// Hands `cmd` to the network stage, behind any it refused earlier (see `outbox`).
+    fn command(&mut self, cmd: NetCmd) {
+        let cmd = if self.outbox.is_empty() {
+            match self.net.try_enqueue(cmd) {
+                Ok(()) => return,
+                Err(cmd) => cmd,
+            }
+        } else {
+            cmd
+        };
+        self.outbox.push_back(cmd);
+        self.nudge();
+    }
+
+    fn nudge(&mut self) {
+        if !self.nudged {
+            // Without a timer slot, the next batch's end flushes instead.
+            self.nudged = self.retry.after(Duration::ZERO, CacheEvent::Flush).is_ok();
+        }
+    }
+
+    /// Offers the refused commands again, in order, until one is refused.
+    fn flush(&mut self) {
+        self.nudged = false;
+        while let Some(cmd) = self.outbox.pop_front() {
+            if let Err(cmd) = self.net.try_enqueue(cmd) {
+                self.outbox.push_front(cmd);
+                return self.nudge();
+            }
+        }
+    }
+
     fn send(&mut self, conn: Conn, chain: IoBufChain, close: bool) {
-        if self.net.try_enqueue(NetCmd::SendChain { conn, data: chain }).is_err() || close {
-            let _ = self.net.try_enqueue(NetCmd::Close { conn });
+        self.command(NetCmd::SendChain { conn, data: chain });
+        if close {
+            self.command(NetCmd::Close { conn });
         }
     }
 
@@ -320,10 +366,10 @@ impl Cache {
             (Some(file), Some((offset, len))) if len > 0 => {
                 // Headers from memory, then the body spliced from the page cache.
                 let conn = req.conn;
-                let head = NetCmd::SendChain { conn, data: chain };
-                let body = NetCmd::SendFile { conn, file: file.clone(), offset, len };
-                if self.net.try_enqueue(head).is_err() || self.net.try_enqueue(body).is_err() || !req.keep_alive {
-                    let _ = self.net.try_enqueue(NetCmd::Close { conn });
+                self.command(NetCmd::SendChain { conn, data: chain });
+                self.command(NetCmd::SendFile { conn, file: file.clone(), offset, len });
+                if !req.keep_alive {
+                    self.command(NetCmd::Close { conn });
                 }
             }
             _ => self.send(req.conn, chain, !req.keep_alive),
@@ -342,10 +388,10 @@ impl Cache {
                 return self.send(req.conn, c, !req.keep_alive);
             }
             Kind::Error(s) => return self.respond_error(&req, *s, ""),
+            Kind::Busy => return self.respond_error(&req, 503, "Retry-After: 1\r\n"),
             Kind::Eof => {
                 // Every earlier request of the connection is answered: close after sending.
-                let _ = self.net.try_enqueue(NetCmd::Close { conn: req.conn });
-                return;
+                return self.command(NetCmd::Close { conn: req.conn });
             }
             Kind::Stats => {
                 let body = IoBuf::from(self.handle.metrics().prometheus().into_bytes());
@@ -436,12 +482,19 @@ impl Handler for Cache {
                 None => self.process(req, now),
             },
             CacheEvent::Loaded { key, result } => self.loaded(key, result, now),
+            CacheEvent::Flush => self.flush(),
             CacheEvent::Rendered { req, body } => {
                 self.respond_body(&req, "text/html; charset=utf-8", body);
                 // The dynamic stage's admission control holds this end-to-end time to its target.
                 self.dynamic.observe_response(now.saturating_duration_since(req.received));
                 self.unblock(req.conn, now);
             }
+        }
+    }
+
+    fn batch_done(&mut self, _n: usize, _cx: &mut Context<'_>) {
+        if !self.outbox.is_empty() && !self.nudged {
+            self.flush(); // the timer had no slot for the retry
         }
     }
 

@@ -7,7 +7,8 @@
 //! Stages, with one replica per worker (a connection's requests stay on its worker):
 //! `net` (accept/recv/send, built in) → `parse` (framing, limits, validation) → `cache`
 //! (in-order responses from the shared page cache) → on a miss, `files` (openat2/statx/read on
-//! the ring) → back to `cache` → `net`. A stage that refuses a request makes it a 503 at once.
+//! the ring) → back to `cache` → `net`. A stage that refuses a request makes it a 503 at once,
+//! in order behind the connection's earlier requests.
 
 mod cache;
 mod chunked;
@@ -146,9 +147,11 @@ fn run(o: Opts) -> std::io::Result<()> {
     let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(o.send_timeout);
     let (net, listener) = b.listen(listen, parse);
     let limits = o.limits.clone();
-    b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), limits.clone()));
+    b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), s.timer(parse), limits.clone()));
     let sh = shared.clone();
-    b.handler(cache, move |s| Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone()));
+    b.handler(cache, move |s| {
+        Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone(), s.timer(cache))
+    });
     let work = o.work;
     b.handler(dynamic, move |s| dynamic::Dynamic { cache: s.sink(cache), net: s.sink(net), work, rendered: 0 });
     b.handler(files, move |s| Files {

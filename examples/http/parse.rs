@@ -1,13 +1,20 @@
 //! The parse stage: HTTP/1.1 request framing, limits and validation (httparse), per
 //! connection. Complete requests go to the cache stage, which answers them in order.
+//!
+//! When the cache stage's queue refuses a request, the request becomes a 503 that still goes
+//! through the cache stage, behind the connection's earlier requests: a direct answer from here
+//! would overtake their responses, and a pipelining client would take the 503 for an earlier
+//! request. Until the refused request and those after it are in, the connection is held: its
+//! requests wait here in order and its reads are paused (TCP holds the rest), and the stage's
+//! timer retries the next loop iteration.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use ringstage::prelude::*;
 
 use crate::cache::CacheEvent;
 use crate::chunked::{Chunked, Feed};
-use crate::proto::{self, DateLine};
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -39,6 +46,9 @@ pub enum Kind {
     File(IoBuf),
     /// Answer with this status and close.
     Error(u16),
+    /// Refused by the cache stage's queue (overload): answer 503 with `Retry-After`, in order,
+    /// keeping the connection.
+    Busy,
     /// Not a request: the client finished sending, so close the connection once the requests
     /// before this one are answered (it travels behind them, in order).
     Eof,
@@ -89,18 +99,62 @@ struct HttpConn {
     chunked: Option<(Chunked, Request)>,
     /// A final response was queued: ignore further input.
     done: bool,
+    /// Requests waiting for room in the cache stage's queue, in order (the first one refused is
+    /// a `Busy`); non-empty only while the connection's reads are paused.
+    held: VecDeque<Request>,
+    /// The `ResumeReads` after a hold is still to be sent (the network stage refused it).
+    resume: bool,
+    /// Its answers are backlogged: the network stage is not reading it.
+    backlogged: bool,
+    /// A retry is scheduled on the stage's timer. It comes as a `Drained`: the first `Drained`
+    /// after scheduling one is taken for it, so a real one may be taken for the retry and the
+    /// retry's for the real one. Either way each clears one pending thing, and `backlogged`
+    /// can only be cleared late (the deadline waits a little longer), never early.
+    nudged: bool,
+}
+
+impl HttpConn {
+    /// Whether this server, not the client, is holding up its input: a hold, or a backlog.
+    fn paused(&self) -> bool {
+        self.backlogged || !self.held.is_empty()
+    }
+
+    /// Reads resume after a pause: the rest of a head cut by it could not arrive meanwhile, so
+    /// its deadline counts from now.
+    fn restart_deadline(&mut self, now: Instant) {
+        if self.started.is_some() {
+            self.started = Some(now);
+        }
+    }
+
+    fn new() -> HttpConn {
+        HttpConn {
+            stash: Vec::new(),
+            started: None,
+            skip: 0,
+            chunked: None,
+            done: false,
+            held: VecDeque::new(),
+            resume: false,
+            backlogged: false,
+            nudged: false,
+        }
+    }
 }
 
 pub struct Parse {
     pub net: Sink<NetCmd>,
     pub cache: Sink<CacheEvent>,
+    /// This stage's own timer on this worker: retries of held connections (as `Drained`).
+    retry: Timer<NetEvent>,
     pub limits: Limits,
     conns: ConnMap<HttpConn>,
-    date: DateLine,
-    /// The loop clock of the event being handled (for the `Date:` line).
+    /// The loop clock of the event being handled (header deadlines, request receive times).
     now: Instant,
     /// Scratch list of the requests one receive completed (kept to avoid an allocation each).
     out: Vec<Request>,
+    /// Connections with requests held (see the module docs).
+    holding: usize,
 }
 
 /// How a request's body is framed.
@@ -118,8 +172,8 @@ enum Parsed {
 }
 
 impl Parse {
-    pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, limits: Limits) -> Parse {
-        Parse { net, cache, limits, conns: ConnMap::new(), date: DateLine::new(), now: Instant::now(), out: Vec::new() }
+    pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, retry: Timer<NetEvent>, limits: Limits) -> Parse {
+        Parse { net, cache, retry, limits, conns: ConnMap::new(), now: Instant::now(), out: Vec::new(), holding: 0 }
     }
 
     /// The client finished sending (it may half-close after its last request and wait for the
@@ -133,22 +187,62 @@ impl Parse {
         st.done = true;
         let mut last = Request::error(conn, 0);
         last.kind = Kind::Eof;
-        if self.cache.try_enqueue(CacheEvent::Req(last)).is_err() {
-            // Overloaded: close now, which may cut answers still in the cache stage's queue.
-            let _ = self.net.try_enqueue(NetCmd::Close { conn });
+        self.submit(last);
+    }
+
+    /// Hands a request to the cache stage, in order behind any the connection has held. One
+    /// the stage's queue refuses becomes a 503 (`Busy`) and is held, with the connection's
+    /// later ones, until there is room (see the module docs).
+    fn submit(&mut self, req: Request) {
+        let conn = req.conn;
+        // Only while some connection is held does a request need its connection looked up.
+        if self.holding > 0 {
+            if let Some(st) = self.conns.get_mut(conn).filter(|st| !st.held.is_empty()) {
+                return st.held.push_back(req);
+            }
+        }
+        let Err(CacheEvent::Req(mut req)) = self.cache.try_enqueue(CacheEvent::Req(req)) else { return };
+        let Some(st) = self.conns.get_mut(conn) else { return };
+        shed(&mut req);
+        st.held.push_back(req);
+        self.holding += 1;
+        // Refused, the pause stays unsent: this connection is read on, its requests joining the
+        // hold, until the next one.
+        let _ = self.net.try_enqueue(NetCmd::PauseReads { conn });
+        self.nudge(conn);
+    }
+
+    /// Schedules a retry of a held connection for the next loop iteration. Without a timer slot
+    /// (the table is full), the next event from the network stage for it retries instead.
+    fn nudge(&mut self, conn: Conn) {
+        let Some(st) = self.conns.get_mut(conn) else { return };
+        if !st.nudged {
+            st.nudged = self.retry.after(Duration::ZERO, NetEvent::Drained { conn }).is_ok();
         }
     }
 
-    /// Hands a request to the cache stage; when that stage is full, answers 503 at once.
-    fn submit(&mut self, req: Request) {
-        let conn = req.conn;
-        if let Err(CacheEvent::Req(req)) = self.cache.try_enqueue(CacheEvent::Req(req)) {
-            let date = self.date.get(self.now);
-            let close = req.closes();
-            let resp = proto::simple(503, "overloaded, retry\n", close, "Retry-After: 1\r\n", &date);
-            if self.net.try_enqueue(NetCmd::Send { conn, data: resp }).is_err() || close {
-                let _ = self.net.try_enqueue(NetCmd::Close { conn });
+    /// Offers a held connection's requests to the cache stage again, in order; once all are
+    /// in, resumes its reads.
+    fn retry(&mut self, conn: Conn) {
+        let Some(st) = self.conns.get_mut(conn) else { return };
+        let was_held = !st.held.is_empty();
+        while let Some(req) = st.held.pop_front() {
+            if let Err(CacheEvent::Req(mut req)) = self.cache.try_enqueue(CacheEvent::Req(req)) {
+                shed(&mut req);
+                st.held.push_front(req);
+                return self.nudge(conn);
             }
+            st.resume = true;
+        }
+        if was_held {
+            self.holding -= 1;
+        }
+        if st.resume {
+            st.resume = self.net.try_enqueue(NetCmd::ResumeReads { conn }).is_err();
+            if st.resume {
+                return self.nudge(conn);
+            }
+            st.restart_deadline(self.now);
         }
     }
 
@@ -156,6 +250,10 @@ impl Parse {
         let limits = self.limits.clone();
         // Requests completed by this receive; the list's allocation is kept across events.
         let mut out = std::mem::take(&mut self.out);
+        if self.holding > 0 && self.conns.get(conn).is_some_and(|st| !st.held.is_empty() && !st.nudged) {
+            // A retry could not be scheduled: this event takes its place.
+            self.retry(conn);
+        }
         let Some(st) = self.conns.get_mut(conn) else { return };
         if st.done {
             return;
@@ -234,6 +332,13 @@ impl Parse {
             self.submit(req);
         }
         self.out = out;
+    }
+}
+
+/// Makes a refused request a 503 (the end-of-input marker stays itself: it answers nothing).
+fn shed(req: &mut Request) {
+    if !matches!(req.kind, Kind::Eof) {
+        req.kind = Kind::Busy;
     }
 }
 
@@ -347,20 +452,38 @@ impl Handler for Parse {
         self.now = cx.now();
         match ev {
             NetEvent::Opened { conn, .. } => {
-                let st = HttpConn { stash: Vec::new(), started: None, skip: 0, chunked: None, done: false };
-                self.conns.insert(conn, st);
+                self.conns.insert(conn, HttpConn::new());
             }
             NetEvent::Data { conn, data } => self.on_data(conn, data, self.now),
             NetEvent::Eof { conn } => self.on_eof(conn),
             NetEvent::Closed { conn } => {
-                self.conns.remove(conn);
+                if self.conns.remove(conn).is_some_and(|st| !st.held.is_empty()) {
+                    self.holding -= 1;
+                }
             }
-            // This stage opens no outbound connections; a client that does not read its answers
-            // is not read either (the listener's backpressure) until they drain.
-            NetEvent::Connected { .. }
-            | NetEvent::ConnectFailed { .. }
-            | NetEvent::Backlogged { .. }
-            | NetEvent::Drained { .. } => {}
+            // From the network stage, a connection's output drained; from this stage's timer, a
+            // held connection's retry. Either way, try its held requests again.
+            NetEvent::Drained { conn } => {
+                let Some(st) = self.conns.get_mut(conn) else { return };
+                if st.nudged {
+                    st.nudged = false; // the retry (see `HttpConn::nudged`)
+                } else if st.backlogged {
+                    st.backlogged = false;
+                    if st.held.is_empty() {
+                        st.restart_deadline(self.now);
+                    }
+                }
+                self.retry(conn);
+            }
+            // A client that does not read its answers is not read either (the listener's
+            // backpressure) until they drain; its header deadline waits meanwhile.
+            NetEvent::Backlogged { conn } => {
+                if let Some(st) = self.conns.get_mut(conn) {
+                    st.backlogged = true;
+                }
+            }
+            // This stage opens no outbound connections.
+            NetEvent::Connected { .. } | NetEvent::ConnectFailed { .. } => {}
         }
     }
 
@@ -371,7 +494,7 @@ impl Handler for Parse {
         let limit = self.limits.header_timeout;
         let mut late = Vec::new();
         for (conn, c) in self.conns.iter_mut() {
-            if !c.done && c.started.is_some_and(|t| now.duration_since(t) >= limit) {
+            if !c.done && !c.paused() && c.started.is_some_and(|t| now.duration_since(t) >= limit) {
                 c.done = true;
                 c.chunked = None; // a body trickling in too slowly: its request gets the 408
                 late.push(conn);
