@@ -25,7 +25,9 @@ pub mod prelude {
     pub use crate::buf::{IoBuf, IoBufChain};
     pub use crate::net::{Conn, ConnMap, ListenConfig, ListenerId, NetCmd, NetEvent};
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
-    pub use crate::stage::{handler_fn, Context, Handler, Injector, Sink, StageConfig, StageId, Timer, TimerKey};
+    pub use crate::stage::{
+        handler_fn, Context, Handler, Injector, Outbox, Sink, StageConfig, StageId, Timer, TimerKey,
+    };
 }
 
 /// Compiles the README's examples as doc tests.

@@ -267,3 +267,51 @@ fn a_second_server_on_a_taken_port_fails_instead_of_sharing_it() {
         assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
     }
 }
+
+#[test]
+fn an_outbox_keeps_what_the_next_stage_refuses_in_order() {
+    // Each injected number fans out to 100 events for a stage whose queue holds 8: most are
+    // refused at first. The outbox keeps them in order and its owner retries them on its own
+    // timer (a zero-delay event), so every event arrives, in order, none twice.
+    #[derive(Debug)]
+    enum Ev {
+        Fan(u64),
+        Retry,
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut bld = Runtime::builder(2).cpus([]);
+    let sa = bld.stage::<Ev>("fan", StageConfig::on([0]));
+    let sb = bld.stage::<u64>("narrow", StageConfig::on([1]).capacity(8));
+    bld.handler(sa, move |s| {
+        let mut out = Outbox::new(s.sink(sb));
+        let timer = s.timer(sa);
+        let mut due = false;
+        handler_fn(move |ev: Ev, _cx: &mut Context<'_>| {
+            let waits = match ev {
+                Ev::Fan(v) => (0..100).fold(false, |w, i| out.send(v * 100 + i) | w),
+                Ev::Retry => {
+                    due = false;
+                    !out.flush()
+                }
+            };
+            if waits && !due {
+                due = timer.after(Duration::ZERO, Ev::Retry).is_ok();
+            }
+        })
+    });
+    bld.handler(sb, move |_| {
+        let tx = tx.clone();
+        handler_fn(move |v: u64, _cx: &mut Context<'_>| tx.send(v).unwrap())
+    });
+    let rt = bld.start().unwrap();
+    let inj = rt.injector(sa);
+    for v in 0..100u64 {
+        inj.try_enqueue(Ev::Fan(v)).unwrap();
+    }
+    for want in 0..10_000u64 {
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("every event arrives"), want);
+    }
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "none twice");
+    assert!(rt.metrics().stage("narrow").unwrap().refused > 0, "the narrow stage did refuse");
+    rt.shutdown();
+}

@@ -161,7 +161,11 @@ pub enum CacheEvent {
 }
 
 pub struct Cache {
-    net: Sink<NetCmd>,
+    /// To the network stage. What it refuses waits here, in order, so responses keep their
+    /// order and none is lost to a burst (a blocked connection's pipelined requests answered at
+    /// once); retried the next loop iteration. The network stage takes its whole queue each
+    /// visit, so this empties as fast as it fills.
+    net: Outbox<NetCmd>,
     files: Sink<FileReq>,
     dynamic: Sink<Request>,
     handle: Handle,
@@ -176,11 +180,7 @@ pub struct Cache {
     plain: PlainResponse,
     /// The loop clock of the event being handled (for the `Date:` line).
     now: Instant,
-    /// Commands the network stage's queue refused, oldest first. Later ones queue behind them,
-    /// so responses keep their order and none is lost to a burst (a blocked connection's
-    /// pipelined requests answered at once); retried the next loop iteration. The network stage
-    /// takes its whole queue each visit, so this empties as fast as it fills.
-    outbox: VecDeque<NetCmd>,
+    /// This stage's own timer: retries of `net`'s overflow.
     retry: Timer<CacheEvent>,
     nudged: bool,
 }
@@ -236,10 +236,9 @@ impl Cache {
         retry: Timer<CacheEvent>,
     ) -> Cache {
         Cache {
-            outbox: VecDeque::new(),
             retry,
             nudged: false,
-            net,
+            net: Outbox::new(net),
             files,
             dynamic,
             handle,
@@ -253,18 +252,11 @@ impl Cache {
         }
     }
 
-    /// Hands `cmd` to the network stage, behind any it refused earlier (see `outbox`).
+    /// Hands `cmd` to the network stage, behind any it refused earlier (see `net`).
     fn command(&mut self, cmd: NetCmd) {
-        let cmd = if self.outbox.is_empty() {
-            match self.net.try_enqueue(cmd) {
-                Ok(()) => return,
-                Err(cmd) => cmd,
-            }
-        } else {
-            cmd
-        };
-        self.outbox.push_back(cmd);
-        self.nudge();
+        if self.net.send(cmd) {
+            self.nudge();
+        }
     }
 
     fn nudge(&mut self) {
@@ -277,11 +269,8 @@ impl Cache {
     /// Offers the refused commands again, in order, until one is refused.
     fn flush(&mut self) {
         self.nudged = false;
-        while let Some(cmd) = self.outbox.pop_front() {
-            if let Err(cmd) = self.net.try_enqueue(cmd) {
-                self.outbox.push_front(cmd);
-                return self.nudge();
-            }
+        if !self.net.flush() {
+            self.nudge();
         }
     }
 
@@ -493,7 +482,7 @@ impl Handler for Cache {
     }
 
     fn batch_done(&mut self, _n: usize, _cx: &mut Context<'_>) {
-        if !self.outbox.is_empty() && !self.nudged {
+        if !self.net.is_empty() && !self.nudged {
             self.flush(); // the timer had no slot for the retry
         }
     }

@@ -15,12 +15,14 @@
 //! the caller decides what refusal means (an HTTP 503, a RESP `-BUSY`, a retry).
 
 pub(crate) mod injector;
+mod outbox;
 mod sink;
 mod timer;
 
 use std::marker::PhantomData;
 
 pub use injector::Injector;
+pub use outbox::Outbox;
 pub use sink::Sink;
 pub(crate) use sink::{LocalQueue, SinkInner};
 pub(crate) use timer::TimerTable;
