@@ -538,6 +538,47 @@ fn redis_cli_and_redis_benchmark_work_against_it() {
 }
 
 #[test]
+fn a_mass_insertion_pipe_gets_every_reply() {
+    // 200 000 SETs written as fast as the socket takes them (what `redis-cli --pipe` does), the
+    // replies read at the same time: hundreds of commands per receive. One net command per
+    // reply used to fill the net stage's queue, and the connection was closed after ~4500.
+    let s = server(&[]);
+    let mut c = Client::new(s.addr);
+    let n = 200_000;
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend(cmd(&[b"SET", format!("key:{i}").as_bytes(), format!("value-{i}").as_bytes()]));
+    }
+    let mut w = c.0.get_ref().try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&all).unwrap());
+    for i in 0..n {
+        assert_eq!(c.reply(), "+OK\r\n", "reply {i}");
+    }
+    writer.join().unwrap();
+    assert_eq!(c.call(&[b"DBSIZE"]), format!(":{n}\r\n"));
+    assert_eq!(c.call(&[b"GET", b"key:199999"]), "$12\r\nvalue-199999\r\n");
+    if installed("redis-cli") {
+        // And through the real tool.
+        let mut pipe = Vec::new();
+        for i in 0..n {
+            pipe.extend(cmd(&[b"RPUSH", b"piped", format!("{i}").as_bytes()]));
+        }
+        let port = s.addr.port().to_string();
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port, "--pipe"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&pipe).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(&format!("errors: 0, replies: {n}")), "{text}");
+        assert_eq!(c.call(&[b"LLEN", b"piped"]), format!(":{n}\r\n"));
+    }
+}
+
+#[test]
 fn a_client_that_half_closes_gets_its_replies_even_behind_a_slow_command() {
     let s = server(&[]);
     let mut c = Client::new(s.addr);

@@ -7,6 +7,11 @@
 //! shares this stage's state on the same core) later commands of that connection wait, so
 //! replies stay in request order. If the slow stage refuses, the command is answered `-BUSY`
 //! at once.
+//!
+//! The replies to the commands of one receive leave as one chain (one command to the net stage
+//! however deep the pipeline: `redis-cli --pipe` sends hundreds of commands per receive). A
+//! command the net stage refuses waits, in order, with any after it, and is offered again the
+//! next loop iteration: a burst delays replies, never drops them.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +56,14 @@ pub struct BlockTimeout {
     id: u64,
 }
 
+/// What the shard's timer hands the unblock stage.
+pub enum Wake {
+    /// A blocking pop's time limit.
+    Timeout(BlockTimeout),
+    /// Offer the commands the net stage refused again.
+    Flush,
+}
+
 /// What running one command produced.
 enum Outcome {
     Reply(IoBuf),
@@ -70,7 +83,8 @@ enum Outcome {
 /// The state of one core's keyspace and connections, shared by the command and resume stages
 /// of that core (both run on its thread, so a `RefCell` suffices).
 pub struct Shard {
-    net: Sink<NetCmd>,
+    /// To the net stage; what it refuses waits here, in order, with any command after it.
+    net: Outbox<NetCmd>,
     slow: Sink<SlowReq>,
     limits: Limits,
     store: Store,
@@ -81,10 +95,15 @@ pub struct Shard {
     /// Connections blocked on each key, first come first served.
     waiters: HashMap<Box<[u8]>, VecDeque<(Conn, u64)>>,
     next_block: u64,
-    /// Delivers blocking pops' time limits to the unblock stage (on this core).
-    timer: Timer<BlockTimeout>,
+    /// Delivers blocking pops' time limits and outbox retries to the unblock stage (this core).
+    timer: Timer<Wake>,
     /// Connections just unblocked, whose waiting commands are to run.
     unblocked: Vec<Conn>,
+    /// Replies of the commands being run, all for `replies_to`, sent as one chain.
+    replies: IoBufChain,
+    replies_to: Option<Conn>,
+    /// A `Wake::Flush` is scheduled.
+    flush_due: bool,
 }
 
 pub type SharedShard = Rc<RefCell<Shard>>;
@@ -99,9 +118,9 @@ pub fn shard_here(make: impl FnOnce() -> Shard) -> SharedShard {
 }
 
 impl Shard {
-    pub fn new(net: Sink<NetCmd>, slow: Sink<SlowReq>, timer: Timer<BlockTimeout>, limits: Limits) -> Shard {
+    pub fn new(net: Sink<NetCmd>, slow: Sink<SlowReq>, timer: Timer<Wake>, limits: Limits) -> Shard {
         Shard {
-            net,
+            net: Outbox::new(net),
             slow,
             limits,
             store: Store::default(),
@@ -112,17 +131,51 @@ impl Shard {
             next_block: 0,
             timer,
             unblocked: Vec::new(),
+            replies: IoBufChain::new(),
+            replies_to: None,
+            flush_due: false,
         }
     }
 
-    /// Queues a reply; if the net stage refuses, the connection is closed (its replies could
-    /// no longer be delivered in order).
-    fn send(&mut self, conn: Conn, cmd: NetCmd) {
-        if self.net.try_enqueue(cmd).is_err() {
-            if let Some(st) = self.conns.get_mut(conn) {
-                st.done = true;
+    /// Adds a command's reply to the chain being gathered for `conn` (sent by
+    /// [`Shard::send_replies`], or before any other command).
+    fn reply(&mut self, conn: Conn, mut data: IoBufChain) {
+        if self.replies_to != Some(conn) {
+            self.send_replies();
+            self.replies_to = Some(conn);
+        }
+        self.replies.append(&mut data);
+    }
+
+    /// Sends the gathered replies as one chain.
+    fn send_replies(&mut self) {
+        if let Some(conn) = self.replies_to.take() {
+            let data = std::mem::take(&mut self.replies);
+            if !data.is_empty() {
+                self.command(NetCmd::SendChain { conn, data });
             }
-            let _ = self.net.try_enqueue(NetCmd::Close { conn });
+        }
+    }
+
+    /// Queues a command for the net stage after the replies gathered so far.
+    fn send(&mut self, cmd: NetCmd) {
+        self.send_replies();
+        self.command(cmd);
+    }
+
+    /// Hands `cmd` to the net stage, behind any it refused earlier; a refused one waits in
+    /// the outbox, in order, for the next loop iteration.
+    fn command(&mut self, cmd: NetCmd) {
+        if self.net.send(cmd) {
+            self.schedule_flush();
+        }
+    }
+
+    /// Schedules a `Wake::Flush` for the next loop iteration. Without a timer slot (the table
+    /// is full of blocking pops' time limits), the next command or tick flushes instead.
+    fn schedule_flush(&mut self) {
+        if !self.flush_due {
+            self.flush_due = self.timer.after(Duration::ZERO, Wake::Flush).is_ok();
         }
     }
 
@@ -144,7 +197,7 @@ impl Shard {
                 if let Some(b) = st.blocked.take() {
                     st.done = true;
                     self.forget_waits(conn, &b);
-                    self.send(conn, NetCmd::Close { conn });
+                    self.send(NetCmd::Close { conn });
                 }
                 self.finish_if_eof(conn);
             }
@@ -180,8 +233,8 @@ impl Shard {
         if st.stash.len() + data.len() > limit {
             let e = resp::error("ERR Protocol error: query buffer limit reached");
             st.done = true;
-            self.send(conn, NetCmd::Send { conn, data: e });
-            self.send(conn, NetCmd::Close { conn });
+            self.send(NetCmd::Send { conn, data: e });
+            self.send(NetCmd::Close { conn });
             return;
         }
         st.stash.extend_from_slice(data);
@@ -211,7 +264,7 @@ impl Shard {
         let Some(st) = self.conns.get_mut(conn) else { return };
         if st.eof && !st.waiting && !st.done {
             st.done = true;
-            self.send(conn, NetCmd::Close { conn });
+            self.send(NetCmd::Close { conn });
         }
     }
 
@@ -232,8 +285,8 @@ impl Shard {
                     if let Some(st) = self.conns.get_mut(conn) {
                         st.done = true;
                     }
-                    self.send(conn, NetCmd::Send { conn, data: resp::error(&format!("ERR {msg}")) });
-                    self.send(conn, NetCmd::Close { conn });
+                    self.send(NetCmd::Send { conn, data: resp::error(&format!("ERR {msg}")) });
+                    self.send(NetCmd::Close { conn });
                     pos = buf.len();
                     break;
                 }
@@ -246,11 +299,11 @@ impl Shard {
                     self.commands += 1;
                     let info = Info { clients: self.conns.len(), commands: self.commands };
                     match exec(&mut self.store, data, &args, now, info) {
-                        Outcome::Reply(r) => self.send(conn, NetCmd::Send { conn, data: r }),
-                        Outcome::Chain(c) => self.send(conn, NetCmd::SendChain { conn, data: c }),
+                        Outcome::Reply(r) => self.reply(conn, IoBufChain::from(r)),
+                        Outcome::Chain(c) => self.reply(conn, c),
                         Outcome::Close(r) => {
-                            self.send(conn, NetCmd::Send { conn, data: r });
-                            self.send(conn, NetCmd::Close { conn });
+                            self.send(NetCmd::Send { conn, data: r });
+                            self.send(NetCmd::Close { conn });
                             if let Some(st) = self.conns.get_mut(conn) {
                                 st.done = true;
                             }
@@ -272,7 +325,7 @@ impl Shard {
                             }
                             Err(_) => {
                                 let busy = resp::error("BUSY the slow stage is saturated, try again later");
-                                self.send(conn, NetCmd::Send { conn, data: busy });
+                                self.send(NetCmd::Send { conn, data: busy });
                             }
                         },
                     }
@@ -292,6 +345,7 @@ impl Shard {
             }
         }
         self.args = args;
+        self.send_replies();
         pos
     }
 
@@ -303,7 +357,7 @@ impl Shard {
         if st.done {
             return;
         }
-        self.send(conn, NetCmd::Send { conn, data: resp::OK.clone() });
+        self.send(NetCmd::Send { conn, data: resp::OK.clone() });
         self.run_stash(conn, now);
         self.run_unblocked(now);
     }
@@ -326,11 +380,11 @@ impl Shard {
         if let Some(t) = timeout {
             // `at`, not `after`: the limit counts from this command's loop time.
             let at = now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
-            match self.timer.at(at, BlockTimeout { conn, id }) {
+            match self.timer.at(at, Wake::Timeout(BlockTimeout { conn, id })) {
                 Ok(key) => timer = Some(key),
                 Err(_) => {
                     let busy = resp::error("BUSY too many blocked clients, try again later");
-                    self.send(conn, NetCmd::Send { conn, data: busy });
+                    self.send(NetCmd::Send { conn, data: busy });
                     return false;
                 }
             }
@@ -376,7 +430,20 @@ impl Shard {
         }
     }
 
-    /// The unblock stage's event: a blocking pop's time limit ran out.
+    /// The unblock stage's event.
+    fn wake(&mut self, w: Wake, now: Instant) {
+        match w {
+            Wake::Timeout(t) => self.timed_out(t, now),
+            Wake::Flush => {
+                self.flush_due = false;
+                if !self.net.flush() {
+                    self.schedule_flush();
+                }
+            }
+        }
+    }
+
+    /// A blocking pop's time limit ran out.
     fn timed_out(&mut self, t: BlockTimeout, now: Instant) {
         if self.conns.get_mut(t.conn).and_then(|st| st.blocked.as_ref()).is_some_and(|b| b.id == t.id) {
             self.unblock(t.conn, NetCmd::Send { conn: t.conn, data: resp::NIL_ARRAY.clone() });
@@ -390,7 +457,7 @@ impl Shard {
         let Some(b) = st.blocked.take() else { return };
         st.waiting = false;
         self.forget_waits(conn, &b);
-        self.send(conn, reply);
+        self.send(reply);
         self.unblocked.push(conn);
     }
 
@@ -1030,22 +1097,28 @@ impl Handler for Command {
         self.shard.borrow_mut().on_net(ev, cx.now());
     }
 
-    /// Active expiry: up to 1000 keys past their deadline per tick.
+    /// Active expiry: up to 1000 keys past their deadline per tick; and the outbox, if its retry
+    /// found no timer slot.
     fn tick(&mut self, cx: &mut Context<'_>) {
-        self.shard.borrow_mut().store.expire(cx.now(), 1000);
+        let mut shard = self.shard.borrow_mut();
+        shard.store.expire(cx.now(), 1000);
+        if !shard.net.is_empty() && !shard.flush_due && !shard.net.flush() {
+            shard.schedule_flush();
+        }
     }
 }
 
-/// The unblock stage: blocking pops whose time limit ran out (events from the shard's timer).
+/// The unblock stage: blocking pops whose time limit ran out, and retries of refused net
+/// commands (events from the shard's timer).
 pub struct Unblock {
     pub shard: SharedShard,
 }
 
 impl Handler for Unblock {
-    type Event = BlockTimeout;
+    type Event = Wake;
 
-    fn handle(&mut self, t: BlockTimeout, cx: &mut Context<'_>) {
-        self.shard.borrow_mut().timed_out(t, cx.now());
+    fn handle(&mut self, w: Wake, cx: &mut Context<'_>) {
+        self.shard.borrow_mut().wake(w, cx.now());
     }
 }
 
