@@ -322,12 +322,14 @@ impl ListenConfig {
         self
     }
 
-    /// Unsent output (queued buffers and file bytes not yet handed to the kernel) above which a
+    /// Unsent output (queued buffers and file bytes not yet taken by the kernel) above which a
     /// connection is backlogged (default 1 MiB): its stage gets [`NetEvent::Backlogged`], then
-    /// [`NetEvent::Drained`] once the unsent output is down to half. What one connection
-    /// holds in memory is this plus what it asked for before reads stopped (the answers to one
-    /// receive buffer's requests). Counting costs an add per send command and a subtract per
-    /// completion.
+    /// [`NetEvent::Drained`] once the unsent output is down to half. Each queued view also
+    /// counts as at least 4 KiB, since it may pin a whole pool buffer however few bytes it
+    /// holds. What one connection holds is this plus the answers to what it sent before its
+    /// reads stopped: the receives already under way, and its requests already inside the
+    /// stages (bounded by their queues). Counting costs an add per send command and a
+    /// subtract per completion.
     pub fn output_limit(mut self, bytes: usize) -> Self {
         self.output_limit = bytes.max(1);
         self
@@ -424,7 +426,7 @@ impl ConnectConfig {
 
     /// As [`ListenConfig::backpressure`].
     pub fn backpressure(mut self, on: bool) -> Self {
-        self.conn.backpressure = on;
+        self.conn = self.conn.backpressure(on);
         self
     }
 }
