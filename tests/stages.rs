@@ -271,8 +271,8 @@ fn a_second_server_on_a_taken_port_fails_instead_of_sharing_it() {
 #[test]
 fn an_outbox_keeps_what_the_next_stage_refuses_in_order() {
     // Each injected number fans out to 100 events for a stage whose queue holds 8: most are
-    // refused at first. The outbox keeps them in order and its owner retries them on its own
-    // timer (a zero-delay event), so every event arrives, in order, none twice.
+    // refused at first. The outbox keeps them in order and retries them on its owner's timer
+    // (a zero-delay event), so every event arrives, in order, none twice.
     #[derive(Debug)]
     enum Ev {
         Fan(u64),
@@ -283,19 +283,13 @@ fn an_outbox_keeps_what_the_next_stage_refuses_in_order() {
     let sa = bld.stage::<Ev>("fan", StageConfig::on([0]));
     let sb = bld.stage::<u64>("narrow", StageConfig::on([1]).capacity(8));
     bld.handler(sa, move |s| {
-        let mut out = Outbox::new(s.sink(sb));
-        let timer = s.timer(sa);
-        let mut due = false;
-        handler_fn(move |ev: Ev, _cx: &mut Context<'_>| {
-            let waits = match ev {
-                Ev::Fan(v) => (0..100).fold(false, |w, i| out.send(v * 100 + i) | w),
-                Ev::Retry => {
-                    due = false;
-                    !out.flush()
-                }
-            };
-            if waits && !due {
-                due = timer.after(Duration::ZERO, Ev::Retry).is_ok();
+        let mut out = Outbox::with_retry(s.sink(sb), s.timer(sa), || Ev::Retry);
+        handler_fn(move |ev: Ev, _cx: &mut Context<'_>| match ev {
+            Ev::Fan(v) => (0..100).for_each(|i| {
+                out.send(v * 100 + i);
+            }),
+            Ev::Retry => {
+                out.retry();
             }
         })
     });

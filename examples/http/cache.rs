@@ -163,8 +163,8 @@ pub enum CacheEvent {
 pub struct Cache {
     /// To the network stage. What it refuses waits here, in order, so responses keep their
     /// order and none is lost to a burst (a blocked connection's pipelined requests answered at
-    /// once); retried the next loop iteration. The network stage takes its whole queue each
-    /// visit, so this empties as fast as it fills.
+    /// once); retried the next loop iteration (`CacheEvent::Flush`). The network stage takes
+    /// its whole queue each visit, so this empties as fast as it fills.
     net: Outbox<NetCmd>,
     files: Sink<FileReq>,
     dynamic: Sink<Request>,
@@ -180,9 +180,6 @@ pub struct Cache {
     plain: PlainResponse,
     /// The loop clock of the event being handled (for the `Date:` line).
     now: Instant,
-    /// This stage's own timer: retries of `net`'s overflow.
-    retry: Timer<CacheEvent>,
-    nudged: bool,
 }
 
 /// The complete keep-alive `/plaintext` response, rebuilt when the `Date:` line changes.
@@ -236,9 +233,7 @@ impl Cache {
         retry: Timer<CacheEvent>,
     ) -> Cache {
         Cache {
-            retry,
-            nudged: false,
-            net: Outbox::new(net),
+            net: Outbox::with_retry(net, retry, || CacheEvent::Flush),
             files,
             dynamic,
             handle,
@@ -254,24 +249,7 @@ impl Cache {
 
     /// Hands `cmd` to the network stage, behind any it refused earlier (see `net`).
     fn command(&mut self, cmd: NetCmd) {
-        if self.net.send(cmd) {
-            self.nudge();
-        }
-    }
-
-    fn nudge(&mut self) {
-        if !self.nudged {
-            // Without a timer slot, the next batch's end flushes instead.
-            self.nudged = self.retry.after(Duration::ZERO, CacheEvent::Flush).is_ok();
-        }
-    }
-
-    /// Offers the refused commands again, in order, until one is refused.
-    fn flush(&mut self) {
-        self.nudged = false;
-        if !self.net.flush() {
-            self.nudge();
-        }
+        self.net.send(cmd);
     }
 
     fn send(&mut self, conn: Conn, chain: IoBufChain, close: bool) {
@@ -471,7 +449,9 @@ impl Handler for Cache {
                 None => self.process(req, now),
             },
             CacheEvent::Loaded { key, result } => self.loaded(key, result, now),
-            CacheEvent::Flush => self.flush(),
+            CacheEvent::Flush => {
+                self.net.retry();
+            }
             CacheEvent::Rendered { req, body } => {
                 self.respond_body(&req, "text/html; charset=utf-8", body);
                 // The dynamic stage's admission control holds this end-to-end time to its target.
@@ -482,8 +462,8 @@ impl Handler for Cache {
     }
 
     fn batch_done(&mut self, _n: usize, _cx: &mut Context<'_>) {
-        if !self.net.is_empty() && !self.nudged {
-            self.flush(); // the timer had no slot for the retry
+        if !self.net.is_empty() {
+            self.net.flush(); // in case the timer had no slot for the retry
         }
     }
 

@@ -102,8 +102,6 @@ pub struct Shard {
     /// Replies of the commands being run, all for `replies_to`, sent as one chain.
     replies: IoBufChain,
     replies_to: Option<Conn>,
-    /// A `Wake::Flush` is scheduled.
-    flush_due: bool,
 }
 
 pub type SharedShard = Rc<RefCell<Shard>>;
@@ -120,7 +118,7 @@ pub fn shard_here(make: impl FnOnce() -> Shard) -> SharedShard {
 impl Shard {
     pub fn new(net: Sink<NetCmd>, slow: Sink<SlowReq>, timer: Timer<Wake>, limits: Limits) -> Shard {
         Shard {
-            net: Outbox::new(net),
+            net: Outbox::with_retry(net, timer.clone(), || Wake::Flush),
             slow,
             limits,
             store: Store::default(),
@@ -133,7 +131,6 @@ impl Shard {
             unblocked: Vec::new(),
             replies: IoBufChain::new(),
             replies_to: None,
-            flush_due: false,
         }
     }
 
@@ -164,19 +161,11 @@ impl Shard {
     }
 
     /// Hands `cmd` to the net stage, behind any it refused earlier; a refused one waits in
-    /// the outbox, in order, for the next loop iteration.
+    /// the outbox, in order, retried on `Wake::Flush` the next loop iteration. (Without a
+    /// timer slot, the table being full of blocking pops' time limits, the next command or
+    /// tick flushes instead.)
     fn command(&mut self, cmd: NetCmd) {
-        if self.net.send(cmd) {
-            self.schedule_flush();
-        }
-    }
-
-    /// Schedules a `Wake::Flush` for the next loop iteration. Without a timer slot (the table
-    /// is full of blocking pops' time limits), the next command or tick flushes instead.
-    fn schedule_flush(&mut self) {
-        if !self.flush_due {
-            self.flush_due = self.timer.after(Duration::ZERO, Wake::Flush).is_ok();
-        }
+        self.net.send(cmd);
     }
 
     fn on_net(&mut self, ev: NetEvent, now: Instant) {
@@ -435,10 +424,7 @@ impl Shard {
         match w {
             Wake::Timeout(t) => self.timed_out(t, now),
             Wake::Flush => {
-                self.flush_due = false;
-                if !self.net.flush() {
-                    self.schedule_flush();
-                }
+                self.net.retry();
             }
         }
     }
@@ -1102,8 +1088,8 @@ impl Handler for Command {
     fn tick(&mut self, cx: &mut Context<'_>) {
         let mut shard = self.shard.borrow_mut();
         shard.store.expire(cx.now(), 1000);
-        if !shard.net.is_empty() && !shard.flush_due && !shard.net.flush() {
-            shard.schedule_flush();
+        if !shard.net.is_empty() {
+            shard.net.flush();
         }
     }
 }
