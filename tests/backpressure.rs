@@ -172,28 +172,38 @@ fn without_backpressure_the_handler_hears_of_the_backlog_and_reads_go_on() {
     amp.rt.shutdown();
 }
 
+/// A server whose one stage on worker 0 runs `f(event, net stage)`; also returns the net
+/// stage, for the test to inject commands.
+fn with_handler(
+    f: impl Fn(NetEvent, &Sink<NetCmd>) + Clone + Send + Sync + 'static,
+) -> (Runtime, std::net::SocketAddr, StageId<NetCmd>) {
+    let mut b = Runtime::builder(1).cpus([]);
+    let st = b.stage::<NetEvent>("handler", StageConfig::on([0]));
+    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), st);
+    b.handler(st, move |s| {
+        let (net, f) = (s.sink(net), f.clone());
+        handler_fn(move |ev: NetEvent, _cx: &mut Context<'_>| f(ev, &net))
+    });
+    let rt = b.start().unwrap();
+    let addr = rt.local_addr(l);
+    (rt, addr, net)
+}
+
 #[test]
 fn pause_reads_holds_a_connection_until_resume_reads() {
     let received = Arc::new(AtomicUsize::new(0));
     let paused: Arc<Mutex<Option<Conn>>> = Arc::new(Mutex::new(None));
-    let mut b = Runtime::builder(1).cpus([]);
-    let st = b.stage::<NetEvent>("pausing", StageConfig::on([0]));
-    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), st);
     let (r, p) = (received.clone(), paused.clone());
-    b.handler(st, move |s| {
-        let (net, r, p) = (s.sink(net), r.clone(), p.clone());
-        handler_fn(move |ev: NetEvent, _cx: &mut Context<'_>| {
-            if let NetEvent::Data { conn, data } = ev {
-                // The first bytes pause the connection.
-                if r.fetch_add(data.len(), Ordering::Relaxed) == 0 {
-                    net.try_enqueue(NetCmd::PauseReads { conn }).unwrap();
-                    *p.lock().unwrap() = Some(conn);
-                }
+    let (rt, addr, net) = with_handler(move |ev, net| {
+        if let NetEvent::Data { conn, data } = ev {
+            // The first bytes pause the connection.
+            if r.fetch_add(data.len(), Ordering::Relaxed) == 0 {
+                net.try_enqueue(NetCmd::PauseReads { conn }).unwrap();
+                *p.lock().unwrap() = Some(conn);
             }
-        })
+        }
     });
-    let rt = b.start().unwrap();
-    let mut s = connect(rt.local_addr(l));
+    let mut s = connect(addr);
     s.write_all(b"first").unwrap();
     wait_for("the pause", || paused.lock().unwrap().is_some());
     std::thread::sleep(Duration::from_millis(100)); // the cancel reaches the kernel
@@ -214,28 +224,21 @@ fn a_connection_paused_when_its_peer_finishes_sends_its_eof_once_resumed() {
     // Pausing and resuming around the peer's FIN neither loses the Eof nor reports it twice.
     let eofs = Arc::new(AtomicUsize::new(0));
     let conn_seen: Arc<Mutex<Option<Conn>>> = Arc::new(Mutex::new(None));
-    let mut b = Runtime::builder(1).cpus([]);
-    let st = b.stage::<NetEvent>("eofs", StageConfig::on([0]));
-    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), st);
     let (e, c) = (eofs.clone(), conn_seen.clone());
-    b.handler(st, move |s| {
-        let (net, e, c) = (s.sink(net), e.clone(), c.clone());
-        handler_fn(move |ev: NetEvent, _cx: &mut Context<'_>| match ev {
-            NetEvent::Opened { conn, .. } => {
-                net.try_enqueue(NetCmd::PauseReads { conn }).unwrap();
-                *c.lock().unwrap() = Some(conn);
-            }
-            NetEvent::Eof { conn } => {
-                e.fetch_add(1, Ordering::Relaxed);
-                // Pause and resume after the FIN: no second Eof may follow.
-                net.try_enqueue(NetCmd::PauseReads { conn }).unwrap();
-                net.try_enqueue(NetCmd::ResumeReads { conn }).unwrap();
-            }
-            _ => {}
-        })
+    let (rt, addr, net) = with_handler(move |ev, net| match ev {
+        NetEvent::Opened { conn, .. } => {
+            net.try_enqueue(NetCmd::PauseReads { conn }).unwrap();
+            *c.lock().unwrap() = Some(conn);
+        }
+        NetEvent::Eof { conn } => {
+            e.fetch_add(1, Ordering::Relaxed);
+            // Pause and resume after the FIN: no second Eof may follow.
+            net.try_enqueue(NetCmd::PauseReads { conn }).unwrap();
+            net.try_enqueue(NetCmd::ResumeReads { conn }).unwrap();
+        }
+        _ => {}
     });
-    let rt = b.start().unwrap();
-    let mut s = connect(rt.local_addr(l));
+    let mut s = connect(addr);
     wait_for("the open", || conn_seen.lock().unwrap().is_some());
     std::thread::sleep(Duration::from_millis(100));
     s.write_all(b"hello").unwrap();

@@ -30,6 +30,17 @@ fn accept_upstream(up: &TcpListener) -> TcpStream {
     s
 }
 
+/// A client of `proxy` and the upstream side of its pair, after `hello` went through.
+fn open_pair(up: &TcpListener, proxy: SocketAddr, hello: &[u8]) -> (TcpStream, TcpStream) {
+    let mut client = connect(proxy);
+    client.write_all(hello).unwrap();
+    let mut upstream = accept_upstream(up);
+    let mut got = vec![0; hello.len()];
+    upstream.read_exact(&mut got).unwrap();
+    assert_eq!(got, hello, "the first bytes reach the upstream");
+    (client, upstream)
+}
+
 /// Deterministic bytes, distinct per client and round.
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()
@@ -67,12 +78,9 @@ fn clients_reach_the_upstream_through_the_proxy_and_back() {
 #[test]
 fn a_client_closing_closes_its_upstream_connection() {
     let (up, proxy) = proxy_to_own_upstream(&[]);
-    let mut client = connect(proxy.addr);
-    client.write_all(b"hello").unwrap();
-    let mut server_side = accept_upstream(&up);
+    // Bytes sent before the upstream was connected are kept.
+    let (mut client, mut server_side) = open_pair(&up, proxy.addr, b"hello");
     let mut got = [0; 5];
-    server_side.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"hello", "bytes sent before the upstream was connected were kept");
     server_side.write_all(b"world").unwrap();
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"world");
@@ -119,21 +127,15 @@ fn a_client_that_does_not_read_stalls_only_its_own_pair() {
     // the proxy stops reading A's upstream once 64 KiB wait for A, so pair B, on the same
     // worker, keeps its round trips going; and A, once it reads, gets every byte.
     let (up, proxy) = proxy_to_own_upstream(&[]);
-    let mut a = connect(proxy.addr);
-    a.write_all(b"a").unwrap();
-    let mut a_up = accept_upstream(&up);
-    a_up.read_exact(&mut [0; 1]).unwrap();
+    let (mut a, a_up) = open_pair(&up, proxy.addr, b"a");
     let flood = bytes(1, 32 << 20);
     let mut w = a_up.try_clone().unwrap();
     let sent = flood.clone();
     let flooder = std::thread::spawn(move || w.write_all(&sent).unwrap());
     std::thread::sleep(Duration::from_millis(300)); // the flood reaches the proxy's limit
-    let mut b = connect(proxy.addr);
+    let (mut b, mut b_up) = open_pair(&up, proxy.addr, b"b");
     b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    b.write_all(b"b").unwrap();
-    let mut b_up = accept_upstream(&up);
     b_up.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    b_up.read_exact(&mut [0; 1]).unwrap();
     let t0 = Instant::now();
     for round in 0..50u64 {
         let msg = bytes(100 + round, 1000);
