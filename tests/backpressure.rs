@@ -256,3 +256,82 @@ fn a_connection_paused_when_its_peer_finishes_sends_its_eof_once_resumed() {
     assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err}");
     rt.shutdown();
 }
+
+#[test]
+fn pauses_resumes_and_backlogs_racing_lose_nothing() {
+    // An echo that pauses a connection's reads on every third receive, while another thread
+    // resumes every connection every millisecond, and an 8 KiB output limit backlogs the
+    // clients that read in small bites: cancels, re-arms, drains and resumes race on each
+    // connection. Every client must still get its bytes back, in order, and its close.
+    let conns: Arc<Mutex<Vec<Conn>>> = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (c, n) = (conns.clone(), seen.clone());
+    let mut b = Runtime::builder(1).cpus([]);
+    let st = b.stage::<NetEvent>("racing", StageConfig::on([0]));
+    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]).output_limit(8 << 10), st);
+    b.handler(st, move |s| {
+        let (net, c, n) = (s.sink(net), c.clone(), n.clone());
+        handler_fn(move |ev: NetEvent, _cx: &mut Context<'_>| {
+            let cmds = match ev {
+                NetEvent::Opened { conn, .. } => return c.lock().unwrap().push(conn),
+                NetEvent::Data { conn, data } => {
+                    let third = n.fetch_add(1, Ordering::Relaxed) % 3 == 0;
+                    [Some(NetCmd::Send { conn, data }), third.then_some(NetCmd::PauseReads { conn })]
+                }
+                NetEvent::Eof { conn } => [Some(NetCmd::Close { conn }), None],
+                _ => return,
+            };
+            for cmd in cmds.into_iter().flatten() {
+                net.try_enqueue(cmd).expect("the net stage takes the command");
+            }
+        })
+    });
+    let rt = b.start().unwrap();
+    let addr = rt.local_addr(l);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resumer = {
+        let (inj, conns, stop) = (rt.injector(net), conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for &conn in conns.lock().unwrap().iter() {
+                    let _ = inj.try_enqueue(NetCmd::ResumeReads { conn }); // a full queue: next round
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let clients: Vec<_> = (0..8u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let msg = pattern(100 + i, 1 << 20);
+                let mut s = connect(addr);
+                let mut w = s.try_clone().unwrap();
+                let out = msg.clone();
+                let writer = std::thread::spawn(move || {
+                    for c in out.chunks(3000) {
+                        w.write_all(c).unwrap();
+                    }
+                    w.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                // Small bites, so the echo backs up behind this reader now and then.
+                let mut got = Vec::with_capacity(msg.len());
+                let mut bite = vec![0u8; 1 + (i as usize * 997) % 8192];
+                loop {
+                    match s.read(&mut bite).expect("the echo keeps coming") {
+                        0 => break,
+                        k => got.extend_from_slice(&bite[..k]),
+                    }
+                }
+                writer.join().unwrap();
+                assert!(got == msg, "client {i}: {} of {} bytes, in order", got.len(), msg.len());
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    resumer.join().unwrap();
+    assert!(rt.metrics().total(|w| w.backlogged) > 0, "the output limit was reached too");
+    rt.shutdown();
+}
