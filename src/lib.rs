@@ -26,7 +26,7 @@ pub mod prelude {
     pub use crate::net::{Conn, ConnMap, ListenConfig, ListenerId, NetCmd, NetEvent};
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
     pub use crate::stage::{
-        handler_fn, Context, Handler, Injector, Outbox, Sink, StageConfig, StageId, Timer, TimerKey,
+        handler_fn, Context, Handler, Injector, Outbox, Sink, StageConfig, StageId, Timer, TimerKey, Waker,
     };
 }
 

@@ -268,31 +268,33 @@ fn a_second_server_on_a_taken_port_fails_instead_of_sharing_it() {
     }
 }
 
+/// Fans each number out to 100 events through an outbox, flushed when woken.
+struct Fan {
+    out: Outbox<u64>,
+}
+
+impl Handler for Fan {
+    type Event = u64;
+    fn handle(&mut self, v: u64, _cx: &mut Context<'_>) {
+        for i in 0..100 {
+            self.out.send(v * 100 + i);
+        }
+    }
+    fn woken(&mut self, _cx: &mut Context<'_>) {
+        self.out.flush();
+    }
+}
+
 #[test]
 fn an_outbox_keeps_what_the_next_stage_refuses_in_order() {
     // Each injected number fans out to 100 events for a stage whose queue holds 8: most are
-    // refused at first. The outbox keeps them in order and retries them on its owner's timer
-    // (a zero-delay event), so every event arrives, in order, none twice.
-    #[derive(Debug)]
-    enum Ev {
-        Fan(u64),
-        Retry,
-    }
+    // refused at first. The outbox keeps them in order and wakes its owner, whose `woken`
+    // offers them again the next loop iteration, so every event arrives, in order, none twice.
     let (tx, rx) = mpsc::channel();
     let mut bld = Runtime::builder(2).cpus([]);
-    let sa = bld.stage::<Ev>("fan", StageConfig::on([0]));
+    let sa = bld.stage::<u64>("fan", StageConfig::on([0]));
     let sb = bld.stage::<u64>("narrow", StageConfig::on([1]).capacity(8));
-    bld.handler(sa, move |s| {
-        let mut out = Outbox::with_retry(s.sink(sb), s.timer(sa), || Ev::Retry);
-        handler_fn(move |ev: Ev, _cx: &mut Context<'_>| match ev {
-            Ev::Fan(v) => (0..100).for_each(|i| {
-                out.send(v * 100 + i);
-            }),
-            Ev::Retry => {
-                out.retry();
-            }
-        })
-    });
+    bld.handler(sa, move |s| Fan { out: Outbox::with_waker(s.sink(sb), s.waker(sa)) });
     bld.handler(sb, move |_| {
         let tx = tx.clone();
         handler_fn(move |v: u64, _cx: &mut Context<'_>| tx.send(v).unwrap())
@@ -300,12 +302,53 @@ fn an_outbox_keeps_what_the_next_stage_refuses_in_order() {
     let rt = bld.start().unwrap();
     let inj = rt.injector(sa);
     for v in 0..100u64 {
-        inj.try_enqueue(Ev::Fan(v)).unwrap();
+        inj.try_enqueue(v).unwrap();
     }
     for want in 0..10_000u64 {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("every event arrives"), want);
     }
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "none twice");
     assert!(rt.metrics().stage("narrow").unwrap().refused > 0, "the narrow stage did refuse");
+    rt.shutdown();
+}
+
+/// Counts its wake-ups, and wakes itself again `more` times.
+struct Sleeper {
+    waker: Waker,
+    woken: mpsc::Sender<Instant>,
+    more: u32,
+}
+
+impl Handler for Sleeper {
+    type Event = ();
+    fn handle(&mut self, _: (), _cx: &mut Context<'_>) {
+        self.waker.wake();
+        self.waker.wake(); // twice before the hook runs: it runs once
+    }
+    fn woken(&mut self, _cx: &mut Context<'_>) {
+        self.woken.send(Instant::now()).unwrap();
+        if self.more > 0 {
+            self.more -= 1;
+            self.waker.wake();
+        }
+    }
+}
+
+#[test]
+fn a_waker_runs_the_hook_once_per_wake_and_keeps_a_sleeping_worker_up() {
+    // A 10 s tick: only the wake-up itself can get the worker round its loop again in time.
+    let (tx, rx) = mpsc::channel();
+    let mut bld = Runtime::builder(1).cpus([]).tick(Duration::from_secs(10));
+    let st = bld.stage::<()>("sleeper", StageConfig::on([0]));
+    bld.handler(st, move |s| Sleeper { waker: s.waker(st), woken: tx.clone(), more: 2 });
+    let rt = bld.start().unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // the worker goes to sleep
+    let t0 = Instant::now();
+    rt.injector(st).try_enqueue(()).unwrap();
+    for i in 0..3 {
+        let at = rx.recv_timeout(Duration::from_secs(2)).expect("the hook runs");
+        assert!(at.duration_since(t0) < Duration::from_secs(1), "wake-up {i} came in the next loop iterations");
+    }
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "once per wake-up: three in all");
     rt.shutdown();
 }

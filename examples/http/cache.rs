@@ -156,14 +156,12 @@ pub enum CacheEvent {
         key: Box<[u8]>,
         result: Result<Arc<Entry>, u16>,
     },
-    /// From this stage's own timer: offer the commands the network stage refused again.
-    Flush,
 }
 
 pub struct Cache {
     /// To the network stage. What it refuses waits here, in order, so responses keep their
     /// order and none is lost to a burst (a blocked connection's pipelined requests answered at
-    /// once); retried the next loop iteration (`CacheEvent::Flush`). The network stage takes
+    /// once); retried the next loop iteration (`Handler::woken`). The network stage takes
     /// its whole queue each visit, so this empties as fast as it fills.
     net: Outbox<NetCmd>,
     files: Sink<FileReq>,
@@ -230,10 +228,10 @@ impl Cache {
         dynamic: Sink<Request>,
         handle: Handle,
         shared: Arc<SharedCache>,
-        retry: Timer<CacheEvent>,
+        waker: Waker,
     ) -> Cache {
         Cache {
-            net: Outbox::with_retry(net, retry, || CacheEvent::Flush),
+            net: Outbox::with_waker(net, waker),
             files,
             dynamic,
             handle,
@@ -449,9 +447,6 @@ impl Handler for Cache {
                 None => self.process(req, now),
             },
             CacheEvent::Loaded { key, result } => self.loaded(key, result, now),
-            CacheEvent::Flush => {
-                self.net.retry();
-            }
             CacheEvent::Rendered { req, body } => {
                 self.respond_body(&req, "text/html; charset=utf-8", body);
                 // The dynamic stage's admission control holds this end-to-end time to its target.
@@ -461,10 +456,9 @@ impl Handler for Cache {
         }
     }
 
-    fn batch_done(&mut self, _n: usize, _cx: &mut Context<'_>) {
-        if !self.net.is_empty() {
-            self.net.flush(); // in case the timer had no slot for the retry
-        }
+    /// The network stage refused commands (see `net`): offer them again.
+    fn woken(&mut self, _cx: &mut Context<'_>) {
+        self.net.flush();
     }
 
     /// Drops local index entries the shared cache evicted or that went stale.

@@ -147,10 +147,10 @@ fn run(o: Opts) -> std::io::Result<()> {
     let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(o.send_timeout);
     let (net, listener) = b.listen(listen, parse);
     let limits = o.limits.clone();
-    b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), s.timer(parse), limits.clone()));
+    b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), s.waker(parse), limits.clone()));
     let sh = shared.clone();
     b.handler(cache, move |s| {
-        Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone(), s.timer(cache))
+        Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone(), s.waker(cache))
     });
     let work = o.work;
     b.handler(dynamic, move |s| dynamic::Dynamic { cache: s.sink(cache), net: s.sink(net), work, rendered: 0 });

@@ -5,8 +5,9 @@
 //! through the cache stage, behind the connection's earlier requests: a direct answer from here
 //! would overtake their responses, and a pipelining client would take the 503 for an earlier
 //! request. Until the refused request and those after it are in, the connection is held: its
-//! requests wait here in order and its reads are paused (TCP holds the rest), and the stage's
-//! timer retries the next loop iteration.
+//! requests wait here in order and its reads are paused (TCP holds the rest). The stage's
+//! `Waker` retries the held connections the next loop iteration, oldest hold first, up to the
+//! first refusal.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -106,17 +107,13 @@ struct HttpConn {
     resume: bool,
     /// Its answers are backlogged: the network stage is not reading it.
     backlogged: bool,
-    /// A retry is scheduled on the stage's timer. It comes as a `Drained`: the first `Drained`
-    /// after scheduling one is taken for it, so a real one may be taken for the retry and the
-    /// retry's for the real one. Either way each clears one pending thing, and `backlogged`
-    /// can only be cleared late (the deadline waits a little longer), never early.
-    nudged: bool,
 }
 
 impl HttpConn {
-    /// Whether this server, not the client, is holding up its input: a hold, or a backlog.
+    /// Whether this server, not the client, is holding up its input: a hold (until its
+    /// `ResumeReads` is sent), or a backlog.
     fn paused(&self) -> bool {
-        self.backlogged || !self.held.is_empty()
+        self.backlogged || !self.held.is_empty() || self.resume
     }
 
     /// Reads resume after a pause: the rest of a head cut by it could not arrive meanwhile, so
@@ -137,7 +134,6 @@ impl HttpConn {
             held: VecDeque::new(),
             resume: false,
             backlogged: false,
-            nudged: false,
         }
     }
 }
@@ -145,16 +141,17 @@ impl HttpConn {
 pub struct Parse {
     pub net: Sink<NetCmd>,
     pub cache: Sink<CacheEvent>,
-    /// This stage's own timer on this worker: retries of held connections (as `Drained`).
-    retry: Timer<NetEvent>,
+    /// This replica's own waker: retries of the held connections (`Handler::woken`).
+    waker: Waker,
     pub limits: Limits,
     conns: ConnMap<HttpConn>,
     /// The loop clock of the event being handled (header deadlines, request receive times).
     now: Instant,
     /// Scratch list of the requests one receive completed (kept to avoid an allocation each).
     out: Vec<Request>,
-    /// Connections with requests held (see the module docs).
-    holding: usize,
+    /// Connections with requests held, or a `ResumeReads` still to send, oldest first (see the
+    /// module docs).
+    holding: VecDeque<Conn>,
 }
 
 /// How a request's body is framed.
@@ -172,8 +169,9 @@ enum Parsed {
 }
 
 impl Parse {
-    pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, retry: Timer<NetEvent>, limits: Limits) -> Parse {
-        Parse { net, cache, retry, limits, conns: ConnMap::new(), now: Instant::now(), out: Vec::new(), holding: 0 }
+    pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, waker: Waker, limits: Limits) -> Parse {
+        let holding = VecDeque::new();
+        Parse { net, cache, waker, limits, conns: ConnMap::new(), now: Instant::now(), out: Vec::new(), holding }
     }
 
     /// The client finished sending (it may half-close after its last request and wait for the
@@ -196,7 +194,7 @@ impl Parse {
     fn submit(&mut self, req: Request) {
         let conn = req.conn;
         // Only while some connection is held does a request need its connection looked up.
-        if self.holding > 0 {
+        if !self.holding.is_empty() {
             if let Some(st) = self.conns.get_mut(conn).filter(|st| !st.held.is_empty()) {
                 return st.held.push_back(req);
             }
@@ -205,55 +203,40 @@ impl Parse {
         let Some(st) = self.conns.get_mut(conn) else { return };
         shed(&mut req);
         st.held.push_back(req);
-        self.holding += 1;
+        if !st.resume {
+            self.holding.push_back(conn); // (with `resume` it is listed already)
+        }
         // Refused, the pause stays unsent: this connection is read on, its requests joining the
         // hold, until the next one.
         let _ = self.net.try_enqueue(NetCmd::PauseReads { conn });
-        self.nudge(conn);
-    }
-
-    /// Schedules a retry of a held connection for the next loop iteration. Without a timer slot
-    /// (the table is full), the next event from the network stage for it retries instead.
-    fn nudge(&mut self, conn: Conn) {
-        let Some(st) = self.conns.get_mut(conn) else { return };
-        if !st.nudged {
-            st.nudged = self.retry.after(Duration::ZERO, NetEvent::Drained { conn }).is_ok();
-        }
+        self.waker.wake();
     }
 
     /// Offers a held connection's requests to the cache stage again, in order; once all are
-    /// in, resumes its reads.
-    fn retry(&mut self, conn: Conn) {
-        let Some(st) = self.conns.get_mut(conn) else { return };
-        let was_held = !st.held.is_empty();
+    /// in, resumes its reads. Returns whether it is still held (or its resume still unsent).
+    fn retry(&mut self, conn: Conn) -> bool {
+        let Some(st) = self.conns.get_mut(conn) else { return false };
         while let Some(req) = st.held.pop_front() {
             if let Err(CacheEvent::Req(mut req)) = self.cache.try_enqueue(CacheEvent::Req(req)) {
                 shed(&mut req);
                 st.held.push_front(req);
-                return self.nudge(conn);
+                return true;
             }
             st.resume = true;
         }
-        if was_held {
-            self.holding -= 1;
-        }
         if st.resume {
             st.resume = self.net.try_enqueue(NetCmd::ResumeReads { conn }).is_err();
-            if st.resume {
-                return self.nudge(conn);
+            if !st.resume {
+                st.restart_deadline(self.now);
             }
-            st.restart_deadline(self.now);
         }
+        st.resume
     }
 
     fn on_data(&mut self, conn: Conn, mut data: IoBuf, now: Instant) {
         let limits = self.limits.clone();
         // Requests completed by this receive; the list's allocation is kept across events.
         let mut out = std::mem::take(&mut self.out);
-        if self.holding > 0 && self.conns.get(conn).is_some_and(|st| !st.held.is_empty() && !st.nudged) {
-            // A retry could not be scheduled: this event takes its place.
-            self.retry(conn);
-        }
         let Some(st) = self.conns.get_mut(conn) else { return };
         if st.done {
             return;
@@ -457,23 +440,18 @@ impl Handler for Parse {
             NetEvent::Data { conn, data } => self.on_data(conn, data, self.now),
             NetEvent::Eof { conn } => self.on_eof(conn),
             NetEvent::Closed { conn } => {
-                if self.conns.remove(conn).is_some_and(|st| !st.held.is_empty()) {
-                    self.holding -= 1;
+                if self.conns.remove(conn).is_some_and(|st| !st.held.is_empty() || st.resume) {
+                    self.holding.retain(|&c| c != conn);
                 }
             }
-            // From the network stage, a connection's output drained; from this stage's timer, a
-            // held connection's retry. Either way, try its held requests again.
+            // Its answers drained: the network stage reads it again.
             NetEvent::Drained { conn } => {
-                let Some(st) = self.conns.get_mut(conn) else { return };
-                if st.nudged {
-                    st.nudged = false; // the retry (see `HttpConn::nudged`)
-                } else if st.backlogged {
+                if let Some(st) = self.conns.get_mut(conn) {
                     st.backlogged = false;
                     if st.held.is_empty() {
                         st.restart_deadline(self.now);
                     }
                 }
-                self.retry(conn);
             }
             // A client that does not read its answers is not read either (the listener's
             // backpressure) until they drain; its header deadline waits meanwhile.
@@ -502,6 +480,21 @@ impl Handler for Parse {
         }
         for conn in late {
             self.submit(Request::error(conn, 408));
+        }
+    }
+
+    /// Retries the held connections, oldest hold first, until the cache stage refuses one
+    /// (the rest would be refused too); wakes again while any is still held.
+    fn woken(&mut self, cx: &mut Context<'_>) {
+        self.now = cx.now();
+        while let Some(&conn) = self.holding.front() {
+            if self.retry(conn) {
+                break;
+            }
+            self.holding.pop_front();
+        }
+        if !self.holding.is_empty() {
+            self.waker.wake();
         }
     }
 }

@@ -11,7 +11,7 @@
 //! The replies to the commands of one receive leave as one chain (one command to the net stage
 //! however deep the pipeline: `redis-cli --pipe` sends hundreds of commands per receive). A
 //! command the net stage refuses waits, in order, with any after it, and is offered again the
-//! next loop iteration: a burst delays replies, never drops them.
+//! next loop iteration (the command stage's `woken`): a burst delays replies, never drops them.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -56,14 +56,6 @@ pub struct BlockTimeout {
     id: u64,
 }
 
-/// What the shard's timer hands the unblock stage.
-pub enum Wake {
-    /// A blocking pop's time limit.
-    Timeout(BlockTimeout),
-    /// Offer the commands the net stage refused again.
-    Flush,
-}
-
 /// What running one command produced.
 enum Outcome {
     Reply(IoBuf),
@@ -95,8 +87,8 @@ pub struct Shard {
     /// Connections blocked on each key, first come first served.
     waiters: HashMap<Box<[u8]>, VecDeque<(Conn, u64)>>,
     next_block: u64,
-    /// Delivers blocking pops' time limits and outbox retries to the unblock stage (this core).
-    timer: Timer<Wake>,
+    /// Delivers blocking pops' time limits to the unblock stage (on this core).
+    timer: Timer<BlockTimeout>,
     /// Connections just unblocked, whose waiting commands are to run.
     unblocked: Vec<Conn>,
     /// Replies of the commands being run, all for `replies_to`, sent as one chain.
@@ -116,9 +108,16 @@ pub fn shard_here(make: impl FnOnce() -> Shard) -> SharedShard {
 }
 
 impl Shard {
-    pub fn new(net: Sink<NetCmd>, slow: Sink<SlowReq>, timer: Timer<Wake>, limits: Limits) -> Shard {
+    /// `waker` is the command stage's: the outbox to the net stage wakes it to retry.
+    pub fn new(
+        net: Sink<NetCmd>,
+        slow: Sink<SlowReq>,
+        timer: Timer<BlockTimeout>,
+        waker: Waker,
+        limits: Limits,
+    ) -> Shard {
         Shard {
-            net: Outbox::with_retry(net, timer.clone(), || Wake::Flush),
+            net: Outbox::with_waker(net, waker),
             slow,
             limits,
             store: Store::default(),
@@ -161,9 +160,7 @@ impl Shard {
     }
 
     /// Hands `cmd` to the net stage, behind any it refused earlier; a refused one waits in
-    /// the outbox, in order, retried on `Wake::Flush` the next loop iteration. (Without a
-    /// timer slot, the table being full of blocking pops' time limits, the next command or
-    /// tick flushes instead.)
+    /// the outbox, in order, retried by the command stage's `woken` the next loop iteration.
     fn command(&mut self, cmd: NetCmd) {
         self.net.send(cmd);
     }
@@ -369,7 +366,7 @@ impl Shard {
         if let Some(t) = timeout {
             // `at`, not `after`: the limit counts from this command's loop time.
             let at = now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
-            match self.timer.at(at, Wake::Timeout(BlockTimeout { conn, id })) {
+            match self.timer.at(at, BlockTimeout { conn, id }) {
                 Ok(key) => timer = Some(key),
                 Err(_) => {
                     let busy = resp::error("BUSY too many blocked clients, try again later");
@@ -419,17 +416,7 @@ impl Shard {
         }
     }
 
-    /// The unblock stage's event.
-    fn wake(&mut self, w: Wake, now: Instant) {
-        match w {
-            Wake::Timeout(t) => self.timed_out(t, now),
-            Wake::Flush => {
-                self.net.retry();
-            }
-        }
-    }
-
-    /// A blocking pop's time limit ran out.
+    /// The unblock stage's event: a blocking pop's time limit ran out.
     fn timed_out(&mut self, t: BlockTimeout, now: Instant) {
         if self.conns.get_mut(t.conn).and_then(|st| st.blocked.as_ref()).is_some_and(|b| b.id == t.id) {
             self.unblock(t.conn, NetCmd::Send { conn: t.conn, data: resp::NIL_ARRAY.clone() });
@@ -1083,28 +1070,27 @@ impl Handler for Command {
         self.shard.borrow_mut().on_net(ev, cx.now());
     }
 
-    /// Active expiry: up to 1000 keys past their deadline per tick; and the outbox, if its retry
-    /// found no timer slot.
+    /// Active expiry: up to 1000 keys past their deadline per tick.
     fn tick(&mut self, cx: &mut Context<'_>) {
-        let mut shard = self.shard.borrow_mut();
-        shard.store.expire(cx.now(), 1000);
-        if !shard.net.is_empty() {
-            shard.net.flush();
-        }
+        self.shard.borrow_mut().store.expire(cx.now(), 1000);
+    }
+
+    /// The net stage refused replies (the shard's outbox): offer them again.
+    fn woken(&mut self, _cx: &mut Context<'_>) {
+        self.shard.borrow_mut().net.flush();
     }
 }
 
-/// The unblock stage: blocking pops whose time limit ran out, and retries of refused net
-/// commands (events from the shard's timer).
+/// The unblock stage: blocking pops whose time limit ran out (events from the shard's timer).
 pub struct Unblock {
     pub shard: SharedShard,
 }
 
 impl Handler for Unblock {
-    type Event = Wake;
+    type Event = BlockTimeout;
 
-    fn handle(&mut self, w: Wake, cx: &mut Context<'_>) {
-        self.shard.borrow_mut().wake(w, cx.now());
+    fn handle(&mut self, t: BlockTimeout, cx: &mut Context<'_>) {
+        self.shard.borrow_mut().timed_out(t, cx.now());
     }
 }
 

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use ringstage::prelude::*;
 
-use command::{shard_here, Command, Resume, Shard, Unblock, Wake};
+use command::{shard_here, BlockTimeout, Command, Resume, Shard, Unblock};
 use resp::Limits;
 use slow::{Slow, SlowDone, SlowReq};
 
@@ -105,9 +105,8 @@ fn run(o: Opts) -> std::io::Result<()> {
     let mut b = Runtime::builder(2).cpus([o.cpu, slow_cpu]).signals(true);
     let command = b.stage::<NetEvent>("command", StageConfig::on([0]).capacity(o.capacity));
     let resume = b.stage::<SlowDone>("resume", StageConfig::on([0]).capacity(o.capacity));
-    // Blocking pops' time limits, and retries of refused net commands: the shard's timer hands
-    // them to this stage on worker 0. A full table refuses blocking pops with a time limit.
-    let unblock = b.stage::<Wake>("unblock", StageConfig::on([0]).timers(o.max_blocked));
+    // Blocking pops' time limits: the shard's timer hands them to this stage on worker 0.
+    let unblock = b.stage::<BlockTimeout>("unblock", StageConfig::on([0]).timers(o.max_blocked));
     // One command per visit: the worker checks for new work between slow commands.
     let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).capacity(o.slow_capacity).batch(1));
     let listen = ListenConfig::new(o.addr, [0]).idle_timeout(o.idle);
@@ -115,8 +114,9 @@ fn run(o: Opts) -> std::io::Result<()> {
     let limits = o.limits.clone();
     // Both stages of worker 0 get the same shard: the first to be set up creates it (and
     // takes its sinks).
-    let make_shard =
-        move |s: &mut Setup<'_>| shard_here(|| Shard::new(s.sink(net), s.sink(slow), s.timer(unblock), limits.clone()));
+    let make_shard = move |s: &mut Setup<'_>| {
+        shard_here(|| Shard::new(s.sink(net), s.sink(slow), s.timer(unblock), s.waker(command), limits.clone()))
+    };
     let (make, make2) = (make_shard.clone(), make_shard.clone());
     b.handler(command, move |s| Command { shard: make(s) });
     b.handler(resume, move |s| Resume { shard: make2(s) });

@@ -192,6 +192,7 @@ impl Builder {
             let (remote, inject) = s.take_consumer::<H::Event>(idx);
             let local = s.local::<H::Event>(idx);
             let timers = s.timer_table::<H::Event>(idx);
+            let woken = s.waker_flag(idx);
             let batch = s.meta[idx].cfg.batch;
             let admission = s.controller(idx);
             let batcher = s.meta[idx].cfg.batching.clone().map(crate::control::BatchController::new);
@@ -200,6 +201,7 @@ impl Builder {
                 handler,
                 local,
                 timers,
+                woken,
                 remote,
                 inject,
                 batch,
@@ -515,6 +517,7 @@ pub struct Setup<'a> {
     sinks: Vec<Option<Rc<dyn Any>>>,
     locals: Vec<Option<Rc<dyn Any>>>,
     timers: Vec<Option<Rc<dyn Any>>>,
+    wakers: Vec<Option<Rc<Cell<bool>>>>,
     counters: Arc<WorkerCounters>,
     wake: Rc<Cell<u64>>,
     clock: Rc<Cell<u32>>,
@@ -621,6 +624,27 @@ impl Setup<'_> {
             self.worker
         );
         crate::stage::Timer::new(self.timer_table::<E>(id.idx), self.now.clone())
+    }
+
+    /// A [`Waker`](crate::stage::Waker) for stage `id`'s replica on this worker: waking it runs
+    /// that replica's [`Handler::woken`] hook in the worker's next loop iteration. Typically
+    /// taken by the stage's own handler, to retry what a full queue refused (see
+    /// [`Outbox::with_waker`](crate::stage::Outbox::with_waker)).
+    ///
+    /// # Panics
+    /// If stage `id` has no replica on this worker, or `id` belongs to another builder.
+    pub fn waker<E: Send + 'static>(&mut self, id: StageId<E>) -> crate::stage::Waker {
+        let name = &self.meta[id.idx].name;
+        assert!(
+            self.meta[id.idx].cfg.workers.contains(&self.worker),
+            "stage '{name}' has no replica on worker {}: a waker wakes a replica on its own worker",
+            self.worker
+        );
+        crate::stage::Waker::new(self.waker_flag(id.idx))
+    }
+
+    pub(crate) fn waker_flag(&mut self, idx: usize) -> Rc<Cell<bool>> {
+        self.wakers[idx].get_or_insert_with(|| Rc::new(Cell::new(false))).clone()
     }
 
     pub(crate) fn timer_table<E: Send + 'static>(&mut self, idx: usize) -> Rc<crate::stage::TimerTable<E>> {

@@ -53,9 +53,10 @@ pub(crate) struct EndpointPlan {
 
 /// A stage replica with its event type erased.
 pub(crate) trait ReplicaDyn {
-    /// Handles up to one batch of queued events; returns how many.
+    /// Runs the `woken` hook if a wake-up is pending, then handles up to one batch of queued
+    /// events; returns how many (a wake-up counts as one).
     fn run(&mut self, io: &mut Io) -> usize;
-    /// Whether any event is queued.
+    /// Whether any event is queued, or a wake-up pending.
     fn has_work(&mut self) -> bool;
     /// Runs the handler's periodic hook.
     fn tick(&mut self, io: &mut Io);
@@ -68,6 +69,8 @@ pub(crate) struct Replica<H: Handler> {
     pub(crate) handler: H,
     pub(crate) local: Rc<LocalQueue<H::Event>>,
     pub(crate) timers: Rc<TimerTable<H::Event>>,
+    /// Set by the replica's `Waker`: run `Handler::woken` at the start of the next visit.
+    pub(crate) woken: Rc<Cell<bool>>,
     pub(crate) remote: Vec<spsc::Consumer<Stamped<H::Event>>>,
     pub(crate) inject: Arc<mpsc::Queue<Stamped<H::Event>>>,
     pub(crate) batch: usize,
@@ -107,6 +110,10 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
         let c = &self.counters.stages[self.stage];
         let mut cx = Context { io };
         let mut t0 = None;
+        let woke = self.woken.replace(false);
+        if woke {
+            self.handler.woken(&mut cx);
+        }
         // Due timers first: they were admitted when scheduled, and are late already.
         while n < self.batch {
             let Some((ev, late)) = self.timers.pop_due(cx.io.now) else { break };
@@ -156,7 +163,7 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
         }
         let queued = self.local.len() + self.inject.len() + self.remote.iter().map(|r| r.len()).sum::<usize>();
         c.queued.set(queued as u64);
-        n
+        n + usize::from(woke)
     }
 
     fn tick(&mut self, io: &mut Io) {
@@ -171,7 +178,7 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
     }
 
     fn has_work(&mut self) -> bool {
-        self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter().any(|r| !r.is_empty())
+        self.woken.get() || self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter().any(|r| !r.is_empty())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -261,6 +268,7 @@ impl Worker {
             sinks: (0..nstages).map(|_| None).collect(),
             locals: (0..nstages).map(|_| None).collect(),
             timers: (0..nstages).map(|_| None).collect(),
+            wakers: (0..nstages).map(|_| None).collect(),
             counters: counters.clone(),
             wake: wake.clone(),
             clock: clock.clone(),

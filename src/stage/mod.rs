@@ -18,6 +18,7 @@ pub(crate) mod injector;
 mod outbox;
 mod sink;
 mod timer;
+mod waker;
 
 use std::marker::PhantomData;
 
@@ -27,6 +28,7 @@ pub use sink::Sink;
 pub(crate) use sink::{LocalQueue, SinkInner};
 pub(crate) use timer::TimerTable;
 pub use timer::{Timer, TimerKey};
+pub use waker::Waker;
 
 use crate::runtime::io::Io;
 
@@ -194,6 +196,11 @@ pub trait Handler: 'static {
     /// Called about once per runtime tick (see [`crate::runtime::Builder::tick`]), for
     /// deadlines and housekeeping. Does nothing by default.
     fn tick(&mut self, _cx: &mut Context<'_>) {}
+
+    /// Called at the start of the replica's next visit after its [`Waker`] was woken (see
+    /// [`crate::runtime::Setup::waker`]): the place to retry work a full queue refused. Does
+    /// nothing by default.
+    fn woken(&mut self, _cx: &mut Context<'_>) {}
 }
 
 /// A [`Handler`] made from a closure; see [`handler_fn`].
