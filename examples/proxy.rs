@@ -56,7 +56,10 @@ impl End {
 }
 
 struct Proxy {
-    net: Sink<NetCmd>,
+    /// To the network stage. A command it refuses (its queue full) waits here, in order with
+    /// those after it, and goes the next loop iteration (`woken`): no byte of a stream is
+    /// dropped and no pair is cut for a burst.
+    net: Outbox<NetCmd>,
     connector: ConnectorId,
     upstream: SocketAddr,
     ends: ConnMap<End>,
@@ -65,31 +68,20 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// Queues `data` on `to`; if the network stage is full, ends both connections rather
-    /// than lose bytes in the middle of a stream.
-    fn forward(&mut self, from: Conn, to: Conn, data: IoBufChain) {
-        if self.net.try_enqueue(NetCmd::SendChain { conn: to, data }).is_err() {
-            self.close(from);
-            self.close(to);
-        }
+    /// Queues `data` on `to`.
+    fn forward(&mut self, to: Conn, data: IoBufChain) {
+        self.net.send(NetCmd::SendChain { conn: to, data });
     }
 
-    fn close(&self, conn: Conn) {
-        // A refused close (the network stage is full) is retried by the peer's own close, or
-        // left to the idle timeout; nothing else can be done here without blocking.
-        if self.net.try_enqueue(NetCmd::Close { conn }).is_err() {
-            eprintln!("proxy: network stage full, close of {conn:?} deferred");
-        }
+    fn close(&mut self, conn: Conn) {
+        self.net.send(NetCmd::Close { conn });
     }
 
     fn opened(&mut self, client: Conn, worker: usize) {
         self.ends.insert(client, End::new(None));
         let tag = self.dialing.insert(client);
         let dial = NetCmd::Connect { connector: self.connector, addr: self.upstream, worker, tag: tag as u64 };
-        if self.net.try_enqueue(dial).is_err() {
-            self.dialing.remove(tag);
-            self.close(client);
-        }
+        self.net.send(dial);
     }
 
     fn connected(&mut self, up: Conn, tag: u64) {
@@ -101,7 +93,7 @@ impl Proxy {
         let (early, client_eof) = (std::mem::take(&mut end.early), end.eof);
         self.ends.insert(up, End::new(Some(client)));
         if !early.is_empty() {
-            self.forward(client, up, early);
+            self.forward(up, early);
         }
         if client_eof {
             self.shutdown(up);
@@ -109,10 +101,8 @@ impl Proxy {
     }
 
     /// Passes a FIN on: `to` gets one once what was queued for it is sent.
-    fn shutdown(&self, to: Conn) {
-        if self.net.try_enqueue(NetCmd::Shutdown { conn: to }).is_err() {
-            self.close(to);
-        }
+    fn shutdown(&mut self, to: Conn) {
+        self.net.send(NetCmd::Shutdown { conn: to });
     }
 
     /// `conn` finished sending: pass the FIN on to its peer, and close the pair once both have.
@@ -140,7 +130,7 @@ impl Proxy {
         match self.ends.get_mut(conn) {
             Some(End { peer: Some(peer), .. }) => {
                 let peer = *peer;
-                self.forward(conn, peer, IoBufChain::from(data));
+                self.forward(peer, IoBufChain::from(data));
             }
             Some(End { peer: None, early, .. }) => {
                 if early.len() + data.len() > EARLY_MAX {
@@ -155,14 +145,10 @@ impl Proxy {
 
     /// `conn` has too much waiting for it (`pause`) or is down to half again: stop or restart
     /// reading the side that sends to it. (An upstream still connecting has nothing queued.)
-    fn reads_of_peer(&self, conn: Conn, pause: bool) {
+    fn reads_of_peer(&mut self, conn: Conn, pause: bool) {
         let Some(peer) = self.ends.get(conn).and_then(|e| e.peer) else { return };
         let cmd = if pause { NetCmd::PauseReads { conn: peer } } else { NetCmd::ResumeReads { conn: peer } };
-        if self.net.try_enqueue(cmd).is_err() {
-            // Losing either command would leave the pair unbounded or stuck: end it instead.
-            self.close(conn);
-            self.close(peer);
-        }
+        self.net.send(cmd);
     }
 
     fn closed(&mut self, conn: Conn) {
@@ -187,6 +173,11 @@ impl Handler for Proxy {
             NetEvent::Backlogged { conn } => self.reads_of_peer(conn, true),
             NetEvent::Drained { conn } => self.reads_of_peer(conn, false),
         }
+    }
+
+    /// The network stage refused commands: offer them again.
+    fn woken(&mut self, _cx: &mut Context<'_>) {
+        self.net.flush();
     }
 }
 
@@ -245,7 +236,7 @@ fn main() -> std::io::Result<()> {
         .backpressure(false);
     let (_, connector) = b.connector(dial, proxy);
     b.handler(proxy, move |s| Proxy {
-        net: s.sink(net),
+        net: Outbox::with_waker(s.sink(net), s.waker(proxy)),
         connector,
         upstream,
         ends: ConnMap::new(),
