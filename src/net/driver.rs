@@ -664,16 +664,10 @@ impl Io {
 
     /// Executes a command from a handler stage.
     pub(crate) fn net_command(&mut self, cmd: NetCmd) {
-        let conn = match cmd {
-            NetCmd::Connect { connector, addr, tag, .. } => return self.connect(connector, addr, tag),
-            NetCmd::Send { conn, .. }
-            | NetCmd::SendChain { conn, .. }
-            | NetCmd::SendFile { conn, .. }
-            | NetCmd::Close { conn }
-            | NetCmd::Shutdown { conn }
-            | NetCmd::PauseReads { conn }
-            | NetCmd::ResumeReads { conn } => conn,
-        };
+        if let NetCmd::Connect { connector, addr, tag, .. } = cmd {
+            return self.connect(connector, addr, tag);
+        }
+        let Some(conn) = cmd.conn() else { return }; // every other command names a connection
         let idx = conn.idx as usize;
         let live = self.net.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !c.close_submitted && !c.aborting());
         if !live || conn.worker() != self.worker {
