@@ -13,6 +13,14 @@ use common::*;
 use ringstage::control::CoreConfig;
 use ringstage::prelude::*;
 
+/// Writes `msg` on `s` and reads as many bytes back, asserting they are `msg` (`what` says why).
+fn echo_once(s: &mut TcpStream, msg: &[u8], what: &str) {
+    s.write_all(msg).unwrap();
+    let mut got = vec![0; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, msg, "{what}");
+}
+
 fn many_clients(workers: usize, echo_worker: usize) {
     let (rt, addr) = echo_server(Runtime::builder(workers), echo_worker, |c| c);
     let clients: Vec<_> = (0..32)
@@ -21,10 +29,7 @@ fn many_clients(workers: usize, echo_worker: usize) {
                 let mut s = connect(addr);
                 for round in 0..20u64 {
                     let msg = pattern(i * 1000 + round, 1 + ((i * 37 + round * 101) % 3000) as usize);
-                    s.write_all(&msg).unwrap();
-                    let mut got = vec![0; msg.len()];
-                    s.read_exact(&mut got).unwrap();
-                    assert_eq!(got, msg);
+                    echo_once(&mut s, &msg, "echoed unchanged");
                 }
             })
         })
@@ -264,11 +269,7 @@ fn commands_of_one_batch_leave_in_one_gathered_send() {
     let mut s = connect(addr);
     let rounds = 100;
     for round in 0..rounds {
-        let msg = pattern(round, 64);
-        s.write_all(&msg).unwrap();
-        let mut got = vec![0; msg.len()];
-        s.read_exact(&mut got).unwrap();
-        assert_eq!(got, msg, "pieces arrive in command order");
+        echo_once(&mut s, &pattern(round, 64), "pieces arrive in command order");
     }
     let m = rt.metrics();
     let sends = m.total(|w| w.sends);
@@ -435,11 +436,7 @@ fn track_connections(
             std::thread::spawn(move || {
                 let mut s = connect(addr);
                 for r in 0..rounds {
-                    let msg = pattern(i * 100 + r, 64);
-                    s.write_all(&msg).unwrap();
-                    let mut got = vec![0; msg.len()];
-                    s.read_exact(&mut got).unwrap();
-                    assert_eq!(got, msg);
+                    echo_once(&mut s, &pattern(i * 100 + r, 64), "echoed unchanged");
                 }
             })
         })

@@ -41,6 +41,14 @@ fn open_pair(up: &TcpListener, proxy: SocketAddr, hello: &[u8]) -> (TcpStream, T
     (client, upstream)
 }
 
+/// The proxy (two workers) in front of the echo example; keep both alive.
+fn proxy_to_echo() -> (example::Server, example::Server) {
+    let echo = example::start("echo", &[]);
+    let upstream = echo.addr.to_string();
+    let proxy = example::start("proxy", &["--upstream", &upstream, "--workers", "2"]);
+    (echo, proxy)
+}
+
 /// Deterministic bytes, distinct per client and round.
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()
@@ -48,9 +56,7 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn clients_reach_the_upstream_through_the_proxy_and_back() {
-    let echo = example::start("echo", &[]);
-    let upstream = echo.addr.to_string();
-    let proxy = example::start("proxy", &["--upstream", &upstream, "--workers", "2"]);
+    let (_echo, proxy) = proxy_to_echo();
     let addr = proxy.addr;
     let clients: Vec<_> = (0..16u64)
         .map(|i| {
@@ -162,9 +168,7 @@ fn open_fds(pid: u32) -> usize {
 
 #[test]
 fn clients_that_vanish_in_every_way_leave_nothing_behind() {
-    let echo = example::start("echo", &[]);
-    let upstream = echo.addr.to_string();
-    let proxy = example::start("proxy", &["--upstream", &upstream, "--workers", "2"]);
+    let (_echo, proxy) = proxy_to_echo();
     let addr = proxy.addr;
     connect(addr).write_all(b"warm").unwrap(); // the runtime's own descriptors are all open now
     std::thread::sleep(Duration::from_millis(200));
