@@ -444,3 +444,18 @@ impl Handler for NetStage {
         cx.io.net_flush_sends();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command is moved into a stage queue with its stamp, out of it, and into the
+    /// driver: at 128 bytes or less the compiler does each move with a few vector stores, above
+    /// it with a `memcpy` call (a profile of the echo example showed ~1.4% of the server's CPU
+    /// in those calls at 136 bytes).
+    #[test]
+    fn a_stamped_command_fits_in_two_cache_lines() {
+        assert!(std::mem::size_of::<crate::stage::Stamped<NetCmd>>() <= 128);
+        assert!(std::mem::size_of::<NetEvent>() <= 64);
+    }
+}
