@@ -213,6 +213,42 @@ fn single_ranges() {
 }
 
 #[test]
+fn header_fields_are_found_anywhere_in_a_head_up_to_the_largest_limit() {
+    // The parse stage keeps where each field lies in the head as 16-bit offsets: fields past
+    // 60 000 bytes of head (which arrives in several receives) must still be found.
+    let s = server(&["--max-head", "65535"]);
+    let file = std::fs::read(bundled().join("files/1k.txt")).unwrap();
+    let etag = get(s.addr, "/files/1k.txt").header("etag").unwrap().to_string();
+    let fill = "f".repeat(60_000);
+    let ask = |fields: &str| {
+        request(
+            s.addr,
+            &format!("GET /files/1k.txt HTTP/1.1\r\nHost: t\r\nX-Fill: {fill}\r\n{fields}Connection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(ask(&format!("If-None-Match: {etag}\r\n")).status, 304);
+    let part = ask("Range: bytes=10-19\r\n");
+    assert_eq!((part.status, part.body.as_slice()), (206, &file[10..20]));
+    assert_eq!(ask("").body, file);
+    let over = "f".repeat(66_000);
+    let big = request(s.addr, &format!("GET /files/1k.txt HTTP/1.1\r\nHost: t\r\nX-Fill: {over}\r\n\r\n"));
+    assert_eq!(big.status, 431);
+}
+
+#[test]
+fn bad_options_are_refused_at_start_with_a_clear_error() {
+    for (args, says) in [
+        (["--max-head", "70000"], "--max-head: 1 to 65535 bytes"),
+        (["--max-head", "0"], "--max-head: 1 to 65535 bytes"),
+        (["--max-line", "many"], "--max-line: not a number"),
+    ] {
+        let (code, err) = example::refused("http", &args);
+        assert_eq!(code, Some(2), "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err:?}");
+    }
+}
+
+#[test]
 fn bad_input_gets_clear_errors_and_no_panic() {
     let s = server(&["--max-line", "512", "--max-head", "2048", "--max-body", "1000", "--header-timeout-ms", "300"]);
     assert_eq!(request(s.addr, "BLAH\r\n\r\n").status, 400);

@@ -291,7 +291,7 @@ impl Cache {
 
     /// Serves an entry: 200, 206, 304 or 416. The 200 path is four views and no allocation.
     fn respond(&mut self, req: &Request, e: &Entry) {
-        let not_modified = match (&req.if_none_match, &req.if_modified_since) {
+        let not_modified = match (req.if_none_match(), req.if_modified_since()) {
             (Some(inm), _) => etag_matches(inm, &e.etag),
             (None, Some(ims)) => proto::parse_http_date(ims).is_some_and(|t| e.mtime <= t),
             _ => false,
@@ -309,7 +309,7 @@ impl Cache {
         let len = e.len;
         // The chain, and the body part to send as (offset, length) when the file is spliced
         // (its in-memory body is empty then).
-        let (chain, file_part) = match req.range.as_deref().map_or(Range::Full, |r| proto::parse_range(r, len)) {
+        let (chain, file_part) = match req.range().map_or(Range::Full, |r| proto::parse_range(r, len)) {
             Range::Full => (self.chain(req, e.head200.clone(), Some(e.body.clone())), (!req.head).then_some((0, len))),
             Range::Part(a, b) => {
                 let h = format!(
@@ -373,12 +373,12 @@ impl Cache {
                 }
                 return;
             }
-            Kind::File(t) => t.clone(),
+            Kind::File(_) => req.target().unwrap_or_default(),
         };
-        let key: Cow<'_, [u8]> = if plain_target(&target) {
-            Cow::Borrowed(&target)
+        let key: Cow<'_, [u8]> = if plain_target(target) {
+            Cow::Borrowed(target)
         } else {
-            match proto::decode_path(&target) {
+            match proto::decode_path(target) {
                 Ok(k) => Cow::Owned(k),
                 Err(PathError::Bad) => return self.respond_error(&req, 400, ""),
                 Err(PathError::Forbidden) => return self.respond_error(&req, 403, ""),

@@ -30,7 +30,7 @@ use ringstage::prelude::*;
 
 use cache::{Cache, CacheEvent, SharedCache};
 use files::{FileReq, Files};
-use parse::{Limits, Parse};
+use parse::{Limits, Parse, MAX_HEAD};
 
 const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/http/www");
 
@@ -88,7 +88,12 @@ fn opts() -> Result<Opts, String> {
             "--workers" => o.workers = num(&v)?.max(1) as usize,
             "--cpu" => o.cpu = num(&v)? as usize,
             "--max-line" => o.limits.max_line = num(&v)? as usize,
-            "--max-head" => o.limits.max_head = num(&v)? as usize,
+            "--max-head" => {
+                o.limits.max_head = match num(&v)? {
+                    n @ 1..=MAX_HEAD => n as usize,
+                    _ => return Err(format!("--max-head: 1 to {MAX_HEAD} bytes, not {v:?}")),
+                }
+            }
             "--max-body" => o.limits.max_body = num(&v)?,
             "--header-timeout-ms" => o.limits.header_timeout = Duration::from_millis(num(&v)?),
             "--stage-capacity" => o.capacity = num(&v)?.max(1) as usize,

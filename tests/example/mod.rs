@@ -68,3 +68,17 @@ pub fn start(name: &str, args: &[&str]) -> Server {
         line.split_whitespace().nth(3).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("banner: {line:?}"));
     Server { child, addr }
 }
+
+/// Runs example `name` with `args`, which it must refuse at start: returns its exit code and
+/// what it wrote to stderr.
+#[allow(dead_code)] // not every test file checks refused options
+pub fn refused(name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(example_binary(name))
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run the {name} example: {e}"));
+    assert!(!out.status.success(), "{name} {args:?} started; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
