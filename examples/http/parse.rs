@@ -372,7 +372,9 @@ fn shed(req: &mut Request) {
 
 /// Parses one request head at the start of `data`.
 fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed {
-    let line_end = data.windows(2).take(limits.max_line + 2).position(|w| w == b"\r\n");
+    // Where the request line ends: its CR, or a bare LF (which httparse also takes as the end).
+    let scan = &data[..data.len().min(limits.max_line + 2)];
+    let line_end = scan.iter().position(|&b| b == b'\n').map(|i| if i > 0 && scan[i - 1] == b'\r' { i - 1 } else { i });
     if line_end.is_none() && data.len() > limits.max_line {
         return Parsed::Error(414);
     }
