@@ -46,9 +46,16 @@ impl IoBufChain {
         }
     }
 
-    /// Moves all views of `other` to the end of `self`.
+    /// Moves all views of `other` to the end of `self`. Appending to an empty chain swaps the
+    /// two (no per-view work); one view is a push.
     pub fn append(&mut self, other: &mut IoBufChain) {
-        self.bufs.extend(other.bufs.drain(..));
+        if self.bufs.is_empty() {
+            std::mem::swap(&mut self.bufs, &mut other.bufs);
+        } else if other.bufs.len() == 1 {
+            self.bufs.extend(other.bufs.pop());
+        } else {
+            self.bufs.extend(other.bufs.drain(..));
+        }
     }
 
     /// The views, in order.
@@ -180,6 +187,29 @@ mod tests {
         let mut d = IoBufChain::from(IoBuf::from_static(b"xy"));
         assert_eq!(d.split_to(2).to_vec(), b"xy");
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn append_moves_every_view_in_order_and_empties_the_other() {
+        let chain = |parts: &[&'static [u8]]| {
+            let mut c = IoBufChain::new();
+            parts.iter().for_each(|p| c.push(IoBuf::from_static(p)));
+            c
+        };
+        // Into an empty chain, one view, several views (spilling past the inline four).
+        let mut c = IoBufChain::new();
+        let mut d = chain(&[b"ab", b"c"]);
+        c.append(&mut d);
+        assert!(d.is_empty() && d.segments() == 0);
+        c.append(&mut chain(&[b"d"]));
+        let mut e = chain(&[b"ef", b"g", b"h"]);
+        c.append(&mut e);
+        assert!(e.is_empty());
+        c.append(&mut IoBufChain::new());
+        assert_eq!((c.to_vec(), c.len(), c.segments()), (b"abcdefgh".to_vec(), 8, 6));
+        // The emptied chain is still usable.
+        d.push(IoBuf::from_static(b"z"));
+        assert_eq!(d.to_vec(), b"z");
     }
 
     #[test]
