@@ -2,19 +2,24 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- [--addr 127.0.0.1:7000] [--split] [--cpu N] [--zero-copy-min BYTES]
+//!     [--net-capacity N]
 //! ```
 //!
 //! By default both stages share one pinned worker, so an event never leaves its core.
 //! `--split` puts the echo stage on a second worker: received buffers then cross cores to the
 //! handler and back to the I/O stage, without being copied. `--zero-copy-min` sends replies of
 //! at least that many bytes with SEND_ZC, so even the kernel does not copy them on the way out.
+//!
+//! A command the network stage refuses (its queue is full: `--net-capacity`, 4096 by default)
+//! waits in an [`Outbox`], in order, and goes the next loop iteration: nothing is lost and no
+//! connection is cut for it.
 
 use std::net::SocketAddr;
 
 use ringstage::prelude::*;
 
 struct Echo {
-    net: Sink<NetCmd>,
+    net: Outbox<NetCmd>,
 }
 
 impl Handler for Echo {
@@ -22,21 +27,21 @@ impl Handler for Echo {
 
     fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
         match ev {
+            // The received pool buffer goes straight back out: zero copies.
             NetEvent::Data { conn, data } => {
-                // The received pool buffer goes straight back out: zero copies.
-                if let Err(cmd) = self.net.try_enqueue(NetCmd::Send { conn, data }) {
-                    // The I/O stage is saturated: shed this connection rather than lose bytes
-                    // silently or block the worker.
-                    drop(cmd);
-                    let _ = self.net.try_enqueue(NetCmd::Close { conn });
-                }
+                self.net.send(NetCmd::Send { conn, data });
             }
             // The client finished sending: close once what it sent has been echoed.
             NetEvent::Eof { conn } => {
-                let _ = self.net.try_enqueue(NetCmd::Close { conn });
+                self.net.send(NetCmd::Close { conn });
             }
             _ => {}
         }
+    }
+
+    /// Commands the network stage refused wait in the outbox; offer them again.
+    fn woken(&mut self, _cx: &mut Context<'_>) {
+        self.net.flush();
     }
 }
 
@@ -45,17 +50,23 @@ fn main() -> std::io::Result<()> {
     let mut split = false;
     let mut cpu = 0usize;
     let mut zc_min = None;
+    let mut net_capacity = 4096;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--addr" => addr = args.next().and_then(|v| v.parse().ok()).expect("--addr HOST:PORT"),
             "--split" => split = true,
             "--cpu" => cpu = args.next().and_then(|v| v.parse().ok()).expect("--cpu N"),
+            "--net-capacity" => {
+                net_capacity = args.next().and_then(|v| v.parse().ok()).expect("--net-capacity N");
+            }
             "--zero-copy-min" => {
                 zc_min = Some(args.next().and_then(|v| v.parse().ok()).expect("--zero-copy-min BYTES"));
             }
             "-h" | "--help" => {
-                println!("usage: echo [--addr HOST:PORT] [--split] [--cpu N] [--zero-copy-min BYTES]");
+                println!(
+                    "usage: echo [--addr HOST:PORT] [--split] [--cpu N] [--zero-copy-min BYTES] [--net-capacity N]"
+                );
                 return Ok(());
             }
             other => {
@@ -65,10 +76,10 @@ fn main() -> std::io::Result<()> {
         }
     }
     let workers = if split { 2 } else { 1 };
-    let mut b = Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).signals(true);
+    let mut b = Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).signals(true).net_capacity(net_capacity);
     let echo = b.stage::<NetEvent>("echo", StageConfig::on([workers - 1]));
     let (net, listener) = b.listen(ListenConfig::new(addr, [0]).zero_copy_sends(zc_min), echo);
-    b.handler(echo, move |s| Echo { net: s.sink(net) });
+    b.handler(echo, move |s| Echo { net: Outbox::with_waker(s.sink(net), s.waker(echo)) });
     let rt = b.start()?;
     println!("echo listening on {} ({} worker{})", rt.local_addr(listener), workers, if split { "s" } else { "" });
     let (sig, m) = rt.run_until_signal()?;

@@ -92,6 +92,7 @@ pub struct Builder {
     listeners: Vec<ListenDecl>,
     connectors: Vec<ConnectorDecl>,
     net: Option<StageId<NetCmd>>,
+    net_capacity: usize,
 }
 
 impl std::fmt::Debug for Builder {
@@ -105,6 +106,24 @@ impl Builder {
     /// this process may use). An empty list disables pinning.
     pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
         self.cpus = Some(cpus.into_iter().collect());
+        self
+    }
+
+    /// Capacity of the network stage's queue on each worker, in commands (default 4096; rounded
+    /// up to a power of two). The network stage takes its whole queue each loop iteration, so
+    /// this bounds what the other stages of a worker may send it per iteration; a command it
+    /// refuses comes back to the sender (`Err(cmd)`), which keeps it (an
+    /// [`Outbox`](crate::stage::Outbox)) or sheds it.
+    pub fn net_capacity(mut self, n: usize) -> Self {
+        let cap = n.max(1).next_power_of_two();
+        self.net_capacity = cap;
+        if let Some(id) = self.net {
+            // Already declared (by a listen or connect): resize its queues.
+            let d = &mut self.decls[id.idx];
+            d.cfg = d.cfg.clone().capacity(cap).batch(cap);
+            let route = Some(NetCmd::route as fn(&NetCmd) -> usize);
+            d.plumbing = Some(Box::new(TypedPlumbing::<NetCmd>::new(self.workers, &d.cfg.workers, cap, route)));
+        }
         self
     }
 
@@ -243,7 +262,8 @@ impl Builder {
         if let Some(n) = self.net {
             return n;
         }
-        let cfg = StageConfig::on(0..self.workers).capacity(NET_CAPACITY).batch(NET_CAPACITY);
+        let cap = self.net_capacity;
+        let cfg = StageConfig::on(0..self.workers).capacity(cap).batch(cap);
         let n = self.stage_routed::<NetCmd>("net", cfg, NetCmd::route);
         self.handler(n, |_| NetStage);
         self.net = Some(n);
@@ -723,6 +743,7 @@ impl Runtime {
             listeners: Vec::new(),
             connectors: Vec::new(),
             net: None,
+            net_capacity: NET_CAPACITY,
         }
     }
 
