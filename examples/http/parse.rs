@@ -468,9 +468,25 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
     } else {
         Kind::File(sub(path.as_bytes()))
     };
-    let src = data.slice(0..n);
-    let req =
-        Request { conn, received: now, head, keep_alive, kind, src, range, if_none_match: inm, if_modified_since: ims };
+    // Only a file request reads its target and fields later: the others keep no view (no
+    // reference count taken, no pool buffer held while they wait) and no span.
+    let req = if matches!(kind, Kind::File(_)) {
+        let src = data.slice(0..n);
+        Request { conn, received: now, head, keep_alive, kind, src, range, if_none_match: inm, if_modified_since: ims }
+    } else {
+        let src = IoBuf::from_static(b"");
+        Request {
+            conn,
+            received: now,
+            head,
+            keep_alive,
+            kind,
+            src,
+            range: None,
+            if_none_match: None,
+            if_modified_since: None,
+        }
+    };
     Parsed::Complete(req, n, body)
 }
 
