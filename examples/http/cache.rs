@@ -16,7 +16,10 @@ use crate::parse::{Kind, Request};
 use crate::proto::{self, DateLine, PathError, Range};
 
 /// The maps here are keyed by request targets and hashed once or twice per request: foldhash
-/// (seeded per process) instead of SipHash took ~200 instructions off each request.
+/// (seeded per process) instead of SipHash took ~200 instructions off each request. Targets are
+/// chosen by clients, but these maps hold files that exist (bounded by the cache size) and the
+/// targets of loads in flight, and the random seed keeps collisions unpredictable from outside;
+/// the KV store, whose keys clients choose and keep, stays with SipHash.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A cached (or just loaded) file.
