@@ -3,6 +3,7 @@
 
 mod common;
 mod example;
+mod linger;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -111,19 +112,7 @@ fn peer_reset_mid_send(cfg: impl FnOnce(ListenConfig) -> ListenConfig) {
                 break; // both directions are full
             }
         }
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        use std::os::fd::AsRawFd;
-        // SAFETY: valid fd and a live linger struct.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
+        linger::reset_on_close(&s);
     } // close with linger 0 sends RST
     let deadline = Instant::now() + Duration::from_secs(10);
     while rt.metrics().total(|w| w.closed) < 1 {

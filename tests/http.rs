@@ -1,6 +1,7 @@
 //! The staged HTTP example end to end on loopback: the real binary, real sockets.
 
 mod example;
+mod linger;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -593,19 +594,7 @@ fn peer_reset_during_a_spliced_transfer_is_contained() {
         c.get_mut().write_all(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let mut some = [0u8; 4096];
         c.read_exact(&mut some).unwrap(); // the transfer is under way
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        use std::os::fd::AsRawFd;
-        // SAFETY: valid socket and a live linger struct.
-        let rc = unsafe {
-            libc::setsockopt(
-                c.get_ref().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
+        linger::reset_on_close(c.get_ref());
         drop(c); // RST mid-transfer
     }
     // The server aborted those transfers and still serves.

@@ -2,6 +2,7 @@
 //! the echo example.
 
 mod example;
+mod linger;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -202,17 +203,7 @@ fn clients_that_vanish_in_every_way_leave_nothing_behind() {
                         _ => {
                             // Send and reset (SO_LINGER 0): the proxy sees ECONNRESET.
                             let _ = s.write_all(&msg);
-                            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                            // SAFETY: setsockopt reads a live linger struct of the given size.
-                            unsafe {
-                                libc::setsockopt(
-                                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                                    libc::SOL_SOCKET,
-                                    libc::SO_LINGER,
-                                    (&linger as *const libc::linger).cast(),
-                                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                                )
-                            };
+                            linger::reset_on_close(&s);
                         }
                     }
                 }
