@@ -120,13 +120,20 @@ impl Request {
     }
 
     pub fn error(conn: Conn, status: u16) -> Request {
+        Request::headless(conn, Instant::now(), false, false, Kind::Error(status))
+    }
+
+    /// A request that keeps no view of its head, so no span either: every kind but a file
+    /// request, which alone reads its target and fields later.
+    fn headless(conn: Conn, received: Instant, head: bool, keep_alive: bool, kind: Kind) -> Request {
+        let src = IoBuf::from_static(b"");
         Request {
             conn,
-            received: std::time::Instant::now(),
-            head: false,
-            keep_alive: false,
-            kind: Kind::Error(status),
-            src: IoBuf::from_static(b""),
+            received,
+            head,
+            keep_alive,
+            kind,
+            src,
             range: None,
             if_none_match: None,
             if_modified_since: None,
@@ -474,18 +481,7 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
         let src = data.slice(0..n);
         Request { conn, received: now, head, keep_alive, kind, src, range, if_none_match: inm, if_modified_since: ims }
     } else {
-        let src = IoBuf::from_static(b"");
-        Request {
-            conn,
-            received: now,
-            head,
-            keep_alive,
-            kind,
-            src,
-            range: None,
-            if_none_match: None,
-            if_modified_since: None,
-        }
+        Request::headless(conn, now, head, keep_alive, kind)
     };
     Parsed::Complete(req, n, body)
 }
