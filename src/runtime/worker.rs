@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types};
+use io_uring::{cqueue, opcode, types};
 use ringstage_sys::{Doorbell, RingConfig};
 
 use super::io::{token, Io};
@@ -391,21 +391,21 @@ impl Worker {
         }
     }
 
-    /// Reaps completions in batches of up to 64 without allocating.
+    /// Reaps completions in batches of up to 64 without allocating. The batch is copied out of
+    /// the ring (handling a completion needs the ring) into an uninitialised array: zeroing
+    /// its 1 KiB every loop iteration showed up as a `memset` in profiles.
     fn reap(&mut self) -> io::Result<usize> {
         let mut total = 0;
-        let mut batch = [(0u64, 0i32, 0u32); 64];
+        let mut slots = [const { std::mem::MaybeUninit::<cqueue::Entry>::uninit() }; 64];
         loop {
-            let mut n = 0;
-            {
+            let batch = {
                 let mut cq = self.io.ring.completion();
-                for cqe in cq.by_ref().take(batch.len()) {
-                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
-                    n += 1;
-                }
                 self.io.counters.cq_overflow.set(cq.overflow() as u64);
-            }
-            for &(ud, res, flags) in &batch[..n] {
+                cq.fill(&mut slots)
+            };
+            let n = batch.len();
+            for cqe in batch.iter() {
+                let (ud, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
                 let (kind, idx, gen) = token::parse(ud);
                 if kind == token::DOORBELL {
                     self.arm_doorbell()?;
@@ -418,7 +418,7 @@ impl Worker {
                 }
             }
             total += n;
-            if n < batch.len() {
+            if n < slots.len() {
                 break;
             }
         }
