@@ -620,3 +620,58 @@ fn the_echo_example_keeps_what_its_network_stage_refuses() {
         c.join().unwrap();
     }
 }
+
+/// `(spin_ns, idle_ns)` of the runtime's workers so far.
+fn spun_and_slept(rt: &Runtime) -> (u64, u64) {
+    let m = rt.metrics();
+    (m.total(|w| w.spin_ns), m.total(|w| w.idle_ns))
+}
+
+/// 500 request-response round trips, one at a time, on `s`.
+fn ping_pong(s: &mut TcpStream) {
+    for i in 0..500u64 {
+        echo_once(s, &pattern(i, 32), "echoed unchanged");
+    }
+}
+
+#[test]
+fn a_spinning_worker_takes_requests_at_short_gaps_without_sleeping_and_sleeps_when_idle() {
+    // Spin 10 ms, tick 5 ms: a tick ending a sleep must not count as work arriving.
+    let spin = Duration::from_millis(10);
+    let b = Runtime::builder(1).tick(Duration::from_millis(5)).spin_before_sleep(spin);
+    let (rt, addr) = echo_server(b, 0, |c| c);
+    let mut s = connect(addr);
+    echo_once(&mut s, b"warm", "echoed");
+    // Busy: between a reply and the next request the worker polls instead of sleeping.
+    let (s0, i0) = spun_and_slept(&rt);
+    ping_pong(&mut s);
+    let (s1, i1) = spun_and_slept(&rt);
+    assert!(s1 > s0, "the worker polled between requests");
+    assert!(i1 - i0 < s1 - s0, "it mostly polled rather than slept: slept {} ns, spun {} ns", i1 - i0, s1 - s0);
+    // Idle: after a few spins that find nothing it sleeps, and the tick's wake-ups do not
+    // start it spinning again (without the back-off: 300 ms / (10 + 5) ms x 10 ms = 200 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let (s2, i2) = spun_and_slept(&rt);
+    assert!(s2 - s1 <= 60_000_000, "an idle worker stops spinning: {} ms spun in 300 ms", (s2 - s1) / 1_000_000);
+    assert!(i2 - i1 >= 150_000_000, "an idle worker sleeps: {} ms slept in 300 ms", (i2 - i1) / 1_000_000);
+    // Busy again: the first request ends a short sleep, and the worker polls again.
+    ping_pong(&mut s);
+    let (s3, i3) = spun_and_slept(&rt);
+    assert!(i3 - i2 < s3 - s2, "polling resumed with the traffic: slept {} ns, spun {} ns", i3 - i2, s3 - s2);
+    rt.shutdown();
+    rt.join().unwrap();
+}
+
+#[test]
+fn a_worker_without_a_spin_sleeps_between_requests() {
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c);
+    let mut s = connect(addr);
+    echo_once(&mut s, b"warm", "echoed");
+    let (s0, i0) = spun_and_slept(&rt);
+    ping_pong(&mut s);
+    let (s1, i1) = spun_and_slept(&rt);
+    assert_eq!((s0, s1), (0, 0), "no spin by default");
+    assert!(i1 > i0, "it slept between requests");
+    rt.shutdown();
+    rt.join().unwrap();
+}

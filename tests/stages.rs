@@ -8,8 +8,13 @@ use ringstage::prelude::*;
 
 /// Stage A (worker `a`) forwards each injected number to stage B (worker `b`), which reports it.
 fn pipeline(a: usize, b: usize, tick: Duration) -> (Runtime, Injector<u64>, mpsc::Receiver<(u64, usize)>) {
+    pipeline_with(a, b, Runtime::builder(2).tick(tick))
+}
+
+/// [`pipeline`] on workers configured by `bld`.
+fn pipeline_with(a: usize, b: usize, bld: Builder) -> (Runtime, Injector<u64>, mpsc::Receiver<(u64, usize)>) {
     let (tx, rx) = mpsc::channel();
-    let mut bld = Runtime::builder(2).cpus([]).tick(tick);
+    let mut bld = bld.cpus([]);
     let sa = bld.stage::<u64>("a", StageConfig::on([a]));
     let sb = bld.stage::<u64>("b", StageConfig::on([b]));
     bld.handler(sa, move |s| {
@@ -69,6 +74,25 @@ fn doorbell_wakes_sleeping_workers() {
     }
     let idle: u64 = rt.metrics().workers.iter().map(|w| w.idle_ns).sum();
     assert!(idle > 0, "workers really slept");
+}
+
+#[test]
+fn a_spinning_worker_sees_events_from_another_worker_without_a_doorbell() {
+    // A worker that spins has not announced that it sleeps, so its peers ring no doorbell: it
+    // must find their events itself, not after its 3 s spin (nor the 10 s tick).
+    let bld = Runtime::builder(2).tick(Duration::from_secs(10)).spin_before_sleep(Duration::from_secs(3));
+    let (rt, inj, rx) = pipeline_with(0, 1, bld);
+    for round in 0..20u64 {
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
+        inj.try_enqueue(round).unwrap();
+        let (v, w) = rx.recv_timeout(Duration::from_secs(5)).expect("delivered");
+        assert_eq!((v, w), (round, 1));
+        assert!(t0.elapsed() < Duration::from_secs(1), "round {round} took {:?}", t0.elapsed());
+    }
+    assert!(rt.metrics().total(|w| w.spin_ns) > 0, "the workers spun");
+    rt.shutdown();
+    rt.join().unwrap();
 }
 
 #[test]

@@ -21,8 +21,13 @@ enum Ev {
 type Reports = mpsc::Receiver<(u32, Result<Instant, ()>)>;
 
 fn timer_stage(cap: usize) -> (Runtime, Injector<Ev>, Reports) {
+    timer_stage_spinning(cap, Duration::ZERO)
+}
+
+/// [`timer_stage`] with a worker that polls `spin` for work before sleeping.
+fn timer_stage_spinning(cap: usize, spin: Duration) -> (Runtime, Injector<Ev>, Reports) {
     let (tx, rx) = mpsc::channel();
-    let mut b = Runtime::builder(1).cpus([]).tick(Duration::from_secs(10));
+    let mut b = Runtime::builder(1).cpus([]).tick(Duration::from_secs(10)).spin_before_sleep(spin);
     let st = b.stage::<Ev>("timed", StageConfig::on([0]).timers(cap));
     b.handler(st, move |s| {
         let timer = s.timer(st);
@@ -154,4 +159,19 @@ fn a_timer_for_a_stage_on_another_worker_fails_start_with_the_reason() {
     let Err(e) = b.start() else { panic!("start succeeded") };
     let msg = e.to_string();
     assert!(msg.contains("worker 0 setup") && msg.contains("stage 'far' has no replica on worker 0"), "{msg}");
+}
+
+#[test]
+fn a_spinning_worker_stops_spinning_when_a_timer_is_due() {
+    // A 3 s spin: the 30 ms timer must end it, not wait for it.
+    let (rt, inj, rx) = timer_stage_spinning(8, Duration::from_secs(3));
+    let t0 = Instant::now();
+    inj.try_enqueue(Ev::Schedule(vec![(1, Duration::from_millis(30))])).unwrap();
+    let (id, at) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let after = at.expect("scheduled").duration_since(t0);
+    assert_eq!(id, 1);
+    assert!(after >= Duration::from_millis(30), "fired early: {after:?}");
+    assert!(after < Duration::from_millis(1500), "the spin held the timer back: {after:?}");
+    rt.shutdown();
+    rt.join().unwrap();
 }

@@ -73,6 +73,9 @@ pub struct WorkerCounters {
     pub cqes: Counter,
     /// Nanoseconds spent blocked waiting for completions.
     pub idle_ns: Counter,
+    /// Nanoseconds spent polling for work before sleeping
+    /// ([`Builder::spin_before_sleep`](crate::runtime::Builder::spin_before_sleep)).
+    pub spin_ns: Counter,
     /// Multishot receives ended by ENOBUFS (pool empty).
     pub enobufs: Counter,
     /// Completions the kernel reported as overflowed.
@@ -116,6 +119,7 @@ impl WorkerCounters {
             enters: Counter::default(),
             cqes: Counter::default(),
             idle_ns: Counter::default(),
+            spin_ns: Counter::default(),
             enobufs: Counter::default(),
             cq_overflow: Counter::default(),
             accept_backoffs: Counter::default(),
@@ -178,6 +182,8 @@ pub struct WorkerSnapshot {
     pub cqes: u64,
     /// Nanoseconds blocked waiting.
     pub idle_ns: u64,
+    /// Nanoseconds spent polling for work before sleeping.
+    pub spin_ns: u64,
     /// ENOBUFS endings of multishot receives.
     pub enobufs: u64,
     /// CQ overflow count reported by the kernel.
@@ -254,6 +260,7 @@ impl Snapshot {
                 enters: w.enters.get(),
                 cqes: w.cqes.get(),
                 idle_ns: w.idle_ns.get(),
+                spin_ns: w.spin_ns.get(),
                 enobufs: w.enobufs.get(),
                 cq_overflow: w.cq_overflow.get(),
                 accept_backoffs: w.accept_backoffs.get(),
@@ -319,11 +326,12 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 16] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 17] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
             ("ringstage_worker_idle_seconds_total", "Time blocked waiting for completions.", |w| w.idle_ns),
+            ("ringstage_worker_spin_seconds_total", "Time spent polling for work before sleeping.", |w| w.spin_ns),
             ("ringstage_worker_enobufs_total", "Receives that found the buffer pool empty.", |w| w.enobufs),
             ("ringstage_worker_cq_overflow_total", "Completions the kernel had to hold back.", |w| w.cq_overflow),
             ("ringstage_worker_accept_backoffs_total", "Accept back-offs on EMFILE/ENFILE/ENOMEM.", |w| {
