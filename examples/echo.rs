@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- [--addr 127.0.0.1:7000] [--split] [--cpu N] [--zero-copy-min BYTES]
-//!     [--net-capacity N]
+//!     [--net-capacity N] [--spin-us US]
 //! ```
 //!
 //! By default both stages share one pinned worker, so an event never leaves its core.
@@ -13,6 +13,9 @@
 //! A command the network stage refuses (its queue is full: `--net-capacity`, 4096 by default)
 //! waits in an [`Outbox`], in order, and goes the next loop iteration: nothing is lost and no
 //! connection is cut for it.
+//!
+//! `--spin-us` has the worker poll that long for new work before it sleeps
+//! ([`Builder::spin_before_sleep`]): lower latency for CPU.
 
 use std::net::SocketAddr;
 
@@ -51,6 +54,7 @@ fn main() -> std::io::Result<()> {
     let mut cpu = 0usize;
     let mut zc_min = None;
     let mut net_capacity = 4096;
+    let mut spin = std::time::Duration::ZERO;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -60,12 +64,16 @@ fn main() -> std::io::Result<()> {
             "--net-capacity" => {
                 net_capacity = args.next().and_then(|v| v.parse().ok()).expect("--net-capacity N");
             }
+            "--spin-us" => {
+                let us = args.next().and_then(|v| v.parse().ok()).expect("--spin-us US");
+                spin = std::time::Duration::from_micros(us);
+            }
             "--zero-copy-min" => {
                 zc_min = Some(args.next().and_then(|v| v.parse().ok()).expect("--zero-copy-min BYTES"));
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: echo [--addr HOST:PORT] [--split] [--cpu N] [--zero-copy-min BYTES] [--net-capacity N]"
+                    "usage: echo [--addr HOST:PORT] [--split] [--cpu N] [--zero-copy-min BYTES] [--net-capacity N] [--spin-us US]"
                 );
                 return Ok(());
             }
@@ -76,7 +84,11 @@ fn main() -> std::io::Result<()> {
         }
     }
     let workers = if split { 2 } else { 1 };
-    let mut b = Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).signals(true).net_capacity(net_capacity);
+    let mut b = Runtime::builder(workers)
+        .cpus((0..workers).map(|i| cpu + i))
+        .signals(true)
+        .net_capacity(net_capacity)
+        .spin_before_sleep(spin);
     let echo = b.stage::<NetEvent>("echo", StageConfig::on([workers - 1]));
     let (net, listener) = b.listen(ListenConfig::new(addr, [0]).zero_copy_sends(zc_min), echo);
     b.handler(echo, move |s| Echo { net: Outbox::with_waker(s.sink(net), s.waker(echo)) });

@@ -49,13 +49,15 @@ struct Opts {
     file_timeout: Duration,
     work: Duration,
     overload_target: Option<Duration>,
+    spin: Duration,
 }
 
 const USAGE: &str = "usage: http [--addr HOST:PORT] [--root DIR] [--workers N] [--cpu FIRST]
   [--max-line BYTES] [--max-head BYTES] [--max-body BYTES] [--header-timeout-ms MS]
   [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]
   [--send-timeout-ms MS] [--file-timeout-ms MS]
-  [--dynamic-us US] [--overload-target-ms MS (0: no admission control)]";
+  [--dynamic-us US] [--overload-target-ms MS (0: no admission control)]
+  [--spin-us US (poll this long for work before sleeping; default 0)]";
 
 fn opts() -> Result<Opts, String> {
     let mut o = Opts {
@@ -73,6 +75,7 @@ fn opts() -> Result<Opts, String> {
         file_timeout: Duration::from_secs(10),
         work: Duration::from_micros(200),
         overload_target: None,
+        spin: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -104,6 +107,7 @@ fn opts() -> Result<Opts, String> {
             "--send-timeout-ms" => o.send_timeout = Duration::from_millis(num(&v)?.max(1)),
             "--file-timeout-ms" => o.file_timeout = Duration::from_millis(num(&v)?.max(1)),
             "--dynamic-us" => o.work = Duration::from_micros(num(&v)?),
+            "--spin-us" => o.spin = Duration::from_micros(num(&v)?),
             "--overload-target-ms" => {
                 let ms = num(&v)?;
                 o.overload_target = (ms > 0).then(|| Duration::from_millis(ms));
@@ -135,6 +139,7 @@ fn run(o: Opts) -> std::io::Result<()> {
     let mut b = Runtime::builder(o.workers)
         .cpus((0..o.workers).map(|i| o.cpu + i))
         .file_timeout(Some(o.file_timeout))
+        .spin_before_sleep(o.spin)
         .signals(true);
     let cap = o.capacity;
     // One page per visit: the cheap stages on the same core run between pages. Declared first

@@ -46,10 +46,12 @@ struct Opts {
     max_blocked: usize,
     limits: Limits,
     idle: Duration,
+    spin: Duration,
 }
 
 const USAGE: &str = "usage: kv [--addr HOST:PORT] [--cpu N] [--slow-cpu M] [--stage-capacity N]
-  [--slow-capacity N] [--max-blocked N] [--max-bulk-mb MB] [--idle-timeout-s S]";
+  [--slow-capacity N] [--max-blocked N] [--max-bulk-mb MB] [--idle-timeout-s S]
+  [--spin-us US (poll this long for work before sleeping; default 0)]";
 
 fn opts() -> Result<Opts, String> {
     let mut o = Opts {
@@ -61,6 +63,7 @@ fn opts() -> Result<Opts, String> {
         max_blocked: 16384,
         limits: Limits::default(),
         idle: Duration::from_secs(300),
+        spin: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -79,6 +82,7 @@ fn opts() -> Result<Opts, String> {
             "--max-blocked" => o.max_blocked = num(&v)?.clamp(1, 1 << 24) as usize,
             "--max-bulk-mb" => o.limits.max_bulk = (num(&v)?.clamp(1, 4096) as usize) << 20,
             "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?.max(1)),
+            "--spin-us" => o.spin = Duration::from_micros(num(&v)?),
             _ => return Err(format!("unknown option {k}\n{USAGE}")),
         }
     }
@@ -102,7 +106,7 @@ fn main() {
 fn run(o: Opts) -> std::io::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let slow_cpu = o.slow_cpu.unwrap_or((o.cpu + 1) % cores);
-    let mut b = Runtime::builder(2).cpus([o.cpu, slow_cpu]).signals(true);
+    let mut b = Runtime::builder(2).cpus([o.cpu, slow_cpu]).spin_before_sleep(o.spin).signals(true);
     let command = b.stage::<NetEvent>("command", StageConfig::on([0]).capacity(o.capacity));
     let resume = b.stage::<SlowDone>("resume", StageConfig::on([0]).capacity(o.capacity));
     // Blocking pops' time limits: the shard's timer hands them to this stage on worker 0.
