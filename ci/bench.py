@@ -352,6 +352,11 @@ def wrk(port, path, conns, secs, pid=None, depth=1):
     return {"rate": rate, "p99_us": p99, "errors": errors, "cpu_us_per_req": cpu / 1000 / total if total else float("nan")}
 
 
+def client_busy(run):
+    """The share of its core the load client used over a loadgen run's measured window."""
+    return run.get("client_cpu_ns", 0) / (run["secs"] * 1e9) if run.get("secs") else float("nan")
+
+
 def cpu_cap(name, pid, frac):
     """Moves every thread of `pid` into a cpu cgroup of its own limited to `frac` of one CPU
     (10 ms period). Returns False when no cpu cgroup can be written (needs root)."""
@@ -450,6 +455,7 @@ def bench_http(a):
     sweep = {n: [{"conns": c, "rate": median([x["rate"] for x in runs[(n, c)]]),
                   "p99_us": median([x["p99_us"] for x in runs[(n, c)]]),
                   "cpu_us": median([x["cpu_ns_per_msg"] / 1000 for x in runs[(n, c)]]),
+                  "client_busy": median([client_busy(x) for x in runs[(n, c)]]),
                   "jain": min(x["jain"] for x in runs[(n, c)]),
                   "errors": sum(x["errors"] for x in runs[(n, c)]), "rounds": runs[(n, c)]} for c in sweep_conns]
              for n in names}
@@ -511,14 +517,19 @@ def bench_http(a):
     lines.append("")
     lines.append(f"connections sweep, 1 KiB file (project load client, closed loop; median of {a.rounds} rounds, "
                  "min Jain; us/req: server CPU per request;")
-    lines.append("busy: req/s x us/req, the share of its core the server used; well under 100% means the client "
-                 "was the bottleneck at that point):")
-    lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}{'us/req':>8}{'busy':>6}"
+    lines.append("busy: req/s x us/req, the share of its core the server used; client: the share of its core the load "
+                 "client used.")
+    lines.append("A server well under 100% with the client near it was held back by the client at that point; both near "
+                 "100% is a closed")
+    lines.append("loop in balance, where the client's own cost per request (which grows with connections) sets the pace "
+                 "as much as the server's):")
+    lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}{'us/req':>8}{'busy':>6}{'client':>7}"
                                           for n in names))
     for i, c in enumerate(sweep_conns):
         lines.append(f"{c:>6}" + "".join(f"{sweep[n][i]['rate']:>17.0f}{sweep[n][i]['p99_us']:>10.1f}{sweep[n][i]['jain']:>8.4f}"
                                          f"{sweep[n][i]['cpu_us']:>8.2f}"
-                                         f"{sweep[n][i]['rate'] * sweep[n][i]['cpu_us'] / 1e4:>5.0f}%" for n in names))
+                                         f"{sweep[n][i]['rate'] * sweep[n][i]['cpu_us'] / 1e4:>5.0f}%"
+                                         f"{sweep[n][i]['client_busy'] * 100:>6.0f}%" for n in names))
     def flatness(into, n):
         """Throughput at the most connections over throughput at the peak, per round (the VM's
         speed drifts between rounds, so flatness is judged within each). The peak is the
@@ -538,11 +549,15 @@ def bench_http(a):
         lines.append("")
         lines.append(f"connections sweep with each server held to {cap_frac} of a core (server-bound at every point; "
                      f"median of {len(capped_sweep[('ringstage', 16)])} rounds):")
-        lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}" for n in names))
+        lines.append(f"{'conns':>6}" + "".join(f"{n + ' req/s':>17}{'p99 us':>10}{'jain':>8}{'us/req':>8}{'client':>7}"
+                                              for n in names))
         for c in sweep_conns:
             lines.append(f"{c:>6}" + "".join(f"{median([x['rate'] for x in capped_sweep[(n, c)]]):>17.0f}"
                                              f"{median([x['p99_us'] for x in capped_sweep[(n, c)]]):>10.1f}"
-                                             f"{min(x['jain'] for x in capped_sweep[(n, c)]):>8.4f}" for n in names))
+                                             f"{min(x['jain'] for x in capped_sweep[(n, c)]):>8.4f}"
+                                             f"{median([x['cpu_ns_per_msg'] / 1000 for x in capped_sweep[(n, c)]]):>8.2f}"
+                                             f"{median([client_busy(x) for x in capped_sweep[(n, c)]]) * 100:>6.0f}%"
+                                             for n in names))
         for n in names:
             peak, per_round = flatness(capped_sweep, n)
             summary[f"{n} flat capped"] = median(per_round)

@@ -1,7 +1,9 @@
 //! Closed-loop echo load client: `--conns` connections, each with one `--size`-byte message in
 //! flight at a time (`--depth` to pipeline more), timed per message into an HDR histogram.
 //! With `--server-pid` it also reads the server's CPU time (all threads, ns, from schedstat)
-//! across exactly the measured window. Prints one JSON line.
+//! across exactly the measured window; its own CPU time over the same window is always
+//! reported (`client_cpu_ns`), so a run can tell when the client, not the server, was the
+//! limit. Prints one JSON line.
 //!
 //! `--idle N`: open N idle connections, print `ready`, hold them until stdin closes.
 //!
@@ -310,12 +312,14 @@ fn main() {
         }
         tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
         let cpu0 = a.server_pid.map(cpu_ns);
+        let own0 = cpu_ns(std::process::id());
         measuring.set(true);
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(a.secs)).await;
         measuring.set(false);
         let secs = t0.elapsed().as_secs_f64();
         let cpu = a.server_pid.map(|p| cpu_ns(p) - cpu0.unwrap());
+        let own = cpu_ns(std::process::id()) - own0;
         stop.set(true);
         for t in tasks {
             let _ = t.await;
@@ -326,7 +330,7 @@ fn main() {
         let (sum, sq) = pc.iter().fold((0f64, 0f64), |(s, q), &x| (s + x as f64, q + (x as f64) * (x as f64)));
         let jain = if sq > 0.0 { sum * sum / (pc.len() as f64 * sq) } else { 0.0 };
         println!(
-            "{{\"slow\":{},\"refused\":{},\"jain\":{:.4},\"errors\":{},\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1}}}",
+            "{{\"slow\":{},\"refused\":{},\"jain\":{:.4},\"errors\":{},\"msgs\":{},\"secs\":{:.3},\"rate\":{:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"server_cpu_ns\":{},\"cpu_ns_per_msg\":{:.1},\"client_cpu_ns\":{}}}",
             slow.get(),
             refused.get(),
             jain,
@@ -340,6 +344,7 @@ fn main() {
             h.value_at_quantile(0.999) as f64 / 1000.0,
             cpu.unwrap_or(0),
             cpu.map_or(0.0, |c| c as f64 / msgs.max(1) as f64),
+            own,
         );
     });
 }
