@@ -6,11 +6,14 @@ echo:  64-byte echo, 64 connections, closed loop; server pinned to CPU 0, load c
        Rounds are interleaved (A B C D, then D C B A, ...) and medians of per-round ratios
        reported, because absolute numbers on a shared VM drift by tens of percent between runs.
        Then process memory per idle connection at 10k idle connections.
+       Echo, http (one request at a time) and kv (SET and GET one at a time) also run ringstage
+       as "ringstage-spin": --spin-us 25, polling for work before sleeping (its CPU counts it).
 http:  the staged HTTP example vs nginx (one worker each, both pinned to CPU 0, wrk on CPU 1):
        plaintext (one request at a time, and pipelined 16 deep as TechEmpower's plaintext test
        is defined), 1 KiB and 100 KiB files with 64 connections; then throughput, p99 and Jain's
        fairness versus connections (16..1024) with the project's load client. On /plaintext a
-       minimal C io_uring responder (no framework, no parsing) runs alongside as the floor.
+       minimal C io_uring responder (no framework, no parsing) runs alongside as the floor. The
+       sweep prints each side's share of its core: against ringstage the client is the limit.
 overload: the CPU-heavy /dynamic endpoint under open-loop load at 0.5x, 1x, 2x and 4x its
        measured capacity, adaptive admission control on and off: goodput, p50/p90/p99 of
        admitted requests, refusal rate, Jain's fairness.
@@ -75,12 +78,19 @@ def build_echo():
     sh(["gcc", "-O2", "-o", "target/bench/uring_echo", "benches/peers/c/uring_echo.c", "-luring"])
 
 
+# The poll before sleeping (microseconds) of the "ringstage-spin" runs: one setting, not tuned per case.
+SPIN_US = 25
+
 SERVERS = {
     # name: (argv builder, port)
     "ringstage": (lambda p: [os.path.join(ROOT, "target/release/examples/echo"), "--addr", f"127.0.0.1:{p}", "--cpu", "0"], 7100),
     "tokio": (lambda p: [os.path.join(PEERS, "tokio_echo"), f"127.0.0.1:{p}"], 7101),
     "monoio": (lambda p: [os.path.join(PEERS, "monoio_echo"), f"127.0.0.1:{p}"], 7102),
     "c-io_uring": (lambda p: [os.path.join(ROOT, "target/bench/uring_echo"), str(p)], 7103),
+    # The same example polling for work before it sleeps (Builder::spin_before_sleep): its CPU
+    # per message then counts the polling.
+    "ringstage-spin": (lambda p: [os.path.join(ROOT, "target/release/examples/echo"), "--addr", f"127.0.0.1:{p}", "--cpu", "0",
+                                  "--spin-us", str(SPIN_US)], 7104),
 }
 
 
@@ -181,6 +191,9 @@ def bench_echo(a):
     idle_n = min(a.idle, hard - 200)  # the server and the client each hold one fd per connection
     idle = {}
     for n in names:
+        if n == "ringstage-spin":
+            idle[n] = float("nan")  # the same example: its idle connections cost the same
+            continue
         try:
             idle[n] = idle_cost(n, idle_n)
         except Exception as e:  # report, don't hide
@@ -203,12 +216,12 @@ def bench_echo(a):
     lines = []
     lines.append(f"echo: 64 B messages, 64 connections, server on CPU 0, client on CPU 1; median of {a.rounds} interleaved rounds of {a.secs}s")
     lines.append("(the table: medians per server; the ratios: medians of per-round ratios, each round's runs being adjacent in time)")
-    lines.append(f"{'server':<12}{'msg/s':>12}{'p50 us':>10}{'p99 us':>10}{'cpu ns/msg':>12}{'idle B/conn':>13}")
+    lines.append(f"{'server':<15}{'msg/s':>12}{'p50 us':>10}{'p99 us':>10}{'cpu ns/msg':>12}{'idle B/conn':>13}")
     for r in rows:
-        lines.append(f"{r['server']:<12}{r['rate']:>12.0f}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}{r['cpu_ns_per_msg']:>12.0f}{r['idle_bytes_per_conn']:>13.0f}")
+        lines.append(f"{r['server']:<15}{r['rate']:>12.0f}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}{r['cpu_ns_per_msg']:>12.0f}{r['idle_bytes_per_conn']:>13.0f}")
     lines.append("")
-    def ratio(peer, key):
-        return median([x[key] / y[key] for x, y in zip(runs["ringstage"], runs[peer]) if y[key]])
+    def ratio(peer, key, me="ringstage"):
+        return median([x[key] / y[key] for x, y in zip(runs[me], runs[peer]) if y[key]])
 
     lines.append("ringstage ratios (target):")
     for peer in ["tokio", "monoio"]:
@@ -216,6 +229,10 @@ def bench_echo(a):
                      f"p99 / {peer:<7} {ratio(peer, 'p99_us'):6.3f}  (<= 1.0)")
     lines.append(f"  cpu per msg / c-io_uring {ratio('c-io_uring', 'cpu_ns_per_msg'):6.3f}  (<= 1.0)")
     lines.append(f"  idle memory per connection {rs_['idle_bytes_per_conn']:.0f} B at {idle_n} idle connections  (<= 1024)")
+    lines.append(f"ringstage-spin (--spin-us {SPIN_US}: polls for work before sleeping; its CPU per message counts the polling):")
+    lines.append(f"  throughput / tokio {ratio('tokio', 'rate', 'ringstage-spin'):6.3f}  p99 / tokio {ratio('tokio', 'p99_us', 'ringstage-spin'):6.3f}"
+                 f"  cpu per msg / c-io_uring {ratio('c-io_uring', 'cpu_ns_per_msg', 'ringstage-spin'):6.3f}"
+                 f"  throughput / ringstage {ratio('ringstage', 'rate', 'ringstage-spin'):6.3f}")
     publish("echo", "\n".join(lines), {"rows": rows, "idle_connections": idle_n})
     plot_echo(rows, a)
 
@@ -225,7 +242,7 @@ def plot_echo(rows, a):
     if plt is None:
         return
     names = [r["server"] for r in rows]
-    colors = ["#d62728" if n == "ringstage" else "#7f7f7f" for n in names]
+    colors = ["#d62728" if n.startswith("ringstage") else "#7f7f7f" for n in names]
     fig, ax = plt.subplots(1, 4, figsize=(16, 4))
     panels = [("rate", "messages/s (higher is better)"), ("p99_us", "p99 latency, us (lower is better)"),
               ("cpu_ns_per_msg", "server CPU ns/message (lower is better)"), ("idle_bytes_per_conn", "bytes per idle connection")]
@@ -299,9 +316,10 @@ def wait_port(port, proc, timeout=10):
 
 
 def start_http(name, extra=()):
-    if name == "ringstage":
-        port = 8200
-        argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0", *extra]
+    if name in ("ringstage", "ringstage-spin"):
+        port = 8200 if name == "ringstage" else 8204
+        spin = ["--spin-us", str(SPIN_US)] if name == "ringstage-spin" else []
+        argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0", *spin, *extra]
     elif name == "c-io_uring":
         port = 8203
         argv = [os.path.join(ROOT, "target/bench/uring_http"), str(port)]
@@ -411,12 +429,17 @@ def bench_http(a):
     # /plaintext only, measured in the same rounds: how far below nginx any io_uring server
     # gets here, framework or not.
     floor = "c-io_uring"
+    # ringstage polling for work before it sleeps, one request at a time only (where the
+    # servers idle between the client's requests; pipelined, nobody sleeps).
+    spin = "ringstage-spin"
+    spin_cases = ("plaintext", "1 KiB file")
     # Both servers run for the whole round (the idle one costs nothing) and each measurement of
     # one is next to the same measurement of the other, alternating who goes first: this VM's
     # speed drifts by tens of percent over minutes, and paired runs keep that out of the ratios.
     def wrk_cases(r, servers, order, case_list, into, label):
         for c, path, depth in case_list:
-            for n in order + ([floor] if c == "plaintext" else []):
+            extra = ([floor] if c == "plaintext" else []) + ([spin] if c in spin_cases and label == "" else [])
+            for n in order + extra:
                 proc, port = servers[n]
                 wrk(port, path, 64, 1, depth=depth)  # warm caches and connections
                 res = wrk(port, path, 64, a.secs, proc.pid, depth)
@@ -434,13 +457,15 @@ def bench_http(a):
                       f"p99 {res['p99_us']:>9.1f} us  jain {res['jain']:.4f}  errors {res['errors']}", flush=True)
 
     fixed[(floor, "plaintext")], capped[(floor, "plaintext")] = [], []
+    for c in spin_cases:
+        fixed[(spin, c)] = []
     for r in range(a.rounds):
-        servers = {n: start_http(n) for n in names + [floor]}
+        servers = {n: start_http(n) for n in names + [floor, spin]}
         order = names if r % 2 == 0 else names[::-1]
         try:
             wrk_cases(r, servers, order, cases, fixed, "")
             sweep_round(r, servers, order, runs, "sweep")
-            if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names + [floor]):
+            if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names + [floor]):  # (not the spin variant)
                 wrk_cases(r, servers, order, capped_cases, capped, "capped ")
                 sweep_round(r, servers, order, capped_sweep, "capped sweep")
         finally:
@@ -499,6 +524,16 @@ def bench_http(a):
                      f"no parsing),")
         lines.append(f"  plaintext: {median([x['cpu_us_per_req'] for x in fl]):.2f} us/req, capacity vs nginx {fcap:.3f} "
                      f"(ringstage {pt['capacity']:.3f})")
+    lines.append(f"ringstage-spin (--spin-us {SPIN_US}: polls for work before sleeping; its CPU per request counts the polling),"
+                 " against nginx in the same rounds:")
+    for c in spin_cases:
+        sp = list(zip(fixed[(spin, c)], fixed[("nginx", c)]))
+        sratio = median([x["rate"] / y["rate"] for x, y in sp if y["rate"]])
+        scap = median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in sp if x["cpu_us_per_req"]])
+        sp99 = median([x["p99_us"] / y["p99_us"] for x, y in sp if y["p99_us"] > 0])
+        summary[f"{c} spin"] = {"ratio": sratio, "capacity": scap, "p99_ratio": sp99}
+        lines.append(f"  {c:<12} {median([x['rate'] for x, _ in sp]):>8.0f} req/s  ratio {sratio:.3f}  p99 ratio {sp99:.3f}  "
+                     f"capacity {scap:.3f}")
     if all(capped.values()):
         lines.append(f"server-bound: each server held to {cap_frac} of a core by a cpu cgroup (10 ms period), wrk as above; "
                      "median of the per-round ratios:")
@@ -755,10 +790,11 @@ def bench_overload(a):
 
 def start_kv(name):
     """The kv example (keyspace on CPU 0, slow stage on CPU 1) or redis-server (CPU 0)."""
-    if name == "ringstage":
-        port = 6400
+    if name in ("ringstage", "ringstage-spin"):
+        port = 6400 if name == "ringstage" else 6402
+        spin = ["--spin-us", str(SPIN_US)] if name == "ringstage-spin" else []
         argvs = [[os.path.join(ROOT, "target/release/examples/kv"), "--addr", f"127.0.0.1:{port}", "--cpu", "0",
-                  "--slow-cpu", "1"]]
+                  "--slow-cpu", "1", *spin]]
     else:
         port = 6401
         base = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -808,14 +844,17 @@ def bench_kv(a):
     per_sec = {1: 160_000, 16: 2_000_000}
     n_for = {"lrange_100": 150_000 * a.secs / 4}
     targeted = ("SET", "GET", "SET -P 16", "GET -P 16")
-    runs = {(n, c[0]): [] for n in names for c in cases}
+    # ringstage polling for work before it sleeps, on SET and GET one at a time (pipelined,
+    # nobody sleeps).
+    spin = "ringstage-spin"
+    runs = {(n, c[0]): [] for n in names + [spin] for c in cases}
     iso = {(n, k): [] for n in names for k in ("none", "slow")}
     for r in range(a.rounds):
         order = names if r % 2 == 0 else names[::-1]
-        servers = {n: start_kv(n) for n in names}
+        servers = {n: start_kv(n) for n in names + [spin]}
         try:
             for label, test, depth in cases:
-                for n in order:
+                for n in order + ([spin] if label in ("SET", "GET") else []):
                     proc, port = servers[n]
                     n_req = per_sec[depth] * a.secs if label in targeted else n_for.get(test, per_sec[depth] * a.secs / 4)
                     res = redis_benchmark(port, test, int(n_req), depth, proc.pid)
@@ -840,7 +879,7 @@ def bench_kv(a):
              "ceiling for both servers; 'capacity' is redis's server CPU per request over ringstage's.",
              f"{'case':<17}{'ringstage req/s':>16}{'redis req/s':>13}{'ratio':>8}{'capacity':>10}{'target':>8}"
              f"{'rs us/req':>11}{'redis us/req':>13}{'rs p99 us':>11}{'redis p99':>11}"]
-    rows = []
+    rows, spin_rows = [], []
     for label, _, _ in cases:
         A, B = runs[("ringstage", label)], runs[("redis", label)]
         row = {"case": label,
@@ -852,6 +891,16 @@ def bench_kv(a):
         rows.append(row)
         lines.append(f"{label:<17}{row['ringstage']:>16.0f}{row['redis']:>13.0f}{row['ratio']:>8.3f}{row['capacity']:>10.3f}"
                      f"{'>=1.0' if label in targeted else '-':>8}{row['rs_us']:>11.2f}{row['redis_us']:>13.2f}{row['rs_p99']:>11.0f}{row['redis_p99']:>11.0f}")
+    lines.append(f"ringstage-spin (--spin-us {SPIN_US}: polls for work before sleeping; its CPU per request counts the "
+                 "polling), against redis in the same rounds:")
+    for label in ("SET", "GET"):
+        A, B = runs[(spin, label)], runs[("redis", label)]
+        row = {"case": f"{label} spin", "ratio": median([x["rate"] / y["rate"] for x, y in zip(A, B) if y["rate"]]),
+               "capacity": median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in zip(A, B) if x["cpu_us_per_req"]]),
+               "ringstage": median([x["rate"] for x in A]), "rs_p99": median([x["p99_us"] for x in A])}
+        spin_rows.append(row)
+        lines.append(f"  {label:<4} {row['ringstage']:>9.0f} req/s  ratio {row['ratio']:.3f}  capacity {row['capacity']:.3f}  "
+                     f"p99 {row['rs_p99']:.0f} us")
     lines.append("")
     lines.append("isolation: GET, 50 connections closed loop (project load client); '1% slow': every 100th command of a")
     lines.append("connection is DEBUG SLEEP 0.005. p99 is of the fast commands only; target: with slow <= 2x without.")
@@ -868,7 +917,7 @@ def bench_kv(a):
         iso_rows.append(row)
         lines.append(f"{n:<11}{row['p99_none']:>12.1f}{row['p99_slow']:>13.1f}{row['ratio']:>8.2f}{row['rate_none']:>15.0f}"
                      f"{row['rate_slow']:>15.0f}{row['slow']:>11}{row['busy']:>7}{row['errors']:>8}")
-    publish("kv", "\n".join(lines), {"cases": rows, "isolation": iso_rows,
+    publish("kv", "\n".join(lines), {"cases": rows, "spin": spin_rows, "isolation": iso_rows,
                                      "runs": {f"{k[0]} {k[1]}": v for k, v in runs.items()},
                                      "isolation_runs": {f"{k[0]} {k[1]}": v for k, v in iso.items()}})
     plot_kv(rows, iso_rows, a)
