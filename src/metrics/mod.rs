@@ -76,6 +76,10 @@ pub struct WorkerCounters {
     /// Nanoseconds spent polling for work before sleeping
     /// ([`Builder::spin_before_sleep`](crate::runtime::Builder::spin_before_sleep)).
     pub spin_ns: Counter,
+    /// Those polls (spins).
+    pub spins: Counter,
+    /// Spins that found work, each a sleep and a wake-up saved.
+    pub spin_hits: Counter,
     /// Multishot receives ended by ENOBUFS (pool empty).
     pub enobufs: Counter,
     /// Completions the kernel reported as overflowed.
@@ -120,6 +124,8 @@ impl WorkerCounters {
             cqes: Counter::default(),
             idle_ns: Counter::default(),
             spin_ns: Counter::default(),
+            spins: Counter::default(),
+            spin_hits: Counter::default(),
             enobufs: Counter::default(),
             cq_overflow: Counter::default(),
             accept_backoffs: Counter::default(),
@@ -184,6 +190,10 @@ pub struct WorkerSnapshot {
     pub idle_ns: u64,
     /// Nanoseconds spent polling for work before sleeping.
     pub spin_ns: u64,
+    /// Polls before sleeping.
+    pub spins: u64,
+    /// Polls that found work.
+    pub spin_hits: u64,
     /// ENOBUFS endings of multishot receives.
     pub enobufs: u64,
     /// CQ overflow count reported by the kernel.
@@ -261,6 +271,8 @@ impl Snapshot {
                 cqes: w.cqes.get(),
                 idle_ns: w.idle_ns.get(),
                 spin_ns: w.spin_ns.get(),
+                spins: w.spins.get(),
+                spin_hits: w.spin_hits.get(),
                 enobufs: w.enobufs.get(),
                 cq_overflow: w.cq_overflow.get(),
                 accept_backoffs: w.accept_backoffs.get(),
@@ -326,12 +338,16 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 17] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 19] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
             ("ringstage_worker_idle_seconds_total", "Time blocked waiting for completions.", |w| w.idle_ns),
             ("ringstage_worker_spin_seconds_total", "Time spent polling for work before sleeping.", |w| w.spin_ns),
+            ("ringstage_worker_spins_total", "Polls for work before sleeping.", |w| w.spins),
+            ("ringstage_worker_spin_hits_total", "Polls that found work (a sleep and a wake-up saved).", |w| {
+                w.spin_hits
+            }),
             ("ringstage_worker_enobufs_total", "Receives that found the buffer pool empty.", |w| w.enobufs),
             ("ringstage_worker_cq_overflow_total", "Completions the kernel had to hold back.", |w| w.cq_overflow),
             ("ringstage_worker_accept_backoffs_total", "Accept back-offs on EMFILE/ENFILE/ENOMEM.", |w| {

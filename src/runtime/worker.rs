@@ -524,6 +524,8 @@ impl Worker {
             std::hint::spin_loop();
         };
         self.io.counters.spin_ns.add(t0.elapsed().as_nanos() as u64);
+        self.io.counters.spins.add(1);
+        self.io.counters.spin_hits.add(u64::from(found));
         self.spin_misses = if found { 0 } else { self.spin_misses + 1 };
         found
     }
