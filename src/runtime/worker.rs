@@ -476,12 +476,21 @@ impl Worker {
             || self.replicas.iter_mut().any(|r| r.has_work())
     }
 
+    /// SQEs queued for submission, and whether the kernel flags work for an enter: deferred
+    /// completion work (IORING_SQ_TASKRUN) or completions held back by a CQ overflow.
+    fn ring_pending(&mut self) -> (usize, bool) {
+        let sq = self.io.ring.submission();
+        (sq.len(), sq.taskrun() || sq.cq_overflow())
+    }
+
+    /// The earliest deadline in this worker's timer tables.
+    fn next_timer(&self) -> Option<Instant> {
+        self.replicas.iter().filter_map(|r| r.next_deadline()).min()
+    }
+
     /// Submits queued SQEs and runs deferred completion work without waiting.
     fn enter_nowait(&mut self) -> io::Result<()> {
-        let (pending, needs) = {
-            let sq = self.io.ring.submission();
-            (sq.len(), sq.taskrun() || sq.cq_overflow())
-        };
+        let (pending, needs) = self.ring_pending();
         // With IORING_SETUP_TASKRUN_FLAG the kernel flags pending deferred work in the SQ ring;
         // without it we cannot know, so always enter.
         if pending == 0 && !needs && self.io.features.coop_taskrun {
@@ -506,14 +515,11 @@ impl Worker {
             return false;
         }
         let t0 = Instant::now();
-        let timer = self.replicas.iter().filter_map(|r| r.next_deadline()).min();
+        let timer = self.next_timer();
         let until = timer.map_or(t0 + self.spin, |d| d.min(t0 + self.spin));
         let found = loop {
-            let ring = {
-                let sq = self.io.ring.submission();
-                !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
-            };
-            if ring || self.has_work() {
+            let (pending, needs) = self.ring_pending();
+            if pending > 0 || needs || self.has_work() {
                 break true;
             }
             let now = Instant::now();
@@ -545,7 +551,7 @@ impl Worker {
         let mut ts: &types::Timespec = if stalled { &self.stall_ts } else { &self.tick_ts };
         // Wake for the earliest timer if it comes before the tick (or the stall nap).
         let timer_ts;
-        if let Some(d) = self.replicas.iter().filter_map(|r| r.next_deadline()).min() {
+        if let Some(d) = self.next_timer() {
             let wait = d.saturating_duration_since(t0);
             if wait.is_zero() {
                 self.bell.awake();
