@@ -12,8 +12,9 @@ http:  the staged HTTP example vs nginx (one worker each, both pinned to CPU 0, 
        plaintext (one request at a time, and pipelined 16 deep as TechEmpower's plaintext test
        is defined), 1 KiB and 100 KiB files with 64 connections; then throughput, p99 and Jain's
        fairness versus connections (16..1024) with the project's load client. On /plaintext a
-       minimal C io_uring responder (no framework, no parsing) runs alongside as the floor. The
-       sweep prints each side's share of its core: against ringstage the client is the limit.
+       minimal C io_uring responder (no framework, no parsing) runs alongside as the floor, and
+       in the sweeps the same responder with a canned 1 KiB body. The sweep prints each side's
+       share of its core: against ringstage the client is the limit.
 overload: the CPU-heavy /dynamic endpoint under open-loop load at 0.5x, 1x, 2x and 4x its
        measured capacity, adaptive admission control on and off: goodput, p50/p90/p99 of
        admitted requests, refusal rate, Jain's fairness.
@@ -323,6 +324,9 @@ def start_http(name, extra=()):
     elif name == "c-io_uring":
         port = 8203
         argv = [os.path.join(ROOT, "target/bench/uring_http"), str(port)]
+    elif name == "c-io_uring-1k":
+        port = 8205
+        argv = [os.path.join(ROOT, "target/bench/uring_http"), str(port), "1024"]
     else:
         port = 8201
         argv = ["nginx", "-e", "stderr", "-c", nginx_conf(port)]
@@ -433,6 +437,10 @@ def bench_http(a):
     # servers idle between the client's requests; pipelined, nobody sleeps).
     spin = "ringstage-spin"
     spin_cases = ("plaintext", "1 KiB file")
+    # The floor in the connections sweeps: the same responder answering every request with a
+    # canned 1 KiB body, like the sweep's cached file. Whether a server that does nothing but
+    # answer is flat to 1024 connections here tells the kernel's share of the slope from ours.
+    floor_1k = "c-io_uring-1k"
     # Both servers run for the whole round (the idle one costs nothing) and each measurement of
     # one is next to the same measurement of the other, alternating who goes first: this VM's
     # speed drifts by tens of percent over minutes, and paired runs keep that out of the ratios.
@@ -459,19 +467,21 @@ def bench_http(a):
     fixed[(floor, "plaintext")], capped[(floor, "plaintext")] = [], []
     for c in spin_cases:
         fixed[(spin, c)] = []
+    for c in sweep_conns:
+        runs[(floor_1k, c)], capped_sweep[(floor_1k, c)] = [], []
     for r in range(a.rounds):
-        servers = {n: start_http(n) for n in names + [floor, spin]}
+        servers = {n: start_http(n) for n in names + [floor, spin, floor_1k]}
         order = names if r % 2 == 0 else names[::-1]
         try:
             wrk_cases(r, servers, order, cases, fixed, "")
-            sweep_round(r, servers, order, runs, "sweep")
-            if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names + [floor]):  # (not the spin variant)
+            sweep_round(r, servers, order + [floor_1k], runs, "sweep")
+            if all(cpu_cap(n, servers[n][0].pid, cap_frac) for n in names + [floor, floor_1k]):  # (not the spin variant)
                 wrk_cases(r, servers, order, capped_cases, capped, "capped ")
-                sweep_round(r, servers, order, capped_sweep, "capped sweep")
+                sweep_round(r, servers, order + [floor_1k], capped_sweep, "capped sweep")
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
-            for n in names + [floor]:
+            for n in names + [floor, floor_1k]:
                 for g in (f"/sys/fs/cgroup/cpu/ringstage-bench-{n}", f"/sys/fs/cgroup/ringstage-bench-{n}"):
                     try:
                         os.rmdir(g)  # empty once its server exited
@@ -580,6 +590,19 @@ def bench_http(a):
         lines.append(f"{n}: throughput at 1024 conns / at the peak ({peak}) = {median(per_round):.3f} (flat: >= 0.90; "
                      f"median of the rounds: {', '.join(f'{x:.3f}' for x in per_round)}); min Jain "
                      f"{min(x['jain'] for x in sweep[n]):.4f} (>= 0.99)")
+
+    def floor_line(into, key):
+        """The floor's sweep on one line: req/s and server CPU per request at each point, and
+        its flatness."""
+        pts = "  ".join(f"{c}: {median([x['rate'] for x in into[(floor_1k, c)]]):.0f} req/s "
+                        f"{median([x['cpu_ns_per_msg'] / 1000 for x in into[(floor_1k, c)]]):.2f} us/req" for c in sweep_conns)
+        peak, per_round = flatness(into, floor_1k)
+        summary[key] = median(per_round)
+        return [f"floor (benches/peers/c/uring_http.c answering a canned 1 KiB body, no framework): {pts}",
+                f"  floor: throughput at 1024 conns / at the peak ({peak}) = {median(per_round):.3f} "
+                f"(median of the rounds: {', '.join(f'{x:.3f}' for x in per_round)})"]
+
+    lines += floor_line(runs, "floor flat")
     if all(capped_sweep.values()):
         lines.append("")
         lines.append(f"connections sweep with each server held to {cap_frac} of a core (server-bound at every point; "
@@ -598,6 +621,7 @@ def bench_http(a):
             summary[f"{n} flat capped"] = median(per_round)
             lines.append(f"{n} (server-bound): throughput at 1024 conns / at the peak ({peak}) = {median(per_round):.3f} (median of the "
                          f"rounds: {', '.join(f'{x:.3f}' for x in per_round)})")
+        lines += floor_line(capped_sweep, "floor flat capped")
     publish("http", "\n".join(lines),
             {"fixed": {f"{k[0]}|{k[1]}": v for k, v in fixed.items()}, "sweep": sweep, "summary": summary,
              "capped": {f"{k[0]}|{k[1]}": v for k, v in capped.items()},
@@ -622,12 +646,17 @@ def bench_http(a):
         if all(capped_sweep.values()):
             style.update(linestyle="--", marker="s", label=f"{n}, {cap_frac} core")
             ax[1].plot(sweep_conns, [median([x["rate"] for x in capped_sweep[(n, c)]]) for c in sweep_conns], **style)
+    fl_style = dict(color="#1f77b4", marker=".", linestyle=":", label="floor (C io_uring)")
+    ax[1].plot(sweep_conns, [median([x["rate"] for x in runs[(floor_1k, c)]]) for c in sweep_conns], **fl_style)
+    if all(capped_sweep.values()):
+        fl_style.update(linestyle="-.", label=f"floor, {cap_frac} core")
+        ax[1].plot(sweep_conns, [median([x["rate"] for x in capped_sweep[(floor_1k, c)]]) for c in sweep_conns], **fl_style)
     ax[1].set_ylim(bottom=0)  # flatness is judged from zero, not from a zoomed axis
     for axis, t in ((ax[1], "throughput vs connections (1 KiB file)"), (ax[2], "p99 latency (us) vs connections")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("connections")
         axis.set_title(t, fontsize=9)
-        axis.legend()
+        axis.legend(**(dict(fontsize=7, ncol=3, loc="lower center") if axis is ax[1] else {}))
     fig.suptitle("staged HTTP server vs nginx, one core each")
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "http.png"), dpi=90)

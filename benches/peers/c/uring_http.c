@@ -4,17 +4,18 @@
  * found in a receive (counted by its blank line) is answered with one canned keep-alive response
  * from a static buffer: no parsing, no routing, no Date refresh, no framework. A request split
  * across receives would be miscounted; wrk's small GETs never are. Not a server: a lower bound
- * to measure against. Build: gcc -O2 -o uring_http uring_http.c -luring */
+ * to measure against. Usage: uring_http [PORT [BODY_BYTES]] (default body: "Hello, World!"; a larger
+ * one stands in for a cached file of that size). Build: gcc -O2 -o uring_http uring_http.c -luring */
 #include "uring_floor.h"
 
 #define MAXPIPE 64
 enum { ACCEPT = 1, RECV = 2, SEND = 3 };
 #define UD(kind, fd) (((unsigned long long)(kind) << 56) | (unsigned)(fd))
 
-static const char RESP[] = "HTTP/1.1 200 OK\r\nServer: c\r\nContent-Type: text/plain\r\n"
-                           "Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 13\r\n\r\nHello, World!";
-#define RLEN (sizeof RESP - 1)
-static char many[MAXPIPE * RLEN];
+#define MAXBODY (64 * 1024)
+static char RESP[256 + MAXBODY];
+static size_t RLEN;
+static char *many;
 
 /* Requests in a receive: occurrences of the blank line that ends a head. */
 static int requests(const char *p, int n) {
@@ -26,6 +27,17 @@ static int requests(const char *p, int n) {
 
 int main(int argc, char **argv) {
     int port = argc > 1 ? atoi(argv[1]) : 8203;
+    int body = argc > 2 ? atoi(argv[2]) : 0;
+    if (body < 0 || body > MAXBODY) {
+        fprintf(stderr, "uring_http: BODY_BYTES must be 0..%d\n", MAXBODY);
+        return 2;
+    }
+    RLEN = (size_t)snprintf(RESP, 256, "HTTP/1.1 200 OK\r\nServer: c\r\nContent-Type: text/plain\r\n"
+                            "Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: %d\r\n\r\n", body ? body : 13);
+    if (body) memset(RESP + RLEN, 'x', (size_t)body), RLEN += (size_t)body;
+    else memcpy(RESP + RLEN, "Hello, World!", 13), RLEN += 13;
+    many = malloc(MAXPIPE * RLEN);
+    if (!many) return 1;
     for (int i = 0; i < MAXPIPE; i++) memcpy(many + i * RLEN, RESP, RLEN);
     int lfd = floor_setup(port, 4096, 1, "c io_uring http");
     arm_accept(lfd, UD(ACCEPT, lfd));
