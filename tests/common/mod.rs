@@ -44,6 +44,7 @@ pub fn serve<H: Handler<Event = NetEvent>>(
 }
 
 /// An echo server: the net stage on worker 0 and the echo stage on `echo_worker`.
+#[allow(dead_code)] // not every test binary uses it (tests/alloc.rs builds its own)
 pub fn echo_server(
     b: Builder,
     echo_worker: usize,
@@ -75,6 +76,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Sends `msg` (in `chunk`-sized writes from a writer thread) and reads back exactly as many
 /// bytes, asserting they match.
+#[allow(dead_code)] // not every test binary uses it
 pub fn roundtrip(addr: SocketAddr, msg: Vec<u8>, chunk: usize) {
     let mut s = connect(addr);
     let mut w = s.try_clone().unwrap();
