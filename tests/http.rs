@@ -506,6 +506,60 @@ fn stats_endpoint_serves_prometheus_text() {
     assert!((64..=2048).contains(&window), "the ring's window is within the pool: {window}");
 }
 
+/// The workers' heap allocations so far, from `/stats` (the example counts them with
+/// `metrics::CountingAlloc`; a worker publishes its count before it sleeps).
+fn worker_allocations(addr: SocketAddr) -> u64 {
+    std::thread::sleep(Duration::from_millis(100)); // let the workers go idle
+    let text = String::from_utf8(get(addr, "/stats").body).unwrap();
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("ringstage_worker_allocations_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(!counts.is_empty() && counts.iter().all(|&n| n > 0), "the count is live (start-up allocates): {text}");
+    counts.iter().sum()
+}
+
+#[test]
+fn requests_answered_from_the_page_cache_do_not_allocate() {
+    let s = server(&["--workers", "1"]);
+    let reqs: &[(&str, &[u8])] = &[("/plaintext", b"Hello, World!"), ("/files/1k.txt", &[])];
+    let want_1k = std::fs::read(bundled().join("files/1k.txt")).unwrap();
+    let mut conns: Vec<_> = (0..8).map(|_| connect(s.addr)).collect();
+    let mut rounds = |n: usize| {
+        for _ in 0..n {
+            for c in conns.iter_mut() {
+                for (path, _) in reqs {
+                    c.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+                }
+                for (path, body) in reqs {
+                    let r = read_response(c, false).expect("a response");
+                    let want = if body.is_empty() { &want_1k[..] } else { body };
+                    assert_eq!((r.status, r.body.as_slice()), (200, want), "{path}");
+                }
+            }
+        }
+    };
+    rounds(50); // warm: the file is in the page cache, queues and pools at their working sizes
+                // Each `/stats` request allocates (its snapshot and text, its connection): measure that
+                // once, then subtract it from the window with the load in it.
+    let a1 = worker_allocations(s.addr);
+    let a2 = worker_allocations(s.addr);
+    let t0 = Instant::now();
+    rounds(1000); // 16,000 requests on 8 keep-alive connections, two pipelined at a time
+    let b = worker_allocations(s.addr);
+    let secs = t0.elapsed().as_secs() + 1;
+    let per_stats = a2 - a1;
+    let in_load = (b - a2).saturating_sub(per_stats);
+    // Once a second each worker rebuilds its `Date:` line and the canned `/plaintext`
+    // response (about 11 allocations), and the text's length changes with its numbers, which
+    // can move a `String`'s growth by a step. An allocation per request would add 16,000.
+    assert!(
+        in_load <= 4 + 16 * secs,
+        "{in_load} allocations over 16,000 requests in under {secs} s (each /stats: {per_stats})"
+    );
+}
+
 #[test]
 fn overload_control_sheds_dynamic_load_with_503() {
     // 2 ms of work per page, a 5 ms target, and 32 clients each keeping 4 requests in flight:

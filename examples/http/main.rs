@@ -32,6 +32,11 @@ use cache::{Cache, CacheEvent, SharedCache};
 use files::{FileReq, Files};
 use parse::{Limits, Parse, MAX_HEAD};
 
+/// Counts each worker's heap allocations for `ringstage_worker_allocations_total` in `/stats`,
+/// at one thread-local add per allocation. Requests served from the page cache make none.
+#[global_allocator]
+static ALLOC: ringstage::metrics::CountingAlloc = ringstage::metrics::CountingAlloc::system();
+
 const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/http/www");
 
 struct Opts {

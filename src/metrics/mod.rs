@@ -3,12 +3,14 @@
 //! Every counter has a single writer (the worker that owns it), so updates are a relaxed load
 //! and store, not a locked read-modify-write; readers on any thread sum the per-worker values.
 
+mod alloc;
 mod histogram;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+pub use alloc::{thread_allocations, CountingAlloc};
 pub use histogram::{HistSnapshot, Histogram};
 
 /// A single-writer monotone counter (or gauge) readable from any thread.
@@ -73,6 +75,9 @@ pub struct WorkerCounters {
     pub cqes: Counter,
     /// Nanoseconds spent blocked waiting for completions.
     pub idle_ns: Counter,
+    /// Heap allocations made on the worker's thread, refreshed every loop iteration (zero
+    /// unless [`CountingAlloc`] is the global allocator).
+    pub allocations: Counter,
     /// Nanoseconds spent polling for work before sleeping
     /// ([`Builder::spin_before_sleep`](crate::runtime::Builder::spin_before_sleep)).
     pub spin_ns: Counter,
@@ -123,6 +128,7 @@ impl WorkerCounters {
             enters: Counter::default(),
             cqes: Counter::default(),
             idle_ns: Counter::default(),
+            allocations: Counter::default(),
             spin_ns: Counter::default(),
             spins: Counter::default(),
             spin_hits: Counter::default(),
@@ -188,6 +194,8 @@ pub struct WorkerSnapshot {
     pub cqes: u64,
     /// Nanoseconds blocked waiting.
     pub idle_ns: u64,
+    /// Heap allocations made on the worker's thread (with [`CountingAlloc`] only).
+    pub allocations: u64,
     /// Nanoseconds spent polling for work before sleeping.
     pub spin_ns: u64,
     /// Polls before sleeping.
@@ -270,6 +278,7 @@ impl Snapshot {
                 enters: w.enters.get(),
                 cqes: w.cqes.get(),
                 idle_ns: w.idle_ns.get(),
+                allocations: w.allocations.get(),
                 spin_ns: w.spin_ns.get(),
                 spins: w.spins.get(),
                 spin_hits: w.spin_hits.get(),
@@ -338,11 +347,16 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 19] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 20] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
             ("ringstage_worker_idle_seconds_total", "Time blocked waiting for completions.", |w| w.idle_ns),
+            (
+                "ringstage_worker_allocations_total",
+                "Heap allocations on the worker's thread (counted with metrics::CountingAlloc as the global allocator).",
+                |w| w.allocations,
+            ),
             ("ringstage_worker_spin_seconds_total", "Time spent polling for work before sleeping.", |w| w.spin_ns),
             ("ringstage_worker_spins_total", "Polls for work before sleeping.", |w| w.spins),
             ("ringstage_worker_spin_hits_total", "Polls that found work (a sleep and a wake-up saved).", |w| {

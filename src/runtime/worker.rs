@@ -391,6 +391,8 @@ impl Worker {
             }
             self.flush_wakes();
             self.io.net_tick();
+            // Published before the worker may sleep, so an idle worker's count is current.
+            self.io.counters.allocations.set(crate::metrics::thread_allocations());
             if self.check_shutdown() {
                 return Ok(());
             }

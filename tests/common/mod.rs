@@ -44,7 +44,6 @@ pub fn serve<H: Handler<Event = NetEvent>>(
 }
 
 /// An echo server: the net stage on worker 0 and the echo stage on `echo_worker`.
-#[allow(dead_code)] // not every test binary uses it (tests/alloc.rs builds its own)
 pub fn echo_server(
     b: Builder,
     echo_worker: usize,
