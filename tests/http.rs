@@ -540,9 +540,10 @@ fn requests_answered_from_the_page_cache_do_not_allocate() {
             }
         }
     };
-    rounds(50); // warm: the file is in the page cache, queues and pools at their working sizes
-                // Each `/stats` request allocates (its snapshot and text, its connection): measure that
-                // once, then subtract it from the window with the load in it.
+    // Warm up: the file is in the page cache, queues and pools at their working sizes.
+    rounds(50);
+    // Each `/stats` request allocates (its snapshot and text, its connection): measure that
+    // once, then subtract it from the window with the load in it.
     let a1 = worker_allocations(s.addr);
     let a2 = worker_allocations(s.addr);
     let t0 = Instant::now();
