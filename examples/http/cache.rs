@@ -187,22 +187,31 @@ pub struct Cache {
     now: Instant,
 }
 
-/// The complete keep-alive `/plaintext` response, rebuilt when the `Date:` line changes.
+/// The complete keep-alive `/plaintext` response, rebuilt when the `Date:` line changes: in
+/// place, in the buffer of the response before, once no send holds that any more.
 struct PlainResponse {
     date: IoBuf,
     full: IoBuf,
+    spare: IoBuf,
 }
 
 impl PlainResponse {
+    fn new() -> PlainResponse {
+        let empty = IoBuf::from_static(b"");
+        PlainResponse { date: empty.clone(), full: empty.clone(), spare: empty }
+    }
+
     fn get(&mut self, date: &mut DateLine, now: Instant) -> IoBuf {
         let d = date.get(now);
         if d.as_ptr() != self.date.as_ptr() {
-            let mut v = Vec::with_capacity(160);
-            v.extend_from_slice(PLAIN_HEAD);
-            v.extend_from_slice(&d);
-            v.extend_from_slice(TAIL_KEEP);
-            v.extend_from_slice(PLAIN_BODY);
-            self.full = IoBuf::from(v);
+            let parts = [PLAIN_HEAD, &d[..], TAIL_KEEP, PLAIN_BODY];
+            let mut next = std::mem::replace(&mut self.spare, IoBuf::from_static(b""));
+            if !proto::refill(&mut next, &parts) {
+                next = IoBuf::concat(&parts);
+            }
+            let old = std::mem::replace(&mut self.full, next);
+            // The first build makes a spare too: from then on, nothing is allocated.
+            self.spare = if old.is_empty() { IoBuf::concat(&parts) } else { old };
             self.date = d;
         }
         self.full.clone()
@@ -252,7 +261,7 @@ impl Cache {
             waiting: HashMap::default(),
             blocked: HashMap::default(),
             date: DateLine::new(),
-            plain: PlainResponse { date: IoBuf::from_static(b""), full: IoBuf::from_static(b"") },
+            plain: PlainResponse::new(),
             now: Instant::now(),
         }
     }

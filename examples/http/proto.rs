@@ -1,5 +1,6 @@
 //! HTTP/1.1 details: dates, MIME types, status lines, path decoding, ranges.
 
+use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringstage::buf::IoBuf;
@@ -75,19 +76,45 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub fn http_date(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil(days);
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-        DAYS[days.rem_euclid(7) as usize],
-        d,
-        MONTHS[m - 1],
-        y,
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    HttpDate(secs).to_string()
+}
+
+/// Seconds since the epoch, displayed as an IMF-fixdate (written without allocating).
+pub struct HttpDate(pub i64);
+
+impl std::fmt::Display for HttpDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let days = self.0.div_euclid(86_400);
+        let rem = self.0.rem_euclid(86_400);
+        let (y, m, d) = civil(days);
+        write!(
+            f,
+            "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+            DAYS[days.rem_euclid(7) as usize],
+            d,
+            MONTHS[m - 1],
+            y,
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    }
+}
+
+/// Overwrites `buf` with `parts` if it is the only view of its bytes and `parts` fill it to
+/// the byte: how a once-a-second line is rebuilt in place instead of reallocated. Returns
+/// false otherwise, leaving `buf` as it was.
+pub fn refill(buf: &mut IoBuf, parts: &[&[u8]]) -> bool {
+    if buf.len() != parts.iter().map(|p| p.len()).sum::<usize>() {
+        return false;
+    }
+    let Some(out) = buf.as_mut_slice() else { return false };
+    let mut at = 0;
+    for p in parts {
+        out[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    true
 }
 
 /// Parses an IMF-fixdate; `None` for anything else (then the header is ignored, as RFC 9110 asks).
@@ -137,12 +164,17 @@ pub struct DateLine {
     /// When (loop clock) to look at the wall clock again.
     next: Option<Instant>,
     line: IoBuf,
+    /// The line before `line`: rewritten in place for the next second if no response holds
+    /// it any more (a line is always 37 bytes), so the steady state allocates nothing.
+    spare: IoBuf,
 }
 
 impl DateLine {
     pub fn new() -> DateLine {
-        let mut d = DateLine { secs: -1, next: None, line: IoBuf::from_static(b"") };
-        d.get(Instant::now());
+        let mut d = DateLine { secs: -1, next: None, line: IoBuf::from_static(b""), spare: IoBuf::from_static(b"") };
+        let line = d.get(Instant::now());
+        // The next second's line is written here: from the start on, nothing is allocated.
+        d.spare = IoBuf::copy_from_slice(&line);
         d
     }
 
@@ -156,7 +188,15 @@ impl DateLine {
             let secs = wall.as_secs() as i64;
             if secs != self.secs {
                 self.secs = secs;
-                self.line = IoBuf::from(format!("Date: {}\r\n", http_date(secs)).into_bytes());
+                let mut text = [0u8; 64];
+                let mut w = &mut text[..];
+                let _ = write!(w, "Date: {}\r\n", HttpDate(secs)); // (fits: 37 bytes)
+                let n = 64 - w.len();
+                let mut next = std::mem::replace(&mut self.spare, IoBuf::from_static(b""));
+                if !refill(&mut next, &[&text[..n]]) {
+                    next = IoBuf::copy_from_slice(&text[..n]);
+                }
+                self.spare = std::mem::replace(&mut self.line, next);
             }
         }
         self.line.clone()
@@ -288,6 +328,44 @@ pub fn simple(status: u16, body: &str, close: bool, extra: &str, date: &IoBuf) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refill_rewrites_only_a_unique_buffer_of_the_same_length() {
+        let mut b = IoBuf::copy_from_slice(b"abcdef");
+        assert!(refill(&mut b, &[b"xy", b"zuvw"]));
+        assert_eq!(&b[..], b"xyzuvw");
+        assert!(!refill(&mut b, &[b"short"]), "a different length");
+        let held = b.clone();
+        assert!(!refill(&mut b, &[b"123456"]), "another view still reads these bytes");
+        assert_eq!((&b[..], &held[..]), (&b"xyzuvw"[..], &b"xyzuvw"[..]));
+        assert!(!refill(&mut IoBuf::from_static(b"static"), &[b"123456"]));
+    }
+
+    #[test]
+    fn the_date_line_reuses_the_buffer_of_the_line_before_unless_it_is_held() {
+        let mut d = DateLine::new();
+        let line = |d: &mut DateLine| d.get(Instant::now());
+        let first = line(&mut d);
+        let a = first.as_ptr();
+        drop(first);
+        std::thread::sleep(Duration::from_millis(1050));
+        let second = line(&mut d);
+        assert_ne!(second.as_ptr(), a, "a new second, a new line");
+        drop(second);
+        std::thread::sleep(Duration::from_millis(1050));
+        let third = line(&mut d);
+        assert_eq!(third.as_ptr(), a, "rewritten in place: nobody held the line of two seconds ago");
+        let text = std::str::from_utf8(&third).unwrap();
+        assert!(text.starts_with("Date: ") && text.ends_with(" GMT\r\n") && text.len() == 37, "{text:?}");
+        let (shown, now) = (parse_http_date(&third[6..35]).unwrap(), unix_secs(SystemTime::now()));
+        assert!(now - 1 <= shown && shown <= now, "the current second: {text:?}");
+        // A response still holding the spare (e.g. in a slow client's send queue) keeps it.
+        let _held = third;
+        std::thread::sleep(Duration::from_millis(1050));
+        let _ = line(&mut d);
+        std::thread::sleep(Duration::from_millis(1050));
+        assert_ne!(line(&mut d).as_ptr(), a, "the held line is not overwritten");
+    }
 
     #[test]
     fn dates_round_trip() {
