@@ -187,34 +187,21 @@ pub struct Cache {
     now: Instant,
 }
 
-/// The complete keep-alive `/plaintext` response, rebuilt when the `Date:` line changes: in
-/// place, in the buffer of the response before, once no send holds that any more.
+/// The complete keep-alive `/plaintext` response, rebuilt (in place) when the `Date:` line
+/// changes.
 struct PlainResponse {
     date: IoBuf,
-    full: IoBuf,
-    spare: IoBuf,
+    full: proto::Rewritten,
 }
 
 impl PlainResponse {
-    fn new() -> PlainResponse {
-        let empty = IoBuf::from_static(b"");
-        PlainResponse { date: empty.clone(), full: empty.clone(), spare: empty }
-    }
-
     fn get(&mut self, date: &mut DateLine, now: Instant) -> IoBuf {
         let d = date.get(now);
         if d.as_ptr() != self.date.as_ptr() {
-            let parts = [PLAIN_HEAD, &d[..], TAIL_KEEP, PLAIN_BODY];
-            let mut next = std::mem::replace(&mut self.spare, IoBuf::from_static(b""));
-            if !proto::refill(&mut next, &parts) {
-                next = IoBuf::concat(&parts);
-            }
-            let old = std::mem::replace(&mut self.full, next);
-            // The first build makes a spare too: from then on, nothing is allocated.
-            self.spare = if old.is_empty() { IoBuf::concat(&parts) } else { old };
+            self.full.set(&[PLAIN_HEAD, &d[..], TAIL_KEEP, PLAIN_BODY]);
             self.date = d;
         }
-        self.full.clone()
+        self.full.current().clone()
     }
 }
 
@@ -261,7 +248,7 @@ impl Cache {
             waiting: HashMap::default(),
             blocked: HashMap::default(),
             date: DateLine::new(),
-            plain: PlainResponse::new(),
+            plain: PlainResponse { date: IoBuf::from_static(b""), full: proto::Rewritten::new() },
             now: Instant::now(),
         }
     }

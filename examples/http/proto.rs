@@ -102,8 +102,7 @@ impl std::fmt::Display for HttpDate {
 }
 
 /// Overwrites `buf` with `parts` if it is the only view of its bytes and `parts` fill it to
-/// the byte: how a once-a-second line is rebuilt in place instead of reallocated. Returns
-/// false otherwise, leaving `buf` as it was.
+/// the byte. Returns false otherwise, leaving `buf` as it was.
 pub fn refill(buf: &mut IoBuf, parts: &[&[u8]]) -> bool {
     if buf.len() != parts.iter().map(|p| p.len()).sum::<usize>() {
         return false;
@@ -115,6 +114,35 @@ pub fn refill(buf: &mut IoBuf, parts: &[&[u8]]) -> bool {
         at += p.len();
     }
     true
+}
+
+/// Bytes that change now and then (each second, for a `Date:` line), shared by responses as
+/// an `IoBuf`. A new version is written in place, into the buffer of the version before, once
+/// no response holds that any more; otherwise into a new buffer. The first version makes that
+/// spare buffer too, so from then on nothing is allocated.
+pub struct Rewritten {
+    current: IoBuf,
+    spare: IoBuf,
+}
+
+impl Rewritten {
+    pub fn new() -> Rewritten {
+        Rewritten { current: IoBuf::from_static(b""), spare: IoBuf::from_static(b"") }
+    }
+
+    pub fn current(&self) -> &IoBuf {
+        &self.current
+    }
+
+    /// Makes `parts`, concatenated, the current version.
+    pub fn set(&mut self, parts: &[&[u8]]) {
+        let mut next = std::mem::replace(&mut self.spare, IoBuf::from_static(b""));
+        if !refill(&mut next, parts) {
+            next = IoBuf::concat(parts);
+        }
+        let old = std::mem::replace(&mut self.current, next);
+        self.spare = if old.is_empty() { IoBuf::concat(parts) } else { old };
+    }
 }
 
 /// Parses an IMF-fixdate; `None` for anything else (then the header is ignored, as RFC 9110 asks).
@@ -163,18 +191,14 @@ pub struct DateLine {
     secs: i64,
     /// When (loop clock) to look at the wall clock again.
     next: Option<Instant>,
-    line: IoBuf,
-    /// The line before `line`: rewritten in place for the next second if no response holds
-    /// it any more (a line is always 37 bytes), so the steady state allocates nothing.
-    spare: IoBuf,
+    /// (Always 37 bytes: each second's line is written over the one of two seconds ago.)
+    line: Rewritten,
 }
 
 impl DateLine {
     pub fn new() -> DateLine {
-        let mut d = DateLine { secs: -1, next: None, line: IoBuf::from_static(b""), spare: IoBuf::from_static(b"") };
-        let line = d.get(Instant::now());
-        // The next second's line is written here: from the start on, nothing is allocated.
-        d.spare = IoBuf::copy_from_slice(&line);
+        let mut d = DateLine { secs: -1, next: None, line: Rewritten::new() };
+        d.get(Instant::now());
         d
     }
 
@@ -192,14 +216,10 @@ impl DateLine {
                 let mut w = &mut text[..];
                 let _ = write!(w, "Date: {}\r\n", HttpDate(secs)); // (fits: 37 bytes)
                 let n = 64 - w.len();
-                let mut next = std::mem::replace(&mut self.spare, IoBuf::from_static(b""));
-                if !refill(&mut next, &[&text[..n]]) {
-                    next = IoBuf::copy_from_slice(&text[..n]);
-                }
-                self.spare = std::mem::replace(&mut self.line, next);
+                self.line.set(&[&text[..n]]);
             }
         }
-        self.line.clone()
+        self.line.current().clone()
     }
 }
 
