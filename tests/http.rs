@@ -256,6 +256,16 @@ fn bad_input_gets_clear_errors_and_no_panic() {
     assert_eq!(request(s.addr, "GET / HTTP/1.1\r\n\r\n").status, 400, "HTTP/1.1 without Host");
     let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(600));
     assert_eq!(request(s.addr, &long).status, 414);
+    // The limit is the request line's length without its CRLF: 512 bytes pass, 513 do not,
+    // whether the head is complete, or cut before its line ends (then nothing more is awaited).
+    let line = |n: usize| format!("GET /{} HTTP/1.1", "a".repeat(n - 14));
+    assert_eq!(request(s.addr, &format!("{}\r\nHost: t\r\n\r\n", line(512))).status, 404);
+    assert_eq!(request(s.addr, &format!("{}\nHost: t\n\n", line(512))).status, 404, "bare LFs");
+    assert_eq!(request(s.addr, &format!("{}\r\nHost: t\r\n\r\n", line(513))).status, 414);
+    assert_eq!(request(s.addr, &format!("{}\nHost: t\n\n", line(513))).status, 414, "bare LFs");
+    assert_eq!(request(s.addr, &line(513)).status, 414, "no line end yet");
+    assert_eq!(request(s.addr, &format!("{}\r\nHost: t\r\n", line(513))).status, 414, "head cut");
+    assert_eq!(request(s.addr, &format!("GET\t/ HTTP/1.1\r\n{}\r\n\r\n", "x".repeat(600))).status, 400);
     let fat = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Fill: {}\r\n\r\n", "b".repeat(3000));
     assert_eq!(request(s.addr, &fat).status, 431);
     let many: String = (0..80).map(|i| format!("X-{i}: v\r\n")).collect();

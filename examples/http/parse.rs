@@ -377,28 +377,46 @@ fn shed(req: &mut Request) {
     }
 }
 
+/// Whether the request line at the start of `data` is longer than `max` bytes, or will be: no
+/// line end within `max` bytes. The line ends at its CR, or at a bare LF (which httparse also
+/// takes as the end).
+fn line_too_long(data: &[u8], max: usize) -> bool {
+    let scan = &data[..data.len().min(max + 2)];
+    match scan.iter().position(|&b| b == b'\n') {
+        Some(i) => (if i > 0 && scan[i - 1] == b'\r' { i - 1 } else { i }) > max,
+        None => data.len() > max,
+    }
+}
+
 /// Parses one request head at the start of `data`.
 fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed {
-    // Where the request line ends: its CR, or a bare LF (which httparse also takes as the end).
-    let scan = &data[..data.len().min(limits.max_line + 2)];
-    let line_end = scan.iter().position(|&b| b == b'\n').map(|i| if i > 0 && scan[i - 1] == b'\r' { i - 1 } else { i });
-    if line_end.is_none() && data.len() > limits.max_line {
-        return Parsed::Error(414);
-    }
-    if line_end.is_some_and(|e| e > limits.max_line) {
-        return Parsed::Error(414);
-    }
     // Uninitialised header slots: initialising 64 of them (2 KiB) per request cost more than
     // parsing a small request.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
     let mut req = httparse::Request::new(&mut []);
     let n = match req.parse_with_uninit_headers(data, &mut headers) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if data.len() > limits.max_head { Parsed::Error(431) } else { Parsed::Partial };
+        Ok(httparse::Status::Complete(n)) => {
+            // httparse's default (strict) request line: method, one space, target, one space,
+            // `HTTP/1.x`: its length follows from the parts, without a second scan of it.
+            let line = req.method.map_or(0, str::len) + req.path.map_or(0, str::len) + 10;
+            if line > limits.max_line {
+                return Parsed::Error(414);
+            }
+            n
         }
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Error(431),
-        Err(_) => return Parsed::Error(400),
+        // An incomplete or malformed head: a request line past the limit is answered 414
+        // before anything else is judged (431, 400), or waited for.
+        res => {
+            if line_too_long(data, limits.max_line) {
+                return Parsed::Error(414);
+            }
+            return match res {
+                Ok(_) if data.len() > limits.max_head => Parsed::Error(431),
+                Ok(_) => Parsed::Partial,
+                Err(httparse::Error::TooManyHeaders) => Parsed::Error(431),
+                Err(_) => Parsed::Error(400),
+            };
+        }
     };
     if n > limits.max_head.min(MAX_HEAD as usize) {
         return Parsed::Error(431);

@@ -194,6 +194,7 @@ impl IoBuf {
     ///
     /// # Panics
     /// If `n > len`.
+    #[inline]
     pub fn advance(&mut self, n: usize) {
         assert!(n <= self.len, "advance {n} past end {}", self.len);
         // SAFETY: `n <= len`, so the pointer stays inside the view.
@@ -202,6 +203,7 @@ impl IoBuf {
     }
 
     /// Shortens the view to `len` bytes (no effect if already shorter).
+    #[inline]
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
