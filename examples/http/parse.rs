@@ -191,19 +191,47 @@ impl HttpConn {
 }
 
 pub struct Parse {
-    pub net: Sink<NetCmd>,
-    pub cache: Sink<CacheEvent>,
-    /// This replica's own waker: retries of the held connections (`Handler::woken`).
-    waker: Waker,
+    to: Handoff,
     pub limits: Limits,
     conns: ConnMap<HttpConn>,
     /// The loop clock of the event being handled (header deadlines, request receive times).
     now: Instant,
-    /// Scratch list of the requests one receive completed (kept to avoid an allocation each).
-    out: Vec<Request>,
+}
+
+/// Where complete requests go. Kept apart from the connection table so that a request is
+/// handed over as soon as it is parsed, while its connection's state is borrowed (a list of
+/// the requests one receive completed, submitted after, cost a copy of each in and out).
+struct Handoff {
+    net: Sink<NetCmd>,
+    cache: Sink<CacheEvent>,
+    /// This replica's own waker: retries of the held connections (`Handler::woken`).
+    waker: Waker,
     /// Connections with requests held, or a `ResumeReads` still to send, oldest first (see the
     /// module docs).
     holding: VecDeque<Conn>,
+}
+
+impl Handoff {
+    /// Hands a request of the connection whose state is `st` to the cache stage, in order
+    /// behind any the connection has held. One the stage's queue refuses becomes a 503 (`Busy`)
+    /// and is held, with the connection's later ones, until there is room (see the module
+    /// docs).
+    fn submit(&mut self, st: &mut HttpConn, req: Request) {
+        if !st.held.is_empty() {
+            return st.held.push_back(req);
+        }
+        let Err(CacheEvent::Req(mut req)) = self.cache.try_enqueue(CacheEvent::Req(req)) else { return };
+        let conn = req.conn;
+        shed(&mut req);
+        st.held.push_back(req);
+        if !st.resume {
+            self.holding.push_back(conn); // (with `resume` it is listed already)
+        }
+        // Refused, the pause stays unsent: this connection is read on, its requests joining the
+        // hold, until the next one.
+        let _ = self.net.try_enqueue(NetCmd::PauseReads { conn });
+        self.waker.wake();
+    }
 }
 
 /// How a request's body is framed.
@@ -222,8 +250,8 @@ enum Parsed {
 
 impl Parse {
     pub fn new(net: Sink<NetCmd>, cache: Sink<CacheEvent>, waker: Waker, limits: Limits) -> Parse {
-        let holding = VecDeque::new();
-        Parse { net, cache, waker, limits, conns: ConnMap::new(), now: Instant::now(), out: Vec::new(), holding }
+        let to = Handoff { net, cache, waker, holding: VecDeque::new() };
+        Parse { to, limits, conns: ConnMap::new(), now: Instant::now() }
     }
 
     /// The client finished sending (it may half-close after its last request and wait for the
@@ -237,31 +265,7 @@ impl Parse {
         st.done = true;
         let mut last = Request::error(conn, 0);
         last.kind = Kind::Eof;
-        self.submit(last);
-    }
-
-    /// Hands a request to the cache stage, in order behind any the connection has held. One
-    /// the stage's queue refuses becomes a 503 (`Busy`) and is held, with the connection's
-    /// later ones, until there is room (see the module docs).
-    fn submit(&mut self, req: Request) {
-        let conn = req.conn;
-        // Only while some connection is held does a request need its connection looked up.
-        if !self.holding.is_empty() {
-            if let Some(st) = self.conns.get_mut(conn).filter(|st| !st.held.is_empty()) {
-                return st.held.push_back(req);
-            }
-        }
-        let Err(CacheEvent::Req(mut req)) = self.cache.try_enqueue(CacheEvent::Req(req)) else { return };
-        let Some(st) = self.conns.get_mut(conn) else { return };
-        shed(&mut req);
-        st.held.push_back(req);
-        if !st.resume {
-            self.holding.push_back(conn); // (with `resume` it is listed already)
-        }
-        // Refused, the pause stays unsent: this connection is read on, its requests joining the
-        // hold, until the next one.
-        let _ = self.net.try_enqueue(NetCmd::PauseReads { conn });
-        self.waker.wake();
+        self.to.submit(st, last);
     }
 
     /// Offers a held connection's requests to the cache stage again, in order; once all are
@@ -269,7 +273,7 @@ impl Parse {
     fn retry(&mut self, conn: Conn) -> bool {
         let Some(st) = self.conns.get_mut(conn) else { return false };
         while let Some(req) = st.held.pop_front() {
-            if let Err(CacheEvent::Req(mut req)) = self.cache.try_enqueue(CacheEvent::Req(req)) {
+            if let Err(CacheEvent::Req(mut req)) = self.to.cache.try_enqueue(CacheEvent::Req(req)) {
                 shed(&mut req);
                 st.held.push_front(req);
                 return true;
@@ -277,7 +281,7 @@ impl Parse {
             st.resume = true;
         }
         if st.resume {
-            st.resume = self.net.try_enqueue(NetCmd::ResumeReads { conn }).is_err();
+            st.resume = self.to.net.try_enqueue(NetCmd::ResumeReads { conn }).is_err();
             if !st.resume {
                 st.restart_deadline(self.now);
             }
@@ -286,9 +290,7 @@ impl Parse {
     }
 
     fn on_data(&mut self, conn: Conn, mut data: IoBuf, now: Instant) {
-        let limits = self.limits.clone();
-        // Requests completed by this receive; the list's allocation is kept across events.
-        let mut out = std::mem::take(&mut self.out);
+        let (limits, to) = (&self.limits, &mut self.to);
         let Some(st) = self.conns.get_mut(conn) else { return };
         if st.done {
             return;
@@ -311,7 +313,7 @@ impl Parse {
                         let (_, req) = st.chunked.take().expect("a chunked body");
                         st.started = None;
                         let last = req.closes();
-                        out.push(req);
+                        to.submit(st, req);
                         if last {
                             st.done = true;
                             break;
@@ -320,7 +322,7 @@ impl Parse {
                     Feed::Error(status) => {
                         st.chunked = None;
                         st.done = true;
-                        out.push(Request::error(conn, status));
+                        to.submit(st, Request::error(conn, status));
                         break;
                     }
                 }
@@ -329,7 +331,7 @@ impl Parse {
                 st.started = None;
                 break;
             }
-            match parse_one(conn, &data, &limits, now) {
+            match parse_one(conn, &data, limits, now) {
                 Parsed::Partial => {
                     st.stash.extend_from_slice(&data);
                     st.started.get_or_insert(now);
@@ -337,7 +339,7 @@ impl Parse {
                 }
                 Parsed::Error(status) => {
                     st.done = true;
-                    out.push(Request::error(conn, status));
+                    to.submit(st, Request::error(conn, status));
                     break;
                 }
                 Parsed::Complete(req, consumed, Body::Chunked) => {
@@ -355,7 +357,7 @@ impl Parse {
                     data.advance(k);
                     st.skip = body - k as u64;
                     let last = req.closes();
-                    out.push(req);
+                    to.submit(st, req);
                     if last {
                         st.done = true;
                         break;
@@ -363,10 +365,6 @@ impl Parse {
                 }
             }
         }
-        for req in out.drain(..) {
-            self.submit(req);
-        }
-        self.out = out;
     }
 }
 
@@ -517,7 +515,7 @@ impl Handler for Parse {
             NetEvent::Eof { conn } => self.on_eof(conn),
             NetEvent::Closed { conn } => {
                 if self.conns.remove(conn).is_some_and(|st| !st.held.is_empty() || st.resume) {
-                    self.holding.retain(|&c| c != conn);
+                    self.to.holding.retain(|&c| c != conn);
                 }
             }
             // Its answers drained: the network stage reads it again.
@@ -546,16 +544,12 @@ impl Handler for Parse {
         let now = cx.now();
         self.now = now;
         let limit = self.limits.header_timeout;
-        let mut late = Vec::new();
         for (conn, c) in self.conns.iter_mut() {
             if !c.done && !c.paused() && c.started.is_some_and(|t| now.duration_since(t) >= limit) {
                 c.done = true;
                 c.chunked = None; // a body trickling in too slowly: its request gets the 408
-                late.push(conn);
+                self.to.submit(c, Request::error(conn, 408));
             }
-        }
-        for conn in late {
-            self.submit(Request::error(conn, 408));
         }
     }
 
@@ -563,14 +557,14 @@ impl Handler for Parse {
     /// (the rest would be refused too); wakes again while any is still held.
     fn woken(&mut self, cx: &mut Context<'_>) {
         self.now = cx.now();
-        while let Some(&conn) = self.holding.front() {
+        while let Some(&conn) = self.to.holding.front() {
             if self.retry(conn) {
                 break;
             }
-            self.holding.pop_front();
+            self.to.holding.pop_front();
         }
-        if !self.holding.is_empty() {
-            self.waker.wake();
+        if !self.to.holding.is_empty() {
+            self.to.waker.wake();
         }
     }
 }
