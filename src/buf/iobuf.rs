@@ -223,16 +223,24 @@ impl Clone for IoBuf {
 }
 
 impl Drop for IoBuf {
+    /// One atomic decrement; none for the last view (nor for static bytes).
     #[inline]
     fn drop(&mut self) {
         let Some(h) = self.hdr else { return };
         // SAFETY: this view holds a reference, so the header is live.
         let hdr = unsafe { h.as_ref() };
-        if hdr.refs.fetch_sub(1, Ordering::Release) != 1 {
+        // The last view skips the atomic read-modify-write, as folly's IOBuf does: no other
+        // view exists, and none can be made without one, so nobody else can change the count.
+        // The acquire load synchronises with every other view's release decrement before the
+        // block is reused. (A free pool buffer's count reads 0: `BufPool::take` checks it.)
+        if hdr.refs.load(Ordering::Acquire) == 1 {
+            hdr.refs.store(0, Ordering::Relaxed);
+        } else if hdr.refs.fetch_sub(1, Ordering::Release) != 1 {
             return;
+        } else {
+            // Synchronise with every other view's release before reusing the block.
+            fence(Ordering::Acquire);
         }
-        // Synchronise with every other view's release before reusing the block.
-        fence(Ordering::Acquire);
         match hdr.owner {
             Owner::Heap => {
                 // SAFETY: last reference to a heap block: reassemble the Box<[u8]> and the

@@ -10,9 +10,10 @@
 //!   The last drop hands the buffer back to its home ring, directly on the home worker or over
 //!   a lock-free return queue from any other thread.
 //!
-//! Costs: a clone is one atomic increment; a drop one atomic decrement, plus, for the last view
-//! of a pool buffer, one ring slot write and a release store (home thread) or one queue push
-//! (other threads). Views never allocate; only making a block does: `IoBuf::from(Vec)` takes
+//! Costs: a clone is one atomic increment; a drop one atomic decrement, except the last view's
+//! drop, which sees the count at 1 and needs no read-modify-write (as in folly's IOBuf); for the
+//! last view of a pool buffer, add one ring slot write and a release store (home thread) or one
+//! queue push (other threads). Views never allocate; only making a block does: `IoBuf::from(Vec)` takes
 //! the vector's buffer and allocates a header beside it, `copy_from_slice` and `concat` copy
 //! into one allocation holding both.
 

@@ -288,7 +288,7 @@ impl BufPool {
     }
 
     /// Wraps buffer `bid`, which a completion reported holding `len` bytes, as an `IoBuf`.
-    /// Hot path: no allocation; two atomic stores/increments.
+    /// Hot path: no allocation; one atomic increment (the view's count on the pool).
     ///
     /// # Panics
     /// If `bid` or `len` is out of range, or the buffer is already out (a kernel or caller bug).
@@ -296,8 +296,11 @@ impl BufPool {
     pub fn take(&self, bid: u16, len: usize) -> IoBuf {
         let h = &self.shared.headers[bid as usize];
         assert!(len <= self.shared.buf_size, "completion length {len} exceeds buffer size");
-        let was = h.refs.swap(1, Ordering::Acquire);
+        // No view of a free buffer exists to change its count meanwhile: a load and a store
+        // do, without a read-modify-write. The load synchronises with its last view's drop.
+        let was = h.refs.load(Ordering::Acquire);
         assert_eq!(was, 0, "buffer {bid} taken while still referenced");
+        h.refs.store(1, Ordering::Relaxed);
         // SAFETY: the pool is live (we hold an Arc); the view's release gives this count back.
         unsafe { Arc::increment_strong_count(Arc::as_ptr(&self.shared)) };
         let home = self.home();
