@@ -11,9 +11,12 @@
 //!   a lock-free return queue from any other thread.
 //!
 //! Costs: a clone is one atomic increment; a drop one atomic decrement, except the last view's
-//! drop, which sees the count at 1 and needs no read-modify-write (as in folly's IOBuf); for the
-//! last view of a pool buffer, add one ring slot write and a release store (home thread) or one
-//! queue push (other threads). Views never allocate; only making a block does: `IoBuf::from(Vec)` takes
+//! drop, which sees the count at 1 and needs no read-modify-write (as in folly's IOBuf). For the
+//! last view of a pool buffer, add one ring slot write and a release store on the home thread
+//! (no atomic read-modify-write: a buffer out holds no count on its pool), or one queue push
+//! and one atomic subtraction on other threads. A received buffer that is read and dropped
+//! where it arrived costs no locked instruction at all (`benches/iobuf.rs`: take, share once
+//! and release in 24 ns, from 35 ns with a swap, a pool count and two decrements). Views never allocate; only making a block does: `IoBuf::from(Vec)` takes
 //! the vector's buffer and allocates a header beside it, `copy_from_slice` and `concat` copy
 //! into one allocation holding both.
 

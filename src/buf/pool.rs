@@ -3,7 +3,7 @@ use std::cell::UnsafeCell;
 use std::io;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use ringstage_sys::{BufRing, Doorbell};
@@ -61,6 +61,12 @@ pub(crate) struct PoolShared {
     home: UnsafeCell<Home>,
     returns: mpsc::Queue<u16>,
     returned_remote: AtomicU64,
+    /// Keeps the pool alive for buffers still out when the `BufPool` handle drops, without a
+    /// count per buffer: every release off the home path subtracts one (so it is <= 0 while
+    /// the handle lives), and the handle's drop adds the buffers not released at home
+    /// (`Home::live`). What is left then is the number still out; the release that takes it
+    /// to zero drops the pool (see `release`).
+    handover: AtomicIsize,
     /// Set by the home worker while receives wait for buffers; a remote release then rings
     /// `waker` so the worker re-arms them without waiting for its tick.
     starved: AtomicBool,
@@ -90,6 +96,11 @@ struct Home {
     unpublished: bool,
     outstanding: usize,
     returned_home: u64,
+    /// Buffers taken minus buffers released at home, since the start (those released on
+    /// other threads stay counted: see `PoolShared::handover`).
+    live: usize,
+    /// The `BufPool` handle was dropped: releases on the home thread go the other threads' way.
+    orphaned: bool,
     /// The ring's contents in order, as the kernel would take them (tests play the kernel).
     #[cfg(test)]
     shadow: std::collections::VecDeque<u16>,
@@ -142,25 +153,36 @@ fn thread_token() -> usize {
 }
 
 impl PoolShared {
-    /// Hands buffer `bid` back to its home ring and drops the buffer's reference on the pool.
+    /// Hands buffer `bid` back to its home ring. Its last use of the pool: a release may drop
+    /// the pool, after its `BufPool` handle dropped.
+    ///
+    /// On the home thread (the hot path) this is plain memory: no atomic operation. Elsewhere,
+    /// a queue push and one atomic subtraction (`handover`).
     ///
     /// # Safety
-    /// `pool` must point to a live pool on which the caller owns one strong reference (taken in
-    /// [`BufPool::take`]), and `bid` must be a buffer with no remaining views.
+    /// `pool` must point to the pool that handed out buffer `bid` (in [`BufPool::take`]), and
+    /// `bid` must have no remaining views: the pool is live until this buffer's release.
     pub(crate) unsafe fn release(pool: *const PoolShared, bid: u16) {
-        // SAFETY: the caller's reference keeps the pool alive until the decrement below.
+        // SAFETY: a buffer out keeps its pool alive (see `handover`) until the end of this call.
         let p = unsafe { &*pool };
-        if thread_token() == p.owner {
+        let home_thread = thread_token() == p.owner;
+        if home_thread {
             // SAFETY: owner thread, and no `Home` borrow is held across code that drops IoBufs.
             let home = unsafe { &mut *p.home.get() };
-            // SAFETY: the buffer is in no ring slot (it was taken) and its memory lives as long
-            // as the pool, which outlives the ring registration.
-            if unsafe { home.put(p.buf_ptr(bid), p.buf_size as u32, bid) } {
-                home.ring.publish();
-                home.unpublished = false;
+            if !home.orphaned {
+                // SAFETY: the buffer is in no ring slot (it was taken) and its memory lives as
+                // long as the pool, which outlives the ring registration.
+                if unsafe { home.put(p.buf_ptr(bid), p.buf_size as u32, bid) } {
+                    home.ring.publish();
+                    home.unpublished = false;
+                }
+                home.outstanding -= 1;
+                home.returned_home += 1;
+                home.live -= 1;
+                return;
             }
-            home.outstanding -= 1;
-            home.returned_home += 1;
+            // The handle is gone: nobody refills the ring; only the pool's life is left to
+            // settle, below.
         } else {
             // Capacity equals the buffer count and each buffer is out at most once: never full.
             if p.returns.push(bid).is_err() {
@@ -176,8 +198,15 @@ impl PoolShared {
                 }
             }
         }
-        // SAFETY: gives up the strong count taken in `take`; may free the pool.
-        unsafe { Arc::decrement_strong_count(pool) };
+        // Nothing of the pool is touched after this subtraction unless it reaches zero: then
+        // the handle has dropped, handing over the count of buffers still out, and this was
+        // the last of them. AcqRel: every other release (and the handover) happens before the
+        // drop.
+        if p.handover.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SAFETY: the strong count the handle left behind for the buffers still out
+            // (`BufPool::drop`); no buffer is out any more.
+            unsafe { Arc::decrement_strong_count(pool) };
+        }
     }
 
     fn buf_ptr(&self, bid: u16) -> *mut u8 {
@@ -189,7 +218,7 @@ impl PoolShared {
 impl Drop for PoolShared {
     fn drop(&mut self) {
         // SAFETY: `region` was allocated with `layout` in `BufPool::new`, and no view is left
-        // (each holds a strong count).
+        // (the last handle or release drops the pool).
         unsafe { std::alloc::dealloc(self.region.as_ptr(), self.layout) };
     }
 }
@@ -236,11 +265,14 @@ impl BufPool {
                     unpublished: false,
                     outstanding: 0,
                     returned_home: 0,
+                    live: 0,
+                    orphaned: false,
                     #[cfg(test)]
                     shadow: std::collections::VecDeque::new(),
                 }),
                 returns: mpsc::Queue::new(count as usize),
                 returned_remote: AtomicU64::new(0),
+                handover: AtomicIsize::new(0),
                 starved: AtomicBool::new(false),
                 waker: OnceLock::new(),
             }
@@ -288,7 +320,7 @@ impl BufPool {
     }
 
     /// Wraps buffer `bid`, which a completion reported holding `len` bytes, as an `IoBuf`.
-    /// Hot path: no allocation; one atomic increment (the view's count on the pool).
+    /// Hot path: no allocation, no atomic read-modify-write.
     ///
     /// # Panics
     /// If `bid` or `len` is out of range, or the buffer is already out (a kernel or caller bug).
@@ -301,10 +333,9 @@ impl BufPool {
         let was = h.refs.load(Ordering::Acquire);
         assert_eq!(was, 0, "buffer {bid} taken while still referenced");
         h.refs.store(1, Ordering::Relaxed);
-        // SAFETY: the pool is live (we hold an Arc); the view's release gives this count back.
-        unsafe { Arc::increment_strong_count(Arc::as_ptr(&self.shared)) };
         let home = self.home();
         home.outstanding += 1;
+        home.live += 1;
         home.taken += 1;
         debug_assert!(home.in_ring > 0, "buffer {bid} taken from an empty ring");
         home.in_ring = home.in_ring.saturating_sub(1);
@@ -397,6 +428,23 @@ impl BufPool {
     }
 }
 
+impl Drop for BufPool {
+    /// Hands the pool's life over to the buffers still out, if any (see
+    /// `PoolShared::handover`): the last of them to be released drops it.
+    fn drop(&mut self) {
+        let home = self.home();
+        home.orphaned = true;
+        let live = home.live as isize;
+        // A strong count for the buffers still out, which the last of them gives up: made
+        // before they can see the handover (one could be released on another thread at once).
+        let kept = Arc::into_raw(Arc::clone(&self.shared));
+        if self.shared.handover.fetch_add(live, Ordering::AcqRel) + live == 0 {
+            // SAFETY: none is out, so nothing else gives up the count made just above.
+            unsafe { Arc::decrement_strong_count(kept) };
+        }
+    }
+}
+
 impl std::fmt::Debug for BufPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BufPool").field("stats", &self.stats()).finish()
@@ -458,6 +506,38 @@ mod tests {
         drop(pool);
         assert_eq!(&b[..], b"survivor");
         drop(b); // frees the region; Miri checks for leaks and use-after-free
+    }
+
+    #[test]
+    fn the_last_buffer_out_drops_the_pool_whichever_thread_releases_it() {
+        // Released at home and on other threads before the handle drops, then buffers still
+        // out on three threads (racing with the handle's drop) and on the home thread: the
+        // pool is freed exactly once, by whichever goes last. Miri checks for the leak or the
+        // use after free a miscount would cause.
+        let pool = BufPool::new(8, 16, 1).unwrap();
+        let mut bufs: Vec<_> = (0..8).map(|i| recv(&pool, i, &[i as u8; 16])).collect();
+        drop(bufs.pop()); // home release
+        let early = bufs.pop().unwrap();
+        std::thread::spawn(move || drop(early)).join().unwrap(); // remote release
+        assert_eq!(pool.drain_returns(), 1);
+        let home_kept = bufs.pop().unwrap();
+        let go = Arc::new(std::sync::Barrier::new(4));
+        let ts: Vec<_> = bufs
+            .chunks(2)
+            .map(|c| {
+                let (mine, go) = (c.to_vec(), go.clone());
+                std::thread::spawn(move || {
+                    go.wait();
+                    mine.iter().map(|b| b[0] as usize).sum::<usize>()
+                })
+            })
+            .collect();
+        drop(bufs); // the threads hold the only other views now
+        go.wait();
+        drop(pool);
+        let sum: usize = ts.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(sum, 10, "buffers 0..=4 read after their pool's handle dropped");
+        assert_eq!(&home_kept[..], &[5u8; 16]);
     }
 
     #[test]
