@@ -124,6 +124,16 @@ fn serves_bundled_files_with_headers() {
     let p = get(s.addr, "/plaintext");
     assert_eq!((p.status, p.body.as_slice()), (200, &b"Hello, World!"[..]));
     assert_eq!(get(s.addr, "/missing.html").status, 404);
+    // The absolute form (RFC 9112 §3.2.2: a server must accept it) names the same resources.
+    let r = get(s.addr, "http://127.0.0.1:8080/files/1k.txt");
+    assert_eq!((r.status, r.body), (200, std::fs::read(bundled().join("files/1k.txt")).unwrap()));
+    assert_eq!(get(s.addr, "HTTP://example.org/plaintext").body, b"Hello, World!");
+    assert!(
+        String::from_utf8_lossy(&get(s.addr, "https://h?q=1").body).contains("<h1>ringstage</h1>"),
+        "empty path: /"
+    );
+    assert_eq!(get(s.addr, "http:///files/1k.txt").status, 400, "no authority");
+    assert_eq!(get(s.addr, "files/1k.txt").status, 400, "neither form");
 }
 
 #[test]
@@ -326,7 +336,10 @@ fn nothing_outside_the_root_is_reachable() {
         ("/sub/..%5c..%5cetc/passwd", 403),
         ("/ok.txt%00.html", 400),
         ("/escape", 403),
-        ("/sub/up/sub/ok.txt", 200), // ../ from sub is the root itself: still inside
+        ("http://h/../etc/passwd", 403),
+        ("http://h/%2e%2e/etc/passwd", 403),
+        ("http://..%2f..%2fetc/passwd", 404), // that authority is dropped: the path is /passwd
+        ("/sub/up/sub/ok.txt", 200),          // ../ from sub is the root itself: still inside
         (&format!("/sub/up/../{secret_name}"), 403),
     ] {
         let r = request(s.addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));

@@ -16,6 +16,7 @@ use ringstage::prelude::*;
 
 use crate::cache::CacheEvent;
 use crate::chunked::{Chunked, Feed};
+use crate::proto;
 
 /// The largest request head the parse stage takes (`Span`s address a head with 16 bits).
 pub const MAX_HEAD: u64 = u16::MAX as u64;
@@ -480,6 +481,8 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
     let method = req.method.unwrap_or("");
     let head = method == "HEAD";
     let path = req.path.unwrap_or("");
+    // An absolute-form target (`http://host/path`) is routed by its path (ASCII boundaries).
+    let path = &path[proto::origin_form(path.as_bytes())];
     let kind = if method != "GET" && !head {
         Kind::Error(405)
     } else if path == "/plaintext" {

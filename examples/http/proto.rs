@@ -223,6 +223,28 @@ impl DateLine {
     }
 }
 
+/// Where the origin-form part of a request target lies in it: all of an origin-form target
+/// (`/path?query`), or the path and query of an absolute-form one (`http://host:port/path?query`,
+/// which RFC 9112 §3.2.2 has a server accept; the authority is dropped: this server has one
+/// site). An absolute-form target with an empty path names `/`: the range is then the slash
+/// before its authority (a query is dropped with it). Anything else is returned whole, to be
+/// refused later.
+pub fn origin_form(target: &[u8]) -> std::ops::Range<usize> {
+    let has = |scheme: &[u8]| target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme);
+    let at = if has(b"http://") {
+        7
+    } else if has(b"https://") {
+        8
+    } else {
+        return 0..target.len();
+    };
+    match target[at..].iter().position(|&b| matches!(b, b'/' | b'?' | b'#')) {
+        Some(0) => 0..target.len(), // no authority: malformed
+        Some(i) if target[at + i] == b'/' => at + i..target.len(),
+        _ => at - 1..at,
+    }
+}
+
 /// Why a request target cannot name a file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PathError {
@@ -434,6 +456,17 @@ mod tests {
     #[test]
     fn paths_never_leave_the_root() {
         assert_eq!(decode_path(b"/a/./b//c?x=1").unwrap(), b"/a/b/c");
+        let of = |t: &'static [u8]| &t[origin_form(t)];
+        assert_eq!(of(b"/a?b"), b"/a?b");
+        assert_eq!(of(b"http://h:80/a/b?c"), b"/a/b?c");
+        assert_eq!(of(b"HTTPS://h/"), b"/");
+        assert_eq!(of(b"http://user@h"), b"/", "an empty path is /");
+        assert_eq!(of(b"http://h?q"), b"/");
+        assert_eq!(of(b"http://h#f"), b"/");
+        assert_eq!(of(b"http:///a"), b"http:///a", "no authority: left to be refused");
+        assert_eq!(of(b"http://"), b"http://");
+        assert_eq!(of(b"ftp://h/a"), b"ftp://h/a");
+        assert_eq!(of(b"*"), b"*");
         assert_eq!(decode_path(b"/").unwrap(), b"/");
         assert_eq!(decode_path(b"/dir/").unwrap(), b"/dir/");
         assert_eq!(decode_path(b"/h%20i").unwrap(), b"/h i");

@@ -37,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
     let mut req = httparse::Request::new(&mut headers);
     if let Ok(httparse::Status::Complete(_)) = req.parse(data) {
         if let Some(path) = req.path {
-            let _ = proto::decode_path(path.as_bytes());
+            // As the parse stage does: the origin-form part (on character boundaries), decoded.
+            let r = proto::origin_form(path.as_bytes());
+            let origin = &path[r.clone()];
+            assert!(r == (0..path.len()) || origin.starts_with('/'), "{path:?} -> {origin:?}");
+            let _ = proto::decode_path(origin.as_bytes());
         }
         for h in req.headers.iter() {
             let _ = proto::parse_range(h.value, 1000);
