@@ -137,6 +137,28 @@ fn serves_bundled_files_with_headers() {
 }
 
 #[test]
+fn directories_are_redirected_to_their_slashed_name_and_serve_their_index() {
+    let dir = TempDir::new("dirs");
+    std::fs::create_dir_all(dir.join("docs/empty")).unwrap();
+    std::fs::write(dir.join("docs/index.html"), b"<p>docs</p>").unwrap();
+    std::fs::create_dir_all(dir.join("odd/index.html")).unwrap(); // an index that is a directory
+    let s = server(&["--root", dir.root()]);
+    // Without the slash, the index's relative links would resolve against the parent.
+    let r = get(s.addr, "/docs");
+    assert_eq!((r.status, r.header("location")), (301, Some("/docs/")));
+    let r = get(s.addr, "/docs?x=1");
+    assert_eq!((r.status, r.header("location")), (301, Some("/docs/?x=1")), "the query is kept");
+    let r = get(s.addr, "http://h/docs/empty");
+    assert_eq!((r.status, r.header("location")), (301, Some("/docs/empty/")));
+    let r = request(s.addr, "HEAD /docs HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((r.status, r.body.len()), (301, 0));
+    assert_eq!(get(s.addr, "/docs/").body, b"<p>docs</p>");
+    assert_eq!(get(s.addr, "/docs/empty/").status, 404, "no index.html");
+    assert_eq!(get(s.addr, "/odd/").status, 403, "not a regular file");
+    assert_eq!(get(s.addr, "/nothing").status, 404);
+}
+
+#[test]
 fn head_keep_alive_and_pipelining() {
     let s = server(&[]);
     let mut c = connect(s.addr);
@@ -285,7 +307,8 @@ fn bad_input_gets_clear_errors_and_no_panic() {
     let two = "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello";
     assert_eq!(request(s.addr, two).status, 400);
     assert_eq!(request(s.addr, "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n").status, 413);
-    assert_eq!(request(s.addr, "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n").status, 405);
+    let r = request(s.addr, "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
     // A body within the limit is skipped and the next request on the connection is served.
     let mut c = connect(s.addr);
     c.get_mut().write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbodyGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();

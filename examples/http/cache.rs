@@ -213,6 +213,14 @@ static TAIL_CLOSE: &[u8] = b"Connection: close\r\n\r\n";
 
 /// Targets that are already a normalised key need no decoding (the common case: no copy).
 /// One pass over the bytes: no escape, query, fragment, backslash or NUL, and no `/.` or `//`.
+/// A request target (origin form, as received) with a slash added to its path: where a
+/// directory named without one is found. httparse admitted no space or control byte into it.
+fn slashed(target: &[u8]) -> String {
+    let end = target.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(target.len());
+    let (path, rest) = target.split_at(end);
+    format!("{}/{}", String::from_utf8_lossy(path), String::from_utf8_lossy(rest))
+}
+
 fn plain_target(t: &[u8]) -> bool {
     let mut prev = 0;
     t.first() == Some(&b'/')
@@ -360,6 +368,7 @@ impl Cache {
                 let c = self.chain(&req, IoBuf::from_static(PLAIN_HEAD), Some(IoBuf::from_static(PLAIN_BODY)));
                 return self.send(req.conn, c, !req.keep_alive);
             }
+            Kind::Error(405) => return self.respond_error(&req, 405, "Allow: GET, HEAD\r\n"),
             Kind::Error(s) => return self.respond_error(&req, *s, ""),
             Kind::Busy => return self.respond_error(&req, 503, "Retry-After: 1\r\n"),
             Kind::Eof => {
@@ -424,6 +433,10 @@ impl Cache {
             match &result {
                 Ok(e) => self.respond(&req, e),
                 Err(503) => self.respond_error(&req, 503, "Retry-After: 1\r\n"),
+                Err(301) => {
+                    let location = slashed(req.target().unwrap_or(b"/"));
+                    self.respond_error(&req, 301, &format!("Location: {location}\r\n"))
+                }
                 Err(s) => self.respond_error(&req, *s, ""),
             }
             self.unblock(req.conn, now);

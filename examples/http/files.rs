@@ -31,7 +31,6 @@ pub struct Files {
 struct Load {
     key: Box<[u8]>,
     rel: Vec<u8>,
-    tried_index: bool,
     cache: Sink<CacheEvent>,
     root: Arc<Root>,
     shared: Arc<SharedCache>,
@@ -65,13 +64,14 @@ fn open(cx: &mut Context<'_>, ld: Load) {
     });
 }
 
-fn stat(cx: &mut Context<'_>, mut ld: Load, fd: OwnedFd) {
+fn stat(cx: &mut Context<'_>, ld: Load, fd: OwnedFd) {
     cx.stat(fd.as_raw_fd(), move |r, cx| match r {
-        Ok(st) if st.is_dir && !ld.tried_index => {
+        Ok(st) if st.is_dir && !ld.key.ends_with(b"/") => {
+            // A directory named without its trailing slash: the relative links of its index
+            // would resolve against its parent, so the client is sent to the slashed name (as
+            // nginx does). With the slash, its index.html was asked for instead.
             cx.close(fd);
-            ld.tried_index = true;
-            ld.rel.extend_from_slice(b"/index.html");
-            open(cx, ld);
+            finish(ld, Err(301));
         }
         Ok(st) if st.is_file && st.size as usize > ld.shared.max_file => {
             // Too large to cache: keep the file open and splice it per request (zero copy).
@@ -81,8 +81,7 @@ fn stat(cx: &mut Context<'_>, mut ld: Load, fd: OwnedFd) {
         Ok(st) if st.is_file => read(cx, ld, fd, st, Vec::new()),
         Ok(_) => {
             cx.close(fd);
-            let status = if ld.tried_index { 404 } else { 403 };
-            finish(ld, Err(status));
+            finish(ld, Err(403)); // neither a regular file nor a directory
         }
         Err(e) => {
             cx.close(fd);
@@ -150,7 +149,6 @@ impl Handler for Files {
         let ld = Load {
             key: req.key,
             rel,
-            tried_index: false,
             cache: self.cache.clone(),
             root: self.root.clone(),
             shared: self.shared.clone(),
