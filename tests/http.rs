@@ -243,6 +243,22 @@ fn single_ranges() {
     assert_eq!((d.status, d.header("content-range")), (416, Some("bytes */102400")));
     let e = r("bytes=0-1,5-6");
     assert_eq!((e.status, e.body.len()), (200, file.len()), "multiple ranges: the whole file");
+    // If-Range: the range while the client's copy is this version, else the whole file.
+    let full = get(s.addr, "/files/100k.bin");
+    let (etag, modified) =
+        (full.header("etag").unwrap().to_string(), full.header("last-modified").unwrap().to_string());
+    let ir = |v: &str| {
+        let head = format!("GET /files/100k.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=0-9\r\nIf-Range: {v}\r\n");
+        request(s.addr, &format!("{head}Connection: close\r\n\r\n"))
+    };
+    let same = ir(&etag);
+    assert_eq!((same.status, same.body.as_slice()), (206, &file[..10]));
+    assert_eq!(ir(&modified).status, 206, "the exact Last-Modified date");
+    let stale = ir("\"1-2-3\"");
+    assert_eq!((stale.status, stale.body.len()), (200, file.len()), "another version: the whole file");
+    assert_eq!(ir(&format!("W/{etag}")).status, 200, "a weak tag never matches");
+    assert_eq!(ir("Thu, 01 Jan 1970 00:00:00 GMT").status, 200);
+    assert_eq!(ir("garbage").status, 200);
 }
 
 #[test]
