@@ -42,6 +42,20 @@ pub fn mime(path: &[u8]) -> &'static str {
         b"jpg" | b"jpeg" => "image/jpeg",
         b"gif" => "image/gif",
         b"ico" => "image/x-icon",
+        b"webp" => "image/webp",
+        b"avif" => "image/avif",
+        b"woff" => "font/woff",
+        b"woff2" => "font/woff2",
+        b"ttf" => "font/ttf",
+        b"otf" => "font/otf",
+        b"mp4" => "video/mp4",
+        b"webm" => "video/webm",
+        b"mp3" => "audio/mpeg",
+        b"ogg" => "audio/ogg",
+        b"csv" => "text/csv; charset=utf-8",
+        b"md" => "text/markdown; charset=utf-8",
+        b"zip" => "application/zip",
+        b"gz" => "application/gzip",
         b"wasm" => "application/wasm",
         b"pdf" => "application/pdf",
         b"xml" => "application/xml",
@@ -499,5 +513,8 @@ mod tests {
         assert!(mime(b"/index.html").starts_with("text/html"));
         assert_eq!(mime(b"/x.PNG"), "image/png");
         assert_eq!(mime(b"/noext"), "application/octet-stream");
+        assert_eq!(mime(b"/dir.d/noext"), "application/octet-stream");
+        assert_eq!(mime(b"/fonts/a.woff2"), "font/woff2");
+        assert_eq!(mime(b"/a.tar.gz"), "application/gzip");
     }
 }
