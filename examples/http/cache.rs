@@ -211,8 +211,6 @@ static PLAIN_BODY: &[u8] = b"Hello, World!";
 static TAIL_KEEP: &[u8] = b"\r\n";
 static TAIL_CLOSE: &[u8] = b"Connection: close\r\n\r\n";
 
-/// Targets that are already a normalised key need no decoding (the common case: no copy).
-/// One pass over the bytes: no escape, query, fragment, backslash or NUL, and no `/.` or `//`.
 /// A request target (origin form, as received) with a slash added to its path: where a
 /// directory named without one is found. httparse admitted no space or control byte into it.
 fn slashed(target: &[u8]) -> String {
@@ -221,6 +219,8 @@ fn slashed(target: &[u8]) -> String {
     format!("{}/{}", String::from_utf8_lossy(path), String::from_utf8_lossy(rest))
 }
 
+/// Targets that are already a normalised key need no decoding (the common case: no copy).
+/// One pass over the bytes: no escape, query, fragment, backslash or NUL, and no `/.` or `//`.
 fn plain_target(t: &[u8]) -> bool {
     let mut prev = 0;
     t.first() == Some(&b'/')

@@ -383,9 +383,9 @@ fn shed(req: &mut Request) {
     }
 }
 
-/// Whether the request line at the start of `data` is longer than `max` bytes, or will be: no
-/// line end within `max` bytes. The line ends at its CR, or at a bare LF (which httparse also
-/// takes as the end).
+/// Whether the request line at the start of `data` is longer than `max` bytes, or will be (more
+/// than `max` bytes and no line end yet). The line ends at its CR, or at a bare LF (which
+/// httparse also takes as the end).
 fn line_too_long(data: &[u8], max: usize) -> bool {
     let scan = &data[..data.len().min(max + 2)];
     match scan.iter().position(|&b| b == b'\n') {

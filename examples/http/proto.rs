@@ -30,7 +30,8 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 pub fn mime(path: &[u8]) -> &'static str {
-    let ext = path.rsplit(|&b| b == b'.').next().filter(|e| e.len() < path.len()).unwrap_or(b"");
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+    let ext = name.rsplit(|&b| b == b'.').next().filter(|e| e.len() < name.len()).unwrap_or(b"");
     match ext.to_ascii_lowercase().as_slice() {
         b"html" | b"htm" => "text/html; charset=utf-8",
         b"css" => "text/css; charset=utf-8",

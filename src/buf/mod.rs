@@ -16,9 +16,11 @@
 //! (no atomic read-modify-write: a buffer out holds no count on its pool), or one queue push
 //! and one atomic subtraction on other threads. A received buffer that is read and dropped
 //! where it arrived costs no locked instruction at all (`benches/iobuf.rs`: take, share once
-//! and release in 24 ns, from 35 ns with a swap, a pool count and two decrements). Views never allocate; only making a block does: `IoBuf::from(Vec)` takes
-//! the vector's buffer and allocates a header beside it, `copy_from_slice` and `concat` copy
-//! into one allocation holding both.
+//! and release in 24 ns, from 35 ns with a swap, a pool count and two decrements).
+//!
+//! Views never allocate; only making a block does: `IoBuf::from(Vec)` takes the vector's
+//! buffer and allocates a header beside it, `copy_from_slice` and `concat` copy into one
+//! allocation holding both.
 
 mod chain;
 mod iobuf;

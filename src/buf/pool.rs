@@ -165,8 +165,7 @@ impl PoolShared {
     pub(crate) unsafe fn release(pool: *const PoolShared, bid: u16) {
         // SAFETY: a buffer out keeps its pool alive (see `handover`) until the end of this call.
         let p = unsafe { &*pool };
-        let home_thread = thread_token() == p.owner;
-        if home_thread {
+        if thread_token() == p.owner {
             // SAFETY: owner thread, and no `Home` borrow is held across code that drops IoBufs.
             let home = unsafe { &mut *p.home.get() };
             if !home.orphaned {
