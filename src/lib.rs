@@ -23,6 +23,7 @@ pub mod stage;
 /// The names most servers need.
 pub mod prelude {
     pub use crate::buf::{IoBuf, IoBufChain};
+    pub use crate::metrics::{AppCounter, CounterId};
     pub use crate::net::{Conn, ConnMap, ListenConfig, ListenerId, NetCmd, NetEvent};
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
     pub use crate::stage::{

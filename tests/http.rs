@@ -567,6 +567,18 @@ fn stats_endpoint_serves_prometheus_text() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap();
     assert!((64..=2048).contains(&window), "the ring's window is within the pool: {window}");
+    // The example's own counters: responses by status class, the /stats answers included.
+    let fresh = server(&[]);
+    for path in ["/plaintext", "/files/1k.txt", "/files", "/missing", "/plaintext"] {
+        get(fresh.addr, path);
+    }
+    request(fresh.addr, "BLAH\r\n\r\n");
+    let text = String::from_utf8(get(fresh.addr, "/stats").body).unwrap();
+    assert_eq!(text.matches("# TYPE http_responses_total counter").count(), 1, "{text}");
+    for (class, n) in [("2xx", 3), ("3xx", 1), ("4xx", 2), ("5xx", 0)] {
+        let line = format!("http_responses_total{{class=\"{class}\"}} {n}\n");
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
 }
 
 /// The workers' heap allocations so far, from `/stats` (the example counts them with

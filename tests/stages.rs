@@ -254,6 +254,62 @@ fn misconfiguration_is_a_clear_error() {
 }
 
 #[test]
+fn application_counters_sum_over_workers_and_join_the_exposition() {
+    // A stage on both workers counts odd and even numbers in labelled counters of one metric,
+    // and all of them in another; each worker writes its own slot.
+    let mut b = Runtime::builder(2).cpus([]);
+    let odd = b.counter(r#"numbers_total{parity="odd"}"#, "Numbers seen, by parity.");
+    let even = b.counter(r#"numbers_total{parity="even"}"#, "Numbers seen, by parity.");
+    let sum = b.counter("numbers_sum_total", "The numbers added up.");
+    let st = b.stage::<u64>("count", StageConfig::on([0, 1]));
+    b.handler(st, move |s| {
+        let (odd, even, sum) = (s.counter(odd), s.counter(even), s.counter(sum));
+        handler_fn(move |v: u64, _: &mut Context<'_>| {
+            if v % 2 == 1 { &odd } else { &even }.add(1);
+            sum.add(v);
+        })
+    });
+    let rt = b.start().unwrap();
+    let inj = rt.injector(st);
+    for i in 0..1000u64 {
+        let mut v = i;
+        while let Err(back) = inj.try_enqueue(v) {
+            v = back;
+            std::thread::yield_now();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.metrics().stage("count").unwrap().processed < 1000 {
+        assert!(Instant::now() < deadline, "events handled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let m = rt.metrics();
+    assert_eq!(m.app(r#"numbers_total{parity="odd"}"#), Some(500));
+    assert_eq!(m.app(r#"numbers_total{parity="even"}"#), Some(500));
+    assert_eq!(m.app("numbers_sum_total"), Some(999 * 1000 / 2));
+    assert_eq!(m.app("numbers_total"), None, "a name is looked up with its labels");
+    let text = m.prometheus();
+    assert_eq!(text.matches("# TYPE numbers_total counter").count(), 1, "one metric, two series");
+    assert!(text.contains("numbers_total{parity=\"odd\"} 500\n"), "{text}");
+    let sum_text =
+        "# HELP numbers_sum_total The numbers added up.\n# TYPE numbers_sum_total counter\nnumbers_sum_total 499500\n";
+    assert!(text.contains(sum_text), "{text}");
+    rt.shutdown();
+    rt.join().unwrap();
+
+    for (name, says) in [("bad name", "not a Prometheus metric name"), ("dup_total", "declared twice")] {
+        let mut b = Runtime::builder(1).cpus([]);
+        b.counter(name, "x");
+        b.counter("dup_total", "x");
+        let st = b.stage::<u8>("s", StageConfig::on([0]));
+        b.handler(st, |_| handler_fn(|_: u8, _: &mut Context<'_>| {}));
+        let e = b.start().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
+#[test]
 fn a_handler_set_up_that_panics_fails_start_instead_of_hanging_it() {
     // Worker 1's set-up panics while worker 0 starts fine: `start` used to wait for worker 1's
     // answer for ever. Run it on a thread so a regression fails here instead of hanging.

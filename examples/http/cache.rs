@@ -185,6 +185,21 @@ pub struct Cache {
     plain: PlainResponse,
     /// The loop clock of the event being handled (for the `Date:` line).
     now: Instant,
+    responses: Responses,
+}
+
+/// Responses sent, by status class: this worker's slots of `http_responses_total{class="2xx"}`
+/// to `{class="5xx"}` (see `/stats`).
+pub struct Responses(pub [AppCounter; 4]);
+
+impl Responses {
+    pub const CLASSES: [&'static str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+    fn count(&self, status: u16) {
+        if let Some(c) = (status / 100).checked_sub(2).and_then(|i| self.0.get(i as usize)) {
+            c.add(1);
+        }
+    }
 }
 
 /// The complete keep-alive `/plaintext` response, rebuilt (in place) when the `Date:` line
@@ -258,6 +273,7 @@ impl Cache {
         handle: Handle,
         shared: Arc<SharedCache>,
         waker: Waker,
+        responses: Responses,
     ) -> Cache {
         Cache {
             net: Outbox::with_waker(net, waker),
@@ -271,6 +287,7 @@ impl Cache {
             date: DateLine::new(),
             plain: PlainResponse { date: IoBuf::from_static(b""), full: proto::Rewritten::new() },
             now: Instant::now(),
+            responses,
         }
     }
 
@@ -279,7 +296,9 @@ impl Cache {
         self.net.send(cmd);
     }
 
-    fn send(&mut self, conn: Conn, chain: IoBufChain, close: bool) {
+    /// Sends a response with status `status` (counted), then closes if asked.
+    fn send(&mut self, conn: Conn, status: u16, chain: IoBufChain, close: bool) {
+        self.responses.count(status);
         self.command(NetCmd::SendChain { conn, data: chain });
         if close {
             self.command(NetCmd::Close { conn });
@@ -291,7 +310,7 @@ impl Cache {
         let body = format!("{} {}\n", status, proto::reason(status));
         let date = self.date.get(self.now);
         let resp = proto::simple(status, if req.head { "" } else { &body }, close, extra, &date);
-        self.send(req.conn, IoBufChain::from(resp), close);
+        self.send(req.conn, status, IoBufChain::from(resp), close);
     }
 
     /// A 200 with a freshly made body (stats, dynamic pages).
@@ -302,7 +321,7 @@ impl Cache {
             body.len()
         );
         let chain = self.chain(req, IoBuf::from(h.into_bytes()), Some(body));
-        self.send(req.conn, chain, !req.keep_alive);
+        self.send(req.conn, 200, chain, !req.keep_alive);
     }
 
     /// A response as views: status line and headers, the shared `Date:` line, the connection
@@ -333,15 +352,18 @@ impl Cache {
                 e.last_modified
             );
             let chain = self.chain(req, IoBuf::from(h.into_bytes()), None);
-            return self.send(req.conn, chain, !req.keep_alive);
+            return self.send(req.conn, 304, chain, !req.keep_alive);
         }
         let len = e.len;
         // The chain, and the body part to send as (offset, length) when the file is spliced
         // (its in-memory body is empty then).
         // If-Range (RFC 9110 §13.1.5): the range only while the client's copy is this version.
         let range = req.range().filter(|_| req.if_range().map_or(true, |v| if_range_holds(v, e)));
-        let (chain, file_part) = match range.map_or(Range::Full, |r| proto::parse_range(r, len)) {
-            Range::Full => (self.chain(req, e.head200.clone(), Some(e.body.clone())), (!req.head).then_some((0, len))),
+        let (status, chain, file_part) = match range.map_or(Range::Full, |r| proto::parse_range(r, len)) {
+            Range::Full => {
+                let chain = self.chain(req, e.head200.clone(), Some(e.body.clone()));
+                (200, chain, (!req.head).then_some((0, len)))
+            }
             Range::Part(a, b) => {
                 let h = format!(
                     "HTTP/1.1 206 Partial Content\r\nServer: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{len}\r\nLast-Modified: {}\r\nETag: {}\r\n",
@@ -352,7 +374,7 @@ impl Cache {
                     e.etag
                 );
                 let body = e.file.is_none().then(|| e.body.slice(a as usize..=b as usize));
-                (self.chain(req, IoBuf::from(h.into_bytes()), body), (!req.head).then_some((a, b - a + 1)))
+                (206, self.chain(req, IoBuf::from(h.into_bytes()), body), (!req.head).then_some((a, b - a + 1)))
             }
             Range::Unsatisfiable => {
                 return self.respond_error(req, 416, &format!("Content-Range: bytes */{len}\r\n"));
@@ -362,13 +384,14 @@ impl Cache {
             (Some(file), Some((offset, len))) if len > 0 => {
                 // Headers from memory, then the body spliced from the page cache.
                 let conn = req.conn;
+                self.responses.count(status);
                 self.command(NetCmd::SendChain { conn, data: chain });
                 self.command(NetCmd::SendFile { conn, file: file.clone(), offset, len });
                 if !req.keep_alive {
                     self.command(NetCmd::Close { conn });
                 }
             }
-            _ => self.send(req.conn, chain, !req.keep_alive),
+            _ => self.send(req.conn, status, chain, !req.keep_alive),
         }
     }
 
@@ -377,11 +400,11 @@ impl Cache {
             Kind::Plaintext if req.keep_alive && !req.head => {
                 // The common case as one segment: the whole response, rebuilt once a second.
                 let resp = self.plain.get(&mut self.date, now);
-                return self.send(req.conn, IoBufChain::from(resp), false);
+                return self.send(req.conn, 200, IoBufChain::from(resp), false);
             }
             Kind::Plaintext => {
                 let c = self.chain(&req, IoBuf::from_static(PLAIN_HEAD), Some(IoBuf::from_static(PLAIN_BODY)));
-                return self.send(req.conn, c, !req.keep_alive);
+                return self.send(req.conn, 200, c, !req.keep_alive);
             }
             Kind::Error(405) => return self.respond_error(&req, 405, "Allow: GET, HEAD\r\n"),
             Kind::Error(s) => return self.respond_error(&req, *s, ""),

@@ -28,7 +28,7 @@ use ringstage::control::OverloadConfig;
 use ringstage::fs::Root;
 use ringstage::prelude::*;
 
-use cache::{Cache, CacheEvent, SharedCache};
+use cache::{Cache, CacheEvent, Responses, SharedCache};
 use files::{FileReq, Files};
 use parse::{Limits, Parse, MAX_HEAD};
 
@@ -161,11 +161,14 @@ fn run(o: Opts) -> std::io::Result<()> {
     let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
     let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(o.send_timeout);
     let (net, listener) = b.listen(listen, parse);
+    let classes = Responses::CLASSES
+        .map(|c| b.counter(&format!("http_responses_total{{class=\"{c}\"}}"), "Responses sent, by status class."));
     let limits = o.limits.clone();
     b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), s.waker(parse), limits.clone()));
     let sh = shared.clone();
     b.handler(cache, move |s| {
-        Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone(), s.waker(cache))
+        let responses = Responses(classes.map(|id| s.counter(id)));
+        Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone(), s.waker(cache), responses)
     });
     let work = o.work;
     b.handler(dynamic, move |s| dynamic::Dynamic { cache: s.sink(cache), net: s.sink(net), work, rendered: 0 });

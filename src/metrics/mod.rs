@@ -4,6 +4,7 @@
 //! and store, not a locked read-modify-write; readers on any thread sum the per-worker values.
 
 mod alloc;
+mod app;
 mod histogram;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 pub use alloc::{thread_allocations, CountingAlloc};
+pub(crate) use app::valid_name;
+pub use app::{AppCounter, CounterId};
 pub use histogram::{HistSnapshot, Histogram};
 
 /// A single-writer monotone counter (or gauge) readable from any thread.
@@ -118,10 +121,12 @@ pub struct WorkerCounters {
     pub io_started: Counter,
     /// I/O operations finished (monotone; for quiescence).
     pub io_finished: Counter,
+    /// The application's counters ([`AppCounter`]), indexed by [`CounterId`].
+    pub app: Box<[std::sync::Arc<Counter>]>,
 }
 
 impl WorkerCounters {
-    pub(crate) fn new(stages: usize) -> WorkerCounters {
+    pub(crate) fn new(stages: usize, app: usize) -> WorkerCounters {
         WorkerCounters {
             stages: (0..stages).map(|_| CachePadded::new(StageCounters::default())).collect(),
             loops: Counter::default(),
@@ -148,6 +153,7 @@ impl WorkerCounters {
             buffer_window: Counter::default(),
             io_started: Counter::default(),
             io_finished: Counter::default(),
+            app: (0..app).map(|_| Default::default()).collect(),
         }
     }
 }
@@ -242,11 +248,25 @@ pub struct Snapshot {
     pub stages: Vec<StageSnapshot>,
     /// Per worker.
     pub workers: Vec<WorkerSnapshot>,
+    /// The application's counters, summed over workers, in declaration order.
+    pub app: Vec<AppSnapshot>,
+}
+
+/// An application counter ([`AppCounter`]) summed over workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppSnapshot {
+    /// Its name as declared, labels included (`http_responses_total{class="2xx"}`).
+    pub name: String,
+    /// Its help text.
+    pub help: String,
+    /// The sum.
+    pub value: u64,
 }
 
 impl Snapshot {
     pub(crate) fn collect<'a>(
         names: impl Iterator<Item = &'a str>,
+        app: &[(String, String)],
         workers: &[std::sync::Arc<WorkerCounters>],
     ) -> Snapshot {
         let stages = names
@@ -267,6 +287,15 @@ impl Snapshot {
                     s.wait_us.merge(&c.wait_us.snapshot());
                 }
                 s
+            })
+            .collect();
+        let app = app
+            .iter()
+            .enumerate()
+            .map(|(i, (name, help))| AppSnapshot {
+                name: name.clone(),
+                help: help.clone(),
+                value: workers.iter().map(|w| w.app[i].get()).sum(),
             })
             .collect();
         let workers = workers
@@ -298,12 +327,17 @@ impl Snapshot {
                 buffer_window: w.buffer_window.get(),
             })
             .collect();
-        Snapshot { stages, workers }
+        Snapshot { stages, workers, app }
     }
 
     /// The stage called `name`.
     pub fn stage(&self, name: &str) -> Option<&StageSnapshot> {
         self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The application counter declared as `name` (labels included), summed over workers.
+    pub fn app(&self, name: &str) -> Option<u64> {
+        self.app.iter().find(|a| a.name == name).map(|a| a.value)
     }
 
     /// The Prometheus text exposition (version 0.0.4) of every counter.
@@ -405,6 +439,14 @@ impl Snapshot {
                     let _ = writeln!(o, "{name}{{worker=\"{}\"}} {v}", w.worker);
                 }
             }
+        }
+        // The application's counters: one HELP and TYPE per name, before its first series.
+        for (i, a) in self.app.iter().enumerate() {
+            let base = a.name.split('{').next().unwrap_or(&a.name);
+            if !self.app[..i].iter().any(|b| b.name.split('{').next() == Some(base)) {
+                let _ = writeln!(o, "# HELP {base} {}\n# TYPE {base} counter", a.help);
+            }
+            let _ = writeln!(o, "{} {}", a.name, a.value);
         }
         o
     }

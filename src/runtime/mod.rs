@@ -35,7 +35,7 @@ use std::time::Duration;
 use ringstage_sys::Doorbell;
 pub use ringstage_sys::RingConfig;
 
-use crate::metrics::{Snapshot, WorkerCounters};
+use crate::metrics::{AppCounter, CounterId, Snapshot, WorkerCounters};
 use crate::net::{ConnectConfig, ConnectorId, ListenConfig, ListenerId, NetCmd, NetEvent, NetStage};
 use crate::stage::injector::{InjectCounters, InjectTarget};
 use crate::stage::{Handler, Injector, LocalQueue, Sink, SinkInner, StageConfig, StageId, Stamped};
@@ -94,6 +94,8 @@ pub struct Builder {
     connectors: Vec<ConnectorDecl>,
     net: Option<StageId<NetCmd>>,
     net_capacity: usize,
+    /// The application's counters: name (labels included) and help text.
+    app_counters: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -188,6 +190,17 @@ impl Builder {
     pub fn signals(mut self, on: bool) -> Self {
         self.signals = on;
         self
+    }
+
+    /// Declares an application counter, exposed with the runtime's metrics
+    /// ([`Snapshot::app`](crate::metrics::Snapshot::app) and the Prometheus text). `name` is a
+    /// Prometheus metric name, optionally with labels: counters that differ only in their labels
+    /// are one metric (`http_responses_total{class="2xx"}`, `http_responses_total{class="5xx"}`).
+    /// Handlers get their worker's slot with [`Setup::counter`]. A malformed or repeated name
+    /// fails [`Builder::start`].
+    pub fn counter(&mut self, name: &str, help: &str) -> CounterId {
+        self.app_counters.push((name.to_string(), help.replace(['\n', '\r'], " ")));
+        CounterId(self.app_counters.len() - 1)
     }
 
     /// Declares a stage consuming `E` events, placed per `cfg`. Give it code with
@@ -309,6 +322,14 @@ impl Builder {
                 return bad(format!("stage '{}' has two replicas on one worker", d.name));
             }
         }
+        for (i, (name, _)) in self.app_counters.iter().enumerate() {
+            if !crate::metrics::valid_name(name) {
+                return bad(format!("counter name {name:?} is not a Prometheus metric name (with optional labels)"));
+            }
+            if self.app_counters[..i].iter().any(|(n, _)| n == name) {
+                return bad(format!("counter {name:?} declared twice"));
+            }
+        }
         for l in &self.listeners {
             if l.cfg.workers.is_empty() || l.cfg.workers.iter().any(|&w| w >= self.workers) {
                 return bad(format!(
@@ -413,8 +434,9 @@ impl Builder {
         }
         let factories: Arc<Vec<Factory>> =
             Arc::new(self.decls.iter().map(|d| d.factory.clone().expect("validated")).collect());
-        let counters: Vec<Arc<WorkerCounters>> =
-            (0..self.workers).map(|_| Arc::new(WorkerCounters::new(self.decls.len()))).collect();
+        let counters: Vec<Arc<WorkerCounters>> = (0..self.workers)
+            .map(|_| Arc::new(WorkerCounters::new(self.decls.len(), self.app_counters.len())))
+            .collect();
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
             bells: bells.clone(),
@@ -423,6 +445,7 @@ impl Builder {
             meta: meta.clone(),
             drain_timeout: self.drain_timeout,
             epoch: std::time::Instant::now(),
+            app: std::mem::take(&mut self.app_counters),
         });
 
         let sigset = if self.signals { Some(block_signals()?) } else { None };
@@ -504,6 +527,8 @@ pub(crate) struct Shared {
     pub(crate) drain_timeout: Duration,
     /// Origin of the µs stamps on queued events.
     pub(crate) epoch: std::time::Instant,
+    /// The application's counters (`Builder::counter`).
+    app: Vec<(String, String)>,
 }
 
 impl Shared {
@@ -537,7 +562,7 @@ impl Shared {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot::collect(self.meta.iter().map(|m| m.name.as_str()), &self.counters);
+        let mut s = Snapshot::collect(self.meta.iter().map(|m| m.name.as_str()), &self.app, &self.counters);
         for ((st, i), m) in s.stages.iter_mut().zip(&self.inject).zip(self.meta.iter()) {
             st.enqueued += i.enqueued.load(Ordering::Relaxed);
             st.refused += i.refused.load(Ordering::Relaxed);
@@ -587,6 +612,14 @@ impl Setup<'_> {
     /// A handle to the runtime being built (metrics, shutdown), e.g. for a stats endpoint.
     pub fn handle(&self) -> Handle {
         Handle(self.shared.clone())
+    }
+
+    /// This worker's slot of application counter `id` ([`Builder::counter`]).
+    ///
+    /// # Panics
+    /// If `id` belongs to another builder.
+    pub fn counter(&self, id: CounterId) -> AppCounter {
+        AppCounter::new(&self.counters, id)
     }
 
     fn parts<E: Send + 'static>(&mut self, idx: usize) -> &mut WorkerParts<E> {
@@ -766,6 +799,7 @@ impl Runtime {
             connectors: Vec::new(),
             net: None,
             net_capacity: NET_CAPACITY,
+            app_counters: Vec::new(),
         }
     }
 
