@@ -259,8 +259,8 @@ fn application_counters_sum_over_workers_and_join_the_exposition() {
     // and all of them in another; each worker writes its own slot.
     let mut b = Runtime::builder(2).cpus([]);
     let odd = b.counter(r#"numbers_total{parity="odd"}"#, "Numbers seen, by parity.");
-    let even = b.counter(r#"numbers_total{parity="even"}"#, "Numbers seen, by parity.");
     let sum = b.counter("numbers_sum_total", "The numbers added up.");
+    let even = b.counter(r#"numbers_total{parity="even"}"#, "Numbers seen, by parity.");
     let st = b.stage::<u64>("count", StageConfig::on([0, 1]));
     b.handler(st, move |s| {
         let (odd, even, sum) = (s.counter(odd), s.counter(even), s.counter(sum));
@@ -290,7 +290,8 @@ fn application_counters_sum_over_workers_and_join_the_exposition() {
     assert_eq!(m.app("numbers_total"), None, "a name is looked up with its labels");
     let text = m.prometheus();
     assert_eq!(text.matches("# TYPE numbers_total counter").count(), 1, "one metric, two series");
-    assert!(text.contains("numbers_total{parity=\"odd\"} 500\n"), "{text}");
+    let series = "numbers_total{parity=\"odd\"} 500\nnumbers_total{parity=\"even\"} 500\n";
+    assert!(text.contains(series), "a metric's series together, though declared apart: {text}");
     let sum_text =
         "# HELP numbers_sum_total The numbers added up.\n# TYPE numbers_sum_total counter\nnumbers_sum_total 499500\n";
     assert!(text.contains(sum_text), "{text}");

@@ -440,13 +440,18 @@ impl Snapshot {
                 }
             }
         }
-        // The application's counters: one HELP and TYPE per name, before its first series.
+        // The application's counters: per metric (name without labels, in order of first
+        // declaration) one HELP and TYPE, then all of its series together.
+        let base = |a: &AppSnapshot| a.name.split('{').next().unwrap_or_default().to_string();
         for (i, a) in self.app.iter().enumerate() {
-            let base = a.name.split('{').next().unwrap_or(&a.name);
-            if !self.app[..i].iter().any(|b| b.name.split('{').next() == Some(base)) {
-                let _ = writeln!(o, "# HELP {base} {}\n# TYPE {base} counter", a.help);
+            let name = base(a);
+            if self.app[..i].iter().any(|b| base(b) == name) {
+                continue; // printed with the first of its series
             }
-            let _ = writeln!(o, "{} {}", a.name, a.value);
+            let _ = writeln!(o, "# HELP {name} {}\n# TYPE {name} counter", a.help);
+            for b in self.app[i..].iter().filter(|b| base(b) == name) {
+                let _ = writeln!(o, "{} {}", b.name, b.value);
+            }
         }
         o
     }

@@ -195,7 +195,8 @@ impl Builder {
     /// Declares an application counter, exposed with the runtime's metrics
     /// ([`Snapshot::app`](crate::metrics::Snapshot::app) and the Prometheus text). `name` is a
     /// Prometheus metric name, optionally with labels: counters that differ only in their labels
-    /// are one metric (`http_responses_total{class="2xx"}`, `http_responses_total{class="5xx"}`).
+    /// are one metric (`http_responses_total{class="2xx"}`, `http_responses_total{class="5xx"}`),
+    /// exposed together with the first one's help text.
     /// Handlers get their worker's slot with [`Setup::counter`]. A malformed or repeated name
     /// fails [`Builder::start`].
     pub fn counter(&mut self, name: &str, help: &str) -> CounterId {
