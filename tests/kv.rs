@@ -89,6 +89,10 @@ fn commands_over_the_wire() {
     assert_eq!(c.call(&[b"MGET", b"n", b"zz", b"k"]), "*3\r\n$2\r\n42\r\n$-1\r\n$4\r\nv\r\n1\r\n");
     assert_eq!(c.call(&[b"DEL", b"n", b"zz"]), ":1\r\n");
     assert_eq!(c.call(&[b"DBSIZE"]), ":1\r\n");
+    assert_eq!(c.call(&[b"SETEX", b"session:1", b"60", b"x"]), "+OK\r\n");
+    assert_eq!(c.call(&[b"APPEND", b"session:1", b"yz"]), ":3\r\n");
+    assert_eq!(c.call(&[b"KEYS", b"sess*"]), "*1\r\n$9\r\nsession:1\r\n");
+    assert_eq!(c.call(&[b"GETDEL", b"session:1"]), "$3\r\nxyz\r\n");
     // Inline commands, as typed into telnet.
     c.send(b"SET greeting hello\r\nGET greeting\r\n");
     assert_eq!(c.reply(), "+OK\r\n");

@@ -510,7 +510,10 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
     let arity = |ok: bool| if ok { None } else { Some(wrong_args(name)) };
     let check = match cmd {
         b"GET" | b"TTL" | b"PTTL" | b"PERSIST" | b"INCR" | b"DECR" | b"ECHO" => arity(n == 2),
+        b"STRLEN" | b"GETDEL" | b"KEYS" => arity(n == 2),
         b"SET" => arity(n >= 3),
+        b"SETNX" | b"GETSET" | b"APPEND" => arity(n == 3),
+        b"SETEX" | b"PSETEX" => arity(n == 4),
         b"INCRBY" | b"DECRBY" | b"EXPIRE" | b"PEXPIRE" => arity(n == 3),
         b"DEL" | b"EXISTS" | b"MGET" => arity(n >= 2),
         b"MSET" => arity(n >= 3 && n % 2 == 1),
@@ -542,6 +545,57 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             Err(WrongType) => resp::WRONGTYPE.clone(),
         }),
         b"SET" => set(store, data, args, now),
+        b"SETEX" | b"PSETEX" => {
+            let unit = if cmd == b"SETEX" { Duration::from_secs(1) } else { Duration::from_millis(1) };
+            match deadline(now, a(2), unit) {
+                Ok(t) => {
+                    store.set(a(1), resp::bulk(a(3)), Some(t));
+                    Outcome::Reply(resp::OK.clone())
+                }
+                Err(e) => e,
+            }
+        }
+        b"SETNX" => Outcome::Reply(resp::integer(if store.contains(a(1), now) {
+            0
+        } else {
+            store.set(a(1), resp::bulk(a(2)), None);
+            1
+        })),
+        // The old value (or nil), replaced or removed. A string only.
+        b"GETSET" | b"GETDEL" => match store.get(a(1), now) {
+            Err(WrongType) => wrongtype(),
+            Ok(old) => {
+                if cmd == b"GETSET" {
+                    store.set(a(1), resp::bulk(a(2)), None);
+                } else {
+                    store.remove(a(1), now);
+                }
+                Outcome::Reply(old.unwrap_or_else(|| resp::NIL.clone()))
+            }
+        },
+        b"STRLEN" => match store.get(a(1), now) {
+            Err(WrongType) => wrongtype(),
+            Ok(v) => Outcome::Reply(resp::integer(v.map_or(0, |v| resp::bulk_payload(&v).len()) as i64)),
+        },
+        // A copy of the value with the bytes added (values are immutable blocks shared with
+        // replies in flight); the deadline stays.
+        b"APPEND" => match store.get(a(1), now) {
+            Err(WrongType) => wrongtype(),
+            Ok(old) => {
+                let mut v = old.as_ref().map_or(&[][..], resp::bulk_payload).to_vec();
+                v.extend_from_slice(a(2));
+                let framed = resp::bulk(&v);
+                if !store.replace(a(1), framed.clone(), now) {
+                    store.set(a(1), framed, None);
+                }
+                Outcome::Reply(resp::integer(v.len() as i64))
+            }
+        },
+        // Every live key matching the glob pattern (as Redis, a full scan of the keyspace).
+        b"KEYS" => {
+            let keys: Vec<IoBuf> = store.keys(now).filter(|k| glob(a(1), k)).map(resp::bulk).collect();
+            array(keys.into_iter())
+        }
         b"DEL" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.remove(a(i), now)).count() as i64)),
         b"EXISTS" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.contains(a(i), now)).count() as i64)),
         // As in Redis, a key of another type reads as missing here.
@@ -680,6 +734,65 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             err(&msg)
         }
     }
+}
+
+/// Redis's glob patterns (`KEYS`): `*` any run of bytes, `?` one byte, `[abc]`, `[^a-c]` or
+/// `[!a-c]` one byte of (or not of) a set with ranges, `\x` the byte `x`. An unclosed `[`
+/// runs to the end of the pattern.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    // Backtracking to the last `*` suffices: the bytes a star takes only ever need to grow.
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        let step = match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi + 1, si));
+                pi += 1;
+                continue;
+            }
+            Some(b'?') => Some(pi + 1),
+            Some(b'[') => {
+                let (matched, end) = class(&p[pi + 1..], s[si]);
+                matched.then_some(pi + 1 + end)
+            }
+            Some(b'\\') if pi + 1 < p.len() => (p[pi + 1] == s[si]).then_some(pi + 2),
+            Some(&c) => (c == s[si]).then_some(pi + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                pi = next;
+                si += 1;
+            }
+            (None, Some((sp, ss))) => {
+                star = Some((sp, ss + 1));
+                pi = sp;
+                si = ss + 1;
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Matches byte `b` against the set that starts `p` (just after its `[`). Returns whether it
+/// matched and the length of the set with its closing `]`.
+fn class(p: &[u8], b: u8) -> (bool, usize) {
+    let negate = matches!(p.first(), Some(b'^' | b'!'));
+    let mut i = usize::from(negate);
+    let mut hit = false;
+    while i < p.len() && p[i] != b']' {
+        let (lo, len) = if p[i] == b'\\' && i + 1 < p.len() { (p[i + 1], 2) } else { (p[i], 1) };
+        if p.get(i + len) == Some(&b'-') && p.get(i + len + 1).is_some_and(|&c| c != b']') {
+            let hi = p[i + len + 1];
+            hit |= (lo.min(hi)..=lo.max(hi)).contains(&b);
+            i += len + 2;
+        } else {
+            hit |= lo == b;
+            i += len;
+        }
+    }
+    (hit != negate, (i + 1).min(p.len()))
 }
 
 /// An optional count argument (`LPOP key [count]`): `Ok(None)` when absent.
@@ -1125,6 +1238,79 @@ mod tests {
             Outcome::Slow(d) => format!("slow {}ms", d.as_millis()).into_bytes(),
             Outcome::Block { left, timeout } => format!("block left={left} {timeout:?}").into_bytes(),
         }
+    }
+
+    #[test]
+    fn glob_patterns_match_as_redis_does() {
+        for (p, s, want) in [
+            ("*", "", true),
+            ("*", "anything", true),
+            ("user:*", "user:42", true),
+            ("user:*", "users", false),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("h*llo", "heeeello", true),
+            ("h*llo*", "hello world", true),
+            ("*a*b", "xaxxb", true),
+            ("*a*b", "xaxxbc", false),
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[!e]llo", "hello", false),
+            ("h[a-c]llo", "hbllo", true),
+            ("h[a-c]llo", "hdllo", false),
+            ("h[c-a]llo", "hbllo", true),
+            (r"h\*llo", "h*llo", true),
+            (r"h\*llo", "hello", false),
+            (r"[\]]", "]", true),
+            ("a[", "a", false),
+            ("", "", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p:?} against {s:?}");
+        }
+    }
+
+    #[test]
+    fn string_commands_beyond_get_and_set() {
+        let mut st = Store::default();
+        let now = Instant::now();
+        let r = |st: &mut Store, w: &[&[u8]]| String::from_utf8(run(st, w, now)).unwrap();
+        assert_eq!(r(&mut st, &[b"SETNX", b"k", b"a"]), ":1\r\n");
+        assert_eq!(r(&mut st, &[b"SETNX", b"k", b"b"]), ":0\r\n", "already set");
+        assert_eq!(r(&mut st, &[b"APPEND", b"k", b"bc"]), ":3\r\n");
+        assert_eq!(r(&mut st, &[b"APPEND", b"new", b"xy"]), ":2\r\n", "a missing key starts empty");
+        assert_eq!(r(&mut st, &[b"STRLEN", b"k"]), ":3\r\n");
+        assert_eq!(r(&mut st, &[b"STRLEN", b"none"]), ":0\r\n");
+        assert_eq!(r(&mut st, &[b"GETSET", b"k", b"z"]), "$3\r\nabc\r\n");
+        assert_eq!(r(&mut st, &[b"GETDEL", b"k"]), "$1\r\nz\r\n");
+        assert_eq!(r(&mut st, &[b"GETDEL", b"k"]), "$-1\r\n");
+        assert_eq!(r(&mut st, &[b"SETEX", b"t", b"100", b"v"]), "+OK\r\n");
+        assert_eq!(r(&mut st, &[b"TTL", b"t"]), ":100\r\n");
+        assert_eq!(r(&mut st, &[b"APPEND", b"t", b"w"]), ":2\r\n");
+        assert_eq!(r(&mut st, &[b"TTL", b"t"]), ":100\r\n", "APPEND keeps the deadline");
+        assert_eq!(r(&mut st, &[b"PSETEX", b"p", b"1500", b"v"]), "+OK\r\n");
+        assert_eq!(r(&mut st, &[b"PTTL", b"p"]), ":1500\r\n");
+        assert!(r(&mut st, &[b"SETEX", b"t", b"0", b"v"]).starts_with("-ERR"), "a non-positive time");
+        assert!(r(&mut st, &[b"SETEX", b"t", b"x", b"v"]).starts_with("-ERR"));
+        assert_eq!(r(&mut st, &[b"RPUSH", b"l", b"1"]), ":1\r\n");
+        let typed: [&[&[u8]]; 4] =
+            [&[b"APPEND", b"l", b"x"], &[b"STRLEN", b"l"], &[b"GETSET", b"l", b"x"], &[b"GETDEL", b"l"]];
+        for c in typed {
+            assert!(r(&mut st, c).starts_with("-WRONGTYPE"), "{c:?}");
+        }
+        assert!(r(&mut st, &[b"SETEX", b"t", b"1"]).starts_with("-ERR wrong number of arguments"));
+        let mut keys = r(&mut st, &[b"KEYS", b"*"]);
+        assert!(keys.starts_with("*4\r\n"), "{keys}");
+        for k in ["new", "t", "p", "l"] {
+            assert!(keys.contains(&format!("${}\r\n{k}\r\n", k.len())), "{k} in {keys}");
+        }
+        keys = r(&mut st, &[b"KEYS", b"[np]*"]);
+        assert!(keys.starts_with("*2\r\n") && !keys.contains("\r\nt\r\n"), "{keys}");
+        let later = now + Duration::from_secs(2);
+        let keys = String::from_utf8(run(&mut st, &[b"KEYS", b"p"], later)).unwrap();
+        assert_eq!(keys, "*0\r\n", "an expired key is not listed");
     }
 
     #[test]

@@ -364,6 +364,11 @@ impl Store {
         self.map.remove(key).is_some_and(|e| !e.expires.is_some_and(|t| t <= now))
     }
 
+    /// The live keys, in no particular order.
+    pub fn keys(&self, now: Instant) -> impl Iterator<Item = &[u8]> {
+        self.map.iter().filter(move |(_, e)| !e.expires.is_some_and(|t| t <= now)).map(|(k, _)| &k[..])
+    }
+
     /// Keys stored, counting expired ones not yet removed (as Redis's `DBSIZE` does).
     pub fn len(&self) -> usize {
         self.map.len()
