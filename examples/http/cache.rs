@@ -384,8 +384,7 @@ impl Cache {
             (Some(file), Some((offset, len))) if len > 0 => {
                 // Headers from memory, then the body spliced from the page cache.
                 let conn = req.conn;
-                self.responses.count(status);
-                self.command(NetCmd::SendChain { conn, data: chain });
+                self.send(conn, status, chain, false);
                 self.command(NetCmd::SendFile { conn, file: file.clone(), offset, len });
                 if !req.keep_alive {
                     self.command(NetCmd::Close { conn });

@@ -584,10 +584,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             Ok(old) => {
                 let mut v = old.as_ref().map_or(&[][..], resp::bulk_payload).to_vec();
                 v.extend_from_slice(a(2));
-                let framed = resp::bulk(&v);
-                if !store.replace(a(1), framed.clone(), now) {
-                    store.set(a(1), framed, None);
-                }
+                store.set_keeping_deadline(a(1), resp::bulk(&v), now);
                 Outcome::Reply(resp::integer(v.len() as i64))
             }
         },
@@ -627,10 +624,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let Some(v) = by.and_then(|by| cur.checked_add(by)) else {
                 return err("ERR increment or decrement would overflow");
             };
-            let framed = resp::bulk(v.to_string().as_bytes());
-            if !store.replace(a(1), framed.clone(), now) {
-                store.set(a(1), framed, None);
-            }
+            store.set_keeping_deadline(a(1), resp::bulk(v.to_string().as_bytes()), now);
             Outcome::Reply(resp::integer(v))
         }
         b"EXPIRE" | b"PEXPIRE" => {

@@ -330,15 +330,11 @@ impl Store {
         }
     }
 
-    /// Replaces the value of an existing live key with the string `framed`, keeping its
-    /// deadline. Returns false if the key is missing.
-    pub fn replace(&mut self, key: &[u8], framed: IoBuf, now: Instant) -> bool {
+    /// Stores the string `framed` under `key`, whatever it held; a live key keeps its deadline.
+    pub fn set_keeping_deadline(&mut self, key: &[u8], framed: IoBuf, now: Instant) {
         match self.value_mut(key, now) {
-            Some(v) => {
-                *v = Value::Str(framed);
-                true
-            }
-            None => false,
+            Some(v) => *v = Value::Str(framed),
+            None => self.set(key, framed, None),
         }
     }
 

@@ -442,7 +442,9 @@ impl Snapshot {
         }
         // The application's counters: per metric (name without labels, in order of first
         // declaration) one HELP and TYPE, then all of its series together.
-        let base = |a: &AppSnapshot| a.name.split('{').next().unwrap_or_default().to_string();
+        fn base(a: &AppSnapshot) -> &str {
+            a.name.split('{').next().unwrap_or_default()
+        }
         for (i, a) in self.app.iter().enumerate() {
             let name = base(a);
             if self.app[..i].iter().any(|b| base(b) == name) {
