@@ -191,31 +191,28 @@ fn stalled_peer_is_cut_off(cfg: impl FnOnce(ListenConfig) -> ListenConfig) {
 }
 
 #[test]
-fn connection_limit_closes_excess_at_once() {
-    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c.max_connections(2));
-    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
-    for (i, s) in held.iter_mut().enumerate() {
-        s.write_all(&[i as u8]).unwrap();
-        let mut b = [0u8];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(b[0], i as u8);
+fn a_listener_at_its_connection_limit_leaves_clients_in_the_backlog_unreset() {
+    // The limit plus a thousand clients (the backlog holds 1024): none is reset; each is
+    // served once the connections before it close, in order.
+    let cap = 8;
+    let (rt, addr) = echo_server(Runtime::builder(1), 0, |c| c.max_connections(cap));
+    let mut clients: Vec<TcpStream> = (0..cap + 1000).map(|_| connect(addr)).collect();
+    for (i, s) in clients.iter_mut().enumerate() {
+        s.write_all(&(i as u32).to_le_bytes()).unwrap();
     }
-    // The third is accepted by the kernel and closed by the server straight away.
-    let mut third = connect(addr);
-    let _ = third.write_all(b"hello");
-    let mut b = [0u8; 8];
-    match third.read(&mut b) {
-        Ok(0) | Err(_) => {}
-        Ok(n) => panic!("over-limit connection got {n} bytes of service"),
+    let open = |rt: &Runtime| rt.metrics().total(|w| w.accepted) - rt.metrics().total(|w| w.closed);
+    for (i, mut s) in clients.into_iter().enumerate() {
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(u32::from_le_bytes(b), i as u32);
+        assert!(open(&rt) <= cap as u64, "{} open", open(&rt));
+        drop(s); // its close lets the next client in
     }
-    // Closing one frees a slot.
-    drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while rt.metrics().total(|w| w.closed) < 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    roundtrip(addr, b"again".to_vec(), 5);
+    let m = rt.metrics();
+    assert_eq!(m.total(|w| w.accepted), cap as u64 + 1000);
+    assert_eq!(m.total(|w| w.accept_backoffs), 0);
+    rt.shutdown();
+    rt.join().unwrap();
 }
 
 #[test]
@@ -685,6 +682,43 @@ fn a_worker_without_a_spin_does_not_poll() {
     ping_pong(&mut s, 100, Duration::from_millis(1));
     let m = rt.metrics();
     assert_eq!((m.total(|w| w.spins), m.total(|w| w.spin_ns)), (0, 0), "no polling by default");
+    rt.shutdown();
+    rt.join().unwrap();
+}
+
+/// `n` clients each streaming `len` bytes in 1 KiB writes and reading their echo back.
+fn stream_clients(addr: std::net::SocketAddr, n: u64, len: usize) {
+    let clients: Vec<_> = (0..n).map(|i| std::thread::spawn(move || roundtrip(addr, pattern(i, len), 1024))).collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
+#[test]
+fn a_tiny_pool_has_its_receives_wait_for_buffers_without_an_enobufs_storm() {
+    // 4 buffers for 64 streaming connections: receives run dry all the time. Re-arming every
+    // starved receive whenever one buffer came back made millions of ENOBUFS completions; one
+    // per free buffer keeps them to a small multiple of the buffers that came back.
+    let (rt, addr) = echo_server(Runtime::builder(1).buffers(4, 4096), 0, |c| c);
+    stream_clients(addr, 64, 64 << 10);
+    std::thread::sleep(Duration::from_millis(120)); // two ticks: the pool's counts are current
+    let m = rt.metrics();
+    let (enobufs, returned) = (m.total(|w| w.enobufs), m.total(|w| w.buffers_returned));
+    assert!(enobufs > 0, "the pool never ran dry");
+    assert!(returned >= 64 * 16, "at least a buffer per 4 KiB written: {returned}");
+    assert!(enobufs <= 2 * returned, "{enobufs} ENOBUFS for {returned} buffers given back");
+    rt.shutdown();
+    rt.join().unwrap();
+}
+
+#[test]
+fn a_completion_queue_too_small_for_the_load_overflows_is_counted_and_loses_nothing() {
+    let ring = ringstage::runtime::RingConfig { entries: 8, cq_entries: 8, ..Default::default() };
+    let (rt, addr) = echo_server(Runtime::builder(1).ring(ring), 0, |c| c);
+    stream_clients(addr, 64, 32 << 10);
+    let m = rt.metrics();
+    assert!(m.total(|w| w.cq_overflow) > 0, "an 8-entry CQ for 64 busy connections overflows");
+    assert_eq!(m.total(|w| w.cq_dropped), 0, "held back, not lost");
     rt.shutdown();
     rt.join().unwrap();
 }

@@ -1,111 +1,15 @@
 //! The staged HTTP example end to end on loopback: the real binary, real sockets.
 
 mod example;
+mod http_client;
 mod linger;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use example::Server;
-
-/// A fresh directory under the system temp dir for a test's files, removed when dropped (also
-/// when the test fails). Declare it before the server, so the server goes first.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ringstage-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-
-    fn root(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn bundled() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/http/www")
-}
-
-fn server(args: &[&str]) -> Server {
-    example::start("http", args)
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    BufReader::new(s)
-}
-
-/// Reads one response; `head` says whether it answers a HEAD request (no body).
-fn read_response(r: &mut BufReader<TcpStream>, head: bool) -> Option<Response> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let status = line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).ok()?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':')?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let mut resp = Response { status, headers, body: Vec::new() };
-    let len: usize = resp.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if !head && status != 304 {
-        resp.body = vec![0; len];
-        r.read_exact(&mut resp.body).ok()?;
-    }
-    Some(resp)
-}
-
-fn request(addr: SocketAddr, raw: &str) -> Response {
-    let mut c = connect(addr);
-    c.get_mut().write_all(raw.as_bytes()).unwrap();
-    read_response(&mut c, raw.starts_with("HEAD")).expect("a response")
-}
-
-fn get(addr: SocketAddr, path: &str) -> Response {
-    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
-}
-
-/// The connection is closed by the server (EOF or reset) within the read timeout.
-fn closed_by_server(c: &mut BufReader<TcpStream>) -> bool {
-    let mut b = [0u8; 1];
-    matches!(c.read(&mut b), Ok(0) | Err(_))
-}
+use http_client::*;
 
 #[test]
 fn serves_bundled_files_with_headers() {
@@ -468,7 +372,8 @@ fn a_client_that_pipelines_without_reading_is_paused_and_gets_every_answer() {
     // stays bounded. Then it reads, and every request has its answer, in order. The head the
     // pause cut in two (the server's last receive ended inside it) gets no 408 meanwhile: it is
     // the server that holds up its rest.
-    let s = server(&["--header-timeout-ms", "300"]);
+    // (Many more requests than a connection may make by default.)
+    let s = server(&["--header-timeout-ms", "300", "--keepalive-requests", "100000000"]);
     let mut c = connect(s.addr);
     let one = b"GET /files/1k.txt HTTP/1.1\r\nHost: t\r\n\r\n";
     let batch = one.repeat(64);
@@ -597,7 +502,8 @@ fn worker_allocations(addr: SocketAddr) -> u64 {
 
 #[test]
 fn requests_answered_from_the_page_cache_do_not_allocate() {
-    let s = server(&["--workers", "1"]);
+    // (Many more requests per connection than the default limit of 1000.)
+    let s = server(&["--workers", "1", "--keepalive-requests", "100000000"]);
     let reqs: &[(&str, &[u8])] = &[("/plaintext", b"Hello, World!"), ("/files/1k.txt", &[])];
     let want_1k = std::fs::read(bundled().join("files/1k.txt")).unwrap();
     let mut conns: Vec<_> = (0..8).map(|_| connect(s.addr)).collect();

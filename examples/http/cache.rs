@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ringstage::net::SplicePipe;
 use ringstage::prelude::*;
 
 use crate::files::FileReq;
-use crate::parse::{Kind, Request};
+use crate::parse::{Kind, Request, TAIL_CLOSE, TAIL_KEEP};
 use crate::proto::{self, DateLine, PathError, Range};
 
 /// The maps here are keyed by request targets and hashed once or twice per request: foldhash
@@ -223,8 +224,6 @@ impl PlainResponse {
 static PLAIN_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\nServer: ringstage\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n";
 static PLAIN_BODY: &[u8] = b"Hello, World!";
-static TAIL_KEEP: &[u8] = b"\r\n";
-static TAIL_CLOSE: &[u8] = b"Connection: close\r\n\r\n";
 
 /// A request target (origin form, as received) with a slash added to its path: where a
 /// directory named without one is found. httparse admitted no space or control byte into it.
@@ -309,7 +308,8 @@ impl Cache {
         let close = req.closes() || status >= 500 && status != 503;
         let body = format!("{} {}\n", status, proto::reason(status));
         let date = self.date.get(self.now);
-        let resp = proto::simple(status, if req.head { "" } else { &body }, close, extra, &date);
+        let tail = if close { TAIL_CLOSE } else { req.tail() };
+        let resp = proto::simple(status, if req.head { "" } else { &body }, tail, extra, &date);
         self.send(req.conn, status, IoBufChain::from(resp), close);
     }
 
@@ -330,15 +330,19 @@ impl Cache {
         let mut c = IoBufChain::new();
         c.push(head);
         c.push(self.date.get(self.now));
-        c.push(IoBuf::from_static(if req.keep_alive { TAIL_KEEP } else { TAIL_CLOSE }));
+        c.push(IoBuf::from_static(req.tail()));
         if let Some(b) = body.filter(|_| !req.head) {
             c.push(b);
         }
         c
     }
 
-    /// Serves an entry: 200, 206, 304 or 416. The 200 path is four views and no allocation.
+    /// Serves an entry: 200, 206, 304, 412 or 416. The 200 path is four views and no
+    /// allocation. The preconditions are judged in RFC 9110's order (§13.2.2).
     fn respond(&mut self, req: &Request, e: &Entry) {
+        if req.if_unmodified_since().and_then(proto::parse_http_date).is_some_and(|t| e.mtime > t) {
+            return self.respond_error(req, 412, "");
+        }
         let not_modified = match (req.if_none_match(), req.if_modified_since()) {
             (Some(inm), _) => etag_matches(inm, &e.etag),
             (None, Some(ims)) => proto::parse_http_date(ims).is_some_and(|t| e.mtime <= t),
@@ -358,7 +362,8 @@ impl Cache {
         // The chain, and the body part to send as (offset, length) when the file is spliced
         // (its in-memory body is empty then).
         // If-Range (RFC 9110 §13.1.5): the range only while the client's copy is this version.
-        let range = req.range().filter(|_| req.if_range().map_or(true, |v| if_range_holds(v, e)));
+        // A Range is for GET only (RFC 9110 §14.2): a HEAD is answered as if it had none.
+        let range = req.range().filter(|_| !req.head && req.if_range().map_or(true, |v| if_range_holds(v, e)));
         let (status, chain, file_part) = match range.map_or(Range::Full, |r| proto::parse_range(r, len)) {
             Range::Full => {
                 let chain = self.chain(req, e.head200.clone(), Some(e.body.clone()));
@@ -382,10 +387,15 @@ impl Cache {
         };
         match (&e.file, file_part) {
             (Some(file), Some((offset, len))) if len > 0 => {
+                // The pipe first: a head is committed only with the means to send its body in
+                // hand. Out of descriptors, the answer is a 503 the client can retry.
+                let Ok(pipe) = SplicePipe::new() else {
+                    return self.respond_error(req, 503, "Retry-After: 1\r\n");
+                };
                 // Headers from memory, then the body spliced from the page cache.
                 let conn = req.conn;
                 self.send(conn, status, chain, false);
-                self.command(NetCmd::SendFile { conn, file: file.clone(), offset, len });
+                self.command(NetCmd::SendFile { conn, file: file.clone(), offset, len, pipe });
                 if !req.keep_alive {
                     self.command(NetCmd::Close { conn });
                 }
@@ -396,7 +406,7 @@ impl Cache {
 
     fn process(&mut self, req: Request, now: Instant) {
         let target = match &req.kind {
-            Kind::Plaintext if req.keep_alive && !req.head => {
+            Kind::Plaintext if req.keep_alive && !req.head && !req.http10 => {
                 // The common case as one segment: the whole response, rebuilt once a second.
                 let resp = self.plain.get(&mut self.date, now);
                 return self.send(req.conn, 200, IoBufChain::from(resp), false);
@@ -499,13 +509,20 @@ impl Handler for Cache {
     fn handle(&mut self, ev: CacheEvent, cx: &mut Context<'_>) {
         let now = cx.now();
         self.now = now;
+        // Once the server is shutting down, every response says `Connection: close` (as nginx
+        // does): a keep-alive client stops sending instead of racing the close.
+        let last = |mut req: Request| {
+            req.keep_alive &= !cx.is_shutting_down();
+            req
+        };
         match ev {
             CacheEvent::Req(req) => match self.blocked.get_mut(&req.conn) {
-                Some(q) => q.push_back(req),
-                None => self.process(req, now),
+                Some(q) => q.push_back(last(req)),
+                None => self.process(last(req), now),
             },
             CacheEvent::Loaded { key, result } => self.loaded(key, result, now),
             CacheEvent::Rendered { req, body } => {
+                let req = last(req);
                 self.respond_body(&req, "text/html; charset=utf-8", body);
                 // The dynamic stage's admission control holds this end-to-end time to its target.
                 self.dynamic.observe_response(now.saturating_duration_since(req.received));

@@ -44,6 +44,8 @@ fn status_of(e: &std::io::Error) -> u16 {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => 404,
         Some(libc::EXDEV | libc::ELOOP | libc::EACCES | libc::EPERM) => 403, // outside the root
+        // Out of descriptors or memory for now: a refusal to retry, not a server fault.
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => 503,
         _ => 500,
     }
 }
@@ -173,5 +175,6 @@ mod tests {
         assert_eq!(status_of(&Error::from_raw_os_error(libc::EXDEV)), 403, "outside the root");
         assert_eq!(status_of(&Error::new(ErrorKind::TimedOut, "stuck")), 503, "file op timed out");
         assert_eq!(status_of(&Error::from_raw_os_error(libc::EIO)), 500);
+        assert_eq!(status_of(&Error::from_raw_os_error(libc::EMFILE)), 503, "out of descriptors: retry");
     }
 }

@@ -59,6 +59,7 @@ struct Opts {
 
 const USAGE: &str = "usage: http [--addr HOST:PORT] [--root DIR] [--workers N] [--cpu FIRST]
   [--max-line BYTES] [--max-head BYTES] [--max-body BYTES] [--header-timeout-ms MS]
+  [--keepalive-requests N (requests per connection, the last one closes it; default 1000)]
   [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]
   [--send-timeout-ms MS] [--file-timeout-ms MS]
   [--dynamic-us US] [--overload-target-ms MS (0: no admission control)]
@@ -104,6 +105,7 @@ fn opts() -> Result<Opts, String> {
             }
             "--max-body" => o.limits.max_body = num(&v)?,
             "--header-timeout-ms" => o.limits.header_timeout = Duration::from_millis(num(&v)?),
+            "--keepalive-requests" => o.limits.max_requests = num(&v)?.max(1),
             "--stage-capacity" => o.capacity = num(&v)?.max(1) as usize,
             "--cache-mb" => o.cache_bytes = (num(&v)? as usize) << 20,
             "--cache-file-kb" => o.cache_file = (num(&v)? as usize) << 10,

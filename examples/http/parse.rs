@@ -31,11 +31,20 @@ pub struct Limits {
     pub max_body: u64,
     /// Whole request head must arrive within this (408 after).
     pub header_timeout: Duration,
+    /// Requests served on one connection; the last one's response closes it (nginx's
+    /// `keepalive_requests`).
+    pub max_requests: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_line: 8 * 1024, max_head: 16 * 1024, max_body: 1 << 20, header_timeout: Duration::from_secs(10) }
+        Limits {
+            max_line: 8 * 1024,
+            max_head: 16 * 1024,
+            max_body: 1 << 20,
+            header_timeout: Duration::from_secs(10),
+            max_requests: 1000,
+        }
     }
 }
 
@@ -61,8 +70,9 @@ pub enum Kind {
 }
 
 /// Where a part of a request head (the target, a field value) lies in it: heads are at most
-/// [`MAX_HEAD`] bytes.
-#[derive(Clone, Copy, Debug)]
+/// [`MAX_HEAD`] bytes. An empty span stands for a field not given (four bytes, where an
+/// `Option` would take six): an empty value of the fields kept means nothing either.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Span {
     at: u16,
     len: u16,
@@ -79,24 +89,27 @@ pub struct Request {
     pub received: std::time::Instant,
     pub head: bool,
     pub keep_alive: bool,
+    /// An HTTP/1.0 request: a connection kept open must say so (`Connection: keep-alive`).
+    pub http10: bool,
     pub kind: Kind,
     /// The request head as received (empty for a request made up here, e.g. an error).
     src: IoBuf,
-    range: Option<Span>,
-    if_none_match: Option<Span>,
-    if_modified_since: Option<Span>,
-    if_range: Option<Span>,
+    range: Span,
+    if_none_match: Span,
+    if_modified_since: Span,
+    if_unmodified_since: Span,
+    if_range: Span,
 }
 
 impl Request {
-    fn part(&self, s: Option<Span>) -> Option<&[u8]> {
-        s.map(|s| &self.src[s.at as usize..][..s.len as usize])
+    fn part(&self, s: Span) -> Option<&[u8]> {
+        (s.len > 0).then(|| &self.src[s.at as usize..][..s.len as usize])
     }
 
     /// The raw request target of a file request.
     pub fn target(&self) -> Option<&[u8]> {
         match self.kind {
-            Kind::File(t) => self.part(Some(t)),
+            Kind::File(t) => self.part(t),
             _ => None,
         }
     }
@@ -116,6 +129,11 @@ impl Request {
         self.part(self.if_modified_since)
     }
 
+    /// The `If-Unmodified-Since` field's value, if given.
+    pub fn if_unmodified_since(&self) -> Option<&[u8]> {
+        self.part(self.if_unmodified_since)
+    }
+
     /// The `If-Range` field's value, if given.
     pub fn if_range(&self) -> Option<&[u8]> {
         self.part(self.if_range)
@@ -124,6 +142,16 @@ impl Request {
     /// Its response ends the connection: the client asked for that, or the request failed.
     pub fn closes(&self) -> bool {
         !self.keep_alive || matches!(self.kind, Kind::Error(_))
+    }
+
+    /// The end of its response's head: `Connection: close` if the response ends the
+    /// connection, `Connection: keep-alive` if it keeps an HTTP/1.0 one, then the blank line.
+    pub fn tail(&self) -> &'static [u8] {
+        match (self.keep_alive, self.http10) {
+            (false, _) => TAIL_CLOSE,
+            (true, true) => TAIL_KEEP_ALIVE,
+            (true, false) => TAIL_KEEP,
+        }
     }
 
     pub fn error(conn: Conn, status: u16) -> Request {
@@ -139,15 +167,22 @@ impl Request {
             received,
             head,
             keep_alive,
+            http10: false,
             kind,
             src,
-            range: None,
-            if_none_match: None,
-            if_modified_since: None,
-            if_range: None,
+            range: Span::default(),
+            if_none_match: Span::default(),
+            if_modified_since: Span::default(),
+            if_unmodified_since: Span::default(),
+            if_range: Span::default(),
         }
     }
 }
+
+/// The connection tails of a response head (see [`Request::tail`]).
+pub static TAIL_KEEP: &[u8] = b"\r\n";
+pub static TAIL_KEEP_ALIVE: &[u8] = b"Connection: keep-alive\r\n\r\n";
+pub static TAIL_CLOSE: &[u8] = b"Connection: close\r\n\r\n";
 
 struct HttpConn {
     /// Bytes of an incomplete request head (rare: a head split across receives).
@@ -167,6 +202,8 @@ struct HttpConn {
     resume: bool,
     /// Its answers are backlogged: the network stage is not reading it.
     backlogged: bool,
+    /// Requests taken from it so far (see [`Limits::max_requests`]).
+    requests: u64,
 }
 
 impl HttpConn {
@@ -194,6 +231,15 @@ impl HttpConn {
             held: VecDeque::new(),
             resume: false,
             backlogged: false,
+            requests: 0,
+        }
+    }
+
+    /// Counts a complete request; the one that reaches the connection's limit closes it.
+    fn count(&mut self, req: &mut Request, limits: &Limits) {
+        self.requests += 1;
+        if self.requests >= limits.max_requests {
+            req.keep_alive = false;
         }
     }
 }
@@ -350,7 +396,8 @@ impl Parse {
                     to.submit(st, Request::error(conn, status));
                     break;
                 }
-                Parsed::Complete(req, consumed, Body::Chunked) => {
+                Parsed::Complete(mut req, consumed, Body::Chunked) => {
+                    st.count(&mut req, limits);
                     // Answered once the body has been read: framing errors in it still get
                     // their 400 or 413 instead of the response. The header deadline covers
                     // the body too.
@@ -358,7 +405,8 @@ impl Parse {
                     st.started.get_or_insert(now);
                     st.chunked = Some((Chunked::new(limits.max_body), req));
                 }
-                Parsed::Complete(req, consumed, Body::Length(body)) => {
+                Parsed::Complete(mut req, consumed, Body::Length(body)) => {
+                    st.count(&mut req, limits);
                     st.started = None;
                     data.advance(consumed);
                     let k = (body.min(data.len() as u64)) as usize;
@@ -394,8 +442,50 @@ fn line_too_long(data: &[u8], max: usize) -> bool {
     }
 }
 
+/// What a request line with a version httparse does not take asks for.
+enum Version {
+    /// `HTTP/1.x` with x above 1: served as HTTP/1.1 (RFC 9110 §2.5: a recipient treats a
+    /// higher minor version as the highest one it supports). The version's minor digit is at
+    /// this offset.
+    LaterMinor(usize),
+    /// Another major version (`HTTP/2.0` on an HTTP/1 connection, say): 505.
+    Unsupported,
+    /// Not a version at all: 400.
+    Malformed,
+}
+
+/// Looks at the version of the request line at the start of `data`, which httparse refused.
+fn other_version(data: &[u8]) -> Version {
+    let line = &data[..data.iter().position(|&b| b == b'\n').unwrap_or(data.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let at = line.iter().rposition(|&b| b == b' ').map_or(0, |i| i + 1);
+    match &line[at..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => Version::LaterMinor(at + 7),
+        [b'H', b'T', b'T', b'P', b'/', major, ..] if (b'2'..=b'9').contains(major) => Version::Unsupported,
+        _ => Version::Malformed,
+    }
+}
+
 /// Parses one request head at the start of `data`.
 fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed {
+    match parse_head(conn, data, limits, now) {
+        Err(httparse::Error::Version) => match other_version(data) {
+            Version::LaterMinor(at) => {
+                // Rare: parsed again from a copy that says 1.1, which the request then views.
+                let mut copy = data.to_vec();
+                copy[at] = b'1';
+                parse_head(conn, &IoBuf::from(copy), limits, now).unwrap_or(Parsed::Error(400))
+            }
+            Version::Unsupported => Parsed::Error(505),
+            Version::Malformed => Parsed::Error(400),
+        },
+        Err(_) => Parsed::Error(400),
+        Ok(p) => p,
+    }
+}
+
+/// [`parse_one`], handing back the version error it resolves (others are 400 for it, too).
+fn parse_head(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Result<Parsed, httparse::Error> {
     // Uninitialised header slots: initialising 64 of them (2 KiB) per request cost more than
     // parsing a small request.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
@@ -406,7 +496,7 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
             // `HTTP/1.x`: its length follows from the parts, without a second scan of it.
             let line = req.method.map_or(0, str::len) + req.path.map_or(0, str::len) + 10;
             if line > limits.max_line {
-                return Parsed::Error(414);
+                return Ok(Parsed::Error(414));
             }
             n
         }
@@ -414,16 +504,29 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
         // before anything else is judged (431, 400), or waited for.
         res => {
             if line_too_long(data, limits.max_line) {
-                return Parsed::Error(414);
+                return Ok(Parsed::Error(414));
             }
             return match res {
-                Ok(_) if data.len() > limits.max_head => Parsed::Error(431),
-                Ok(_) => Parsed::Partial,
-                Err(httparse::Error::TooManyHeaders) => Parsed::Error(431),
-                Err(_) => Parsed::Error(400),
+                Ok(_) if data.len() > limits.max_head => Ok(Parsed::Error(431)),
+                Ok(_) => Ok(Parsed::Partial),
+                Err(httparse::Error::TooManyHeaders) => Ok(Parsed::Error(431)),
+                Err(e) => Err(e),
             };
         }
     };
+    Ok(complete(conn, data, &req, n, limits, now))
+}
+
+/// Judges a complete request head of `n` bytes, which httparse parsed into `req`.
+#[inline]
+fn complete(
+    conn: Conn,
+    data: &IoBuf,
+    req: &httparse::Request<'_, '_>,
+    n: usize,
+    limits: &Limits,
+    now: Instant,
+) -> Parsed {
     if n > limits.max_head.min(MAX_HEAD as usize) {
         return Parsed::Error(431);
     }
@@ -433,8 +536,8 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
     let mut keep_alive = http11;
     // Transfer-Encoding: whether any was given, whether chunked is the final coding, and how
     // often chunked appears (more than once is malformed).
-    let (mut cl, mut te, mut chunked, mut chunked_n, mut host) = (None::<u64>, false, false, 0, false);
-    let (mut range, mut inm, mut ims, mut ir) = (None, None, None, None);
+    let (mut cl, mut te, mut chunked, mut chunked_n, mut hosts) = (None::<u64>, false, false, 0, 0);
+    let [mut range, mut inm, mut ims, mut ius, mut ir] = [Span::default(); 5];
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
@@ -464,15 +567,21 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
                 chunked_n += usize::from(chunked);
             }
         } else if name.eq_ignore_ascii_case(b"host") {
-            host = true;
+            // One Host, and a valid one (RFC 9112 §3.2: a server MUST answer 400 otherwise).
+            hosts += 1;
+            if hosts > 1 || !proto::valid_host(h.value.trim_ascii()) {
+                return Parsed::Error(400);
+            }
         } else if name.eq_ignore_ascii_case(b"range") {
-            range = Some(sub(h.value));
+            range = sub(h.value);
         } else if name.eq_ignore_ascii_case(b"if-none-match") {
-            inm = Some(sub(h.value));
+            inm = sub(h.value);
         } else if name.eq_ignore_ascii_case(b"if-modified-since") {
-            ims = Some(sub(h.value));
+            ims = sub(h.value);
+        } else if name.eq_ignore_ascii_case(b"if-unmodified-since") {
+            ius = sub(h.value);
         } else if name.eq_ignore_ascii_case(b"if-range") {
-            ir = Some(sub(h.value));
+            ir = sub(h.value);
         }
     }
     if te && (cl.is_some() || !chunked || chunked_n > 1 || !http11) {
@@ -480,7 +589,7 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
         // is unknowable), chunked twice, or Transfer-Encoding in HTTP/1.0: 400 (RFC 9112 §6.1).
         return Parsed::Error(400);
     }
-    if http11 && !host {
+    if http11 && hosts == 0 {
         return Parsed::Error(400);
     }
     let body = if chunked { Body::Chunked } else { Body::Length(cl.unwrap_or(0)) };
@@ -505,13 +614,25 @@ fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed 
     };
     // Only a file request reads its target and fields later: the others keep no view (no
     // reference count taken, no pool buffer held while they wait) and no span.
-    let req = if matches!(kind, Kind::File(_)) {
-        let src = data.slice(0..n);
-        let (if_none_match, if_modified_since, if_range) = (inm, ims, ir);
-        Request { conn, received: now, head, keep_alive, kind, src, range, if_none_match, if_modified_since, if_range }
+    let mut req = if matches!(kind, Kind::File(_)) {
+        Request {
+            conn,
+            received: now,
+            head,
+            keep_alive,
+            http10: false,
+            kind,
+            src: data.slice(0..n),
+            range,
+            if_none_match: inm,
+            if_modified_since: ims,
+            if_unmodified_since: ius,
+            if_range: ir,
+        }
     } else {
         Request::headless(conn, now, head, keep_alive, kind)
     };
+    req.http10 = !http11;
     Parsed::Complete(req, n, body)
 }
 

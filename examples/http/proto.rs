@@ -20,11 +20,13 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        412 => "Precondition Failed",
         416 => "Range Not Satisfiable",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }
 }
@@ -161,20 +163,58 @@ impl Rewritten {
     }
 }
 
-/// Parses an IMF-fixdate; `None` for anything else (then the header is ignored, as RFC 9110 asks).
+/// Parses an HTTP-date in any of the three forms a recipient must accept (RFC 9110 §5.6.7):
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and C's asctime form (`Sun Nov  6 08:49:37 1994`).
+/// `None` for anything else (then the header is ignored, as RFC 9110 asks). An RFC 850 year
+/// has two digits: it is the nearest year with them that is not more than 50 years ahead.
 pub fn parse_http_date(s: &[u8]) -> Option<i64> {
+    let this_year = civil(unix_secs(SystemTime::now()).div_euclid(86_400)).0;
+    parse_http_date_in(s, this_year)
+}
+
+/// [`parse_http_date`], with the current year given (for RFC 850's two-digit years).
+fn parse_http_date_in(s: &[u8], this_year: i64) -> Option<i64> {
     let s = std::str::from_utf8(s).ok()?;
     let mut it = s.split_ascii_whitespace();
-    let (_wd, d, mon, y, hms, gmt) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
-    if gmt != "GMT" || it.next().is_some() {
+    let first = it.next()?;
+    let (d, mon, y, hms) = if first.ends_with(',') {
+        let second = it.next()?;
+        if let Some((d, rest)) = second.split_once('-') {
+            // RFC 850: `06-Nov-94`, a full weekday name before it.
+            let (mon, yy) = rest.split_once('-')?;
+            let yy = if yy.len() == 2 { digits(yy)? } else { return None };
+            let mut y = this_year - this_year.rem_euclid(100) + yy;
+            if y > this_year + 50 {
+                y -= 100;
+            }
+            (d, mon, y, it.next()?)
+        } else {
+            // IMF-fixdate: `06 Nov 1994`. The year has four digits, which also keeps the day
+            // arithmetic far from overflow.
+            let (mon, y) = (it.next()?, it.next()?);
+            (second, mon, if y.len() == 4 { digits(y)? } else { return None }, it.next()?)
+        }
+    } else {
+        // asctime: `Nov  6 08:49:37 1994`, no zone (it is GMT).
+        let (mon, d, hms, y) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() || y.len() != 4 {
+            return None;
+        }
+        return date_secs(d, mon, digits(y)?, hms);
+    };
+    if it.next() != Some("GMT") || it.next().is_some() {
         return None;
     }
+    date_secs(d, mon, y, hms)
+}
+
+/// Seconds since the epoch of day `d` (one or two digits) of month `mon` (`Jan`..`Dec`) of
+/// year `y` at `hms` (exactly `HH:MM:SS`).
+fn date_secs(d: &str, mon: &str, y: i64, hms: &str) -> Option<i64> {
     let m = MONTHS.iter().position(|&x| x == mon)? as i64 + 1;
-    // Digits only (no sign): `i64::from_str` would take "-5" and "+5". A one-digit day is
-    // tolerated; the year has four digits (IMF-fixdate), which also keeps the day arithmetic
-    // far from overflow; the time is exactly `HH:MM:SS`.
+    // Digits only (no sign): `i64::from_str` would take "-5" and "+5".
     let d = if d.len() <= 2 { digits(d)? } else { return None };
-    let y = if y.len() == 4 { digits(y)? } else { return None };
     let hms = hms.as_bytes();
     if hms.len() != 8 || hms[2] != b':' || hms[5] != b':' {
         return None;
@@ -259,6 +299,64 @@ pub fn origin_form(target: &[u8]) -> std::ops::Range<usize> {
         Some(i) if target[at + i] == b'/' => at + i..target.len(),
         _ => at - 1..at,
     }
+}
+
+/// Whether `v` is a valid `Host` field value (RFC 9112 §3.2, RFC 3986 §3.2.2): `uri-host`
+/// then an optional `:port`, where the host is an IP literal in brackets, or a non-empty
+/// registered name (letters, digits, `-._~`, `%XX` escapes and the sub-delimiters
+/// `!$&'()*+,;=`; an IPv4 address is one of these) and the port is digits. No user info, no
+/// spaces, nothing outside that grammar.
+pub fn valid_host(v: &[u8]) -> bool {
+    let port = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else { return false };
+        if !valid_ip_literal(&v[1..end]) {
+            return false;
+        }
+        match &v[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => port,
+            _ => return false,
+        }
+    } else {
+        let (host, port) = match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (v, &[][..]),
+        };
+        if host.is_empty() || !valid_reg_name(host) {
+            return false;
+        }
+        port
+    };
+    port.iter().all(u8::is_ascii_digit)
+}
+
+/// The inside of an `IP-literal`'s brackets: an IPv6 address (hex digits, `:` and `.`, which
+/// is as far as a field check needs to go), or an `IPvFuture` (`v`, hex digits, `.`, then
+/// unreserved, sub-delimiters or `:`).
+fn valid_ip_literal(inside: &[u8]) -> bool {
+    let v6 = |b: &u8| b.is_ascii_hexdigit() || b":.".contains(b);
+    let future = matches!(inside.first(), Some(b'v' | b'V'))
+        && inside.contains(&b'.')
+        && inside[1..].iter().all(|&b| reg_name_byte(b) || b == b':');
+    !inside.is_empty() && (inside.iter().all(v6) || future)
+}
+
+/// `unreserved` or `sub-delims` of RFC 3986.
+fn reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+}
+
+/// A `reg-name`: its bytes, and `%` only as the start of a two-digit hex escape.
+fn valid_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' if host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => i += 3,
+            b if reg_name_byte(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Why a request target cannot name a file.
@@ -368,18 +466,16 @@ pub fn parse_range(h: &[u8], len: u64) -> Range {
     }
 }
 
-/// A complete small response with a body (errors, 503): one allocation, rare path.
-pub fn simple(status: u16, body: &str, close: bool, extra: &str, date: &IoBuf) -> IoBuf {
+/// A complete small response with a body (errors, 503): one allocation, rare path. `tail`
+/// ends the head: the `Connection` field if any, then the blank line.
+pub fn simple(status: u16, body: &str, tail: &[u8], extra: &str, date: &IoBuf) -> IoBuf {
     let mut v = format!("HTTP/1.1 {status} {}\r\nServer: {SERVER}\r\n", reason(status)).into_bytes();
     v.extend_from_slice(date);
     v.extend_from_slice(
-        format!(
-            "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}{}\r\n{body}",
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        )
-        .as_bytes(),
+        format!("Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}", body.len()).as_bytes(),
     );
+    v.extend_from_slice(tail);
+    v.extend_from_slice(body.as_bytes());
     IoBuf::from(v)
 }
 
@@ -432,7 +528,6 @@ mod tests {
         for t in [0, 951_782_400, 1_700_000_000, 4_102_444_800] {
             assert_eq!(parse_http_date(http_date(t).as_bytes()), Some(t));
         }
-        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
         // A huge year used to overflow the day arithmetic (a panic in debug builds).
         assert_eq!(parse_http_date(b"Sun, 06 Nov 9223372036854775807 08:49:37 GMT"), None);
         assert_eq!(parse_http_date(b"Sun, 06 Nov -1 08:49:37 GMT"), None);
@@ -448,6 +543,32 @@ mod tests {
         // Years below 1000 print with four digits, so they parse back.
         let early = parse_http_date(b"Thu, 01 Jan 0043 00:00:00 GMT").unwrap();
         assert_eq!(http_date(early), "Thu, 01 Jan 0043 00:00:00 GMT");
+    }
+
+    #[test]
+    fn the_obsolete_date_forms_are_accepted() {
+        let t = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date(b"Sun Nov  6 08:49:37 1994"), Some(t));
+        assert_eq!(parse_http_date(b"Sun Nov 06 08:49:37 1994"), Some(t));
+        // Two-digit years: the nearest not more than 50 years ahead.
+        let in_2026 = |s: &[u8]| parse_http_date_in(s, 2026).map(|t| civil(t.div_euclid(86_400)).0);
+        assert_eq!(in_2026(b"Sunday, 06-Nov-94 08:49:37 GMT"), Some(1994));
+        assert_eq!(in_2026(b"Monday, 06-Nov-76 08:49:37 GMT"), Some(2076));
+        assert_eq!(in_2026(b"Monday, 06-Nov-77 08:49:37 GMT"), Some(1977));
+        assert_eq!(in_2026(b"Monday, 06-Nov-00 08:49:37 GMT"), Some(2000));
+        for bad in [
+            &b"Sunday, 06-Nov-1994 08:49:37 GMT"[..],
+            b"Sunday, 06-Nov-94 08:49:37",
+            b"Sunday, 06-Nov-94 08:49:37 UTC",
+            b"Sunday, 06-Nov 08:49:37 GMT",
+            b"Sun Nov  6 08:49:37 94",
+            b"Sun Nov  6 08:49:37 1994 GMT",
+            b"Sun Nov 6 8:49:37 1994",
+            b"Sun Foo  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
@@ -467,6 +588,33 @@ mod tests {
         assert_ne!(&now[..], &first[..]);
         let shown = &now[6..now.len() - 2];
         assert!(shown == http_date(before).as_bytes() || shown == http_date(after).as_bytes());
+    }
+
+    #[test]
+    fn host_values_follow_the_uri_host_grammar() {
+        for ok in ["t", "localhost:8080", "127.0.0.1", "a.b-c_d~e", "[::1]", "[::1]:443", "x:", "%41b", "[v1.x]"] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "x}",
+            "localhost:abc",
+            "user@host",
+            ":80",
+            "a:1:2",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "%4",
+            "%zz",
+            "a\tb",
+            "\u{e9}",
+            "[g::1]",
+            "h/p",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]

@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
     let status = 100 + u16::from(data.first().copied().unwrap_or(0)) % 500;
     let date = proto::DateLine::new().get(std::time::Instant::now());
     let body = String::from_utf8_lossy(data);
-    let r = proto::simple(status, &body, data.len() % 2 == 0, "", &date);
+    let tail: &[u8] = if data.len() % 2 == 0 { b"Connection: close\r\n\r\n" } else { b"\r\n" };
+    let r = proto::simple(status, &body, tail, "", &date);
     assert!(r.starts_with(format!("HTTP/1.1 {status} {}", proto::reason(status)).as_bytes()));
     let _ = proto::unix_secs(std::time::SystemTime::now());
 });

@@ -90,8 +90,14 @@ pub struct WorkerCounters {
     pub spin_hits: Counter,
     /// Multishot receives ended by ENOBUFS (pool empty).
     pub enobufs: Counter,
-    /// Completions the kernel reported as overflowed.
+    /// Reaps that found completions held back by the kernel because the completion queue was
+    /// full (`IORING_SQ_CQ_OVERFLOW`). With `IORING_FEAT_NODROP` they are kept and flushed at
+    /// the next enter, not lost; a count that grows says the ring's CQ is too small for the
+    /// load ([`RingConfig::cq_entries`](crate::runtime::RingConfig)).
     pub cq_overflow: Counter,
+    /// Gauge: completions the kernel dropped (its CQ overflow field; only when it could not
+    /// even allocate room to hold one back).
+    pub cq_dropped: Counter,
     /// Accept back-offs (EMFILE/ENFILE/ENOMEM).
     pub accept_backoffs: Counter,
     /// Connections accepted.
@@ -115,6 +121,9 @@ pub struct WorkerCounters {
     pub parked: Counter,
     /// Gauge, refreshed every tick: receive buffers out of the pool (held by `IoBuf`s).
     pub buffers_out: Counter,
+    /// Refreshed every tick: receive buffers given back to the pool since the start (each was
+    /// filled by one receive).
+    pub buffers_returned: Counter,
     /// Gauge, refreshed every tick: the buffers the provided ring is kept at (its window).
     pub buffer_window: Counter,
     /// I/O operations armed (monotone; for quiescence).
@@ -139,6 +148,7 @@ impl WorkerCounters {
             spin_hits: Counter::default(),
             enobufs: Counter::default(),
             cq_overflow: Counter::default(),
+            cq_dropped: Counter::default(),
             accept_backoffs: Counter::default(),
             accepted: Counter::default(),
             connected: Counter::default(),
@@ -150,6 +160,7 @@ impl WorkerCounters {
             zc_sends: Counter::default(),
             parked: Counter::default(),
             buffers_out: Counter::default(),
+            buffers_returned: Counter::default(),
             buffer_window: Counter::default(),
             io_started: Counter::default(),
             io_finished: Counter::default(),
@@ -210,8 +221,10 @@ pub struct WorkerSnapshot {
     pub spin_hits: u64,
     /// ENOBUFS endings of multishot receives.
     pub enobufs: u64,
-    /// CQ overflow count reported by the kernel.
+    /// Reaps that found completions held back by a full completion queue.
     pub cq_overflow: u64,
+    /// Completions the kernel dropped.
+    pub cq_dropped: u64,
     /// Accept back-offs.
     pub accept_backoffs: u64,
     /// Connections accepted.
@@ -234,6 +247,8 @@ pub struct WorkerSnapshot {
     pub parked: u64,
     /// Receive buffers out of the pool at the last tick.
     pub buffers_out: u64,
+    /// Receive buffers given back to the pool, at the last tick.
+    pub buffers_returned: u64,
     /// The provided ring's window at the last tick.
     pub buffer_window: u64,
 }
@@ -313,6 +328,7 @@ impl Snapshot {
                 spin_hits: w.spin_hits.get(),
                 enobufs: w.enobufs.get(),
                 cq_overflow: w.cq_overflow.get(),
+                cq_dropped: w.cq_dropped.get(),
                 accept_backoffs: w.accept_backoffs.get(),
                 accepted: w.accepted.get(),
                 connected: w.connected.get(),
@@ -324,6 +340,7 @@ impl Snapshot {
                 zc_sends: w.zc_sends.get(),
                 parked: w.parked.get(),
                 buffers_out: w.buffers_out.get(),
+                buffers_returned: w.buffers_returned.get(),
                 buffer_window: w.buffer_window.get(),
             })
             .collect();
@@ -381,7 +398,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 20] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 21] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -397,7 +414,11 @@ impl Snapshot {
                 w.spin_hits
             }),
             ("ringstage_worker_enobufs_total", "Receives that found the buffer pool empty.", |w| w.enobufs),
-            ("ringstage_worker_cq_overflow_total", "Completions the kernel had to hold back.", |w| w.cq_overflow),
+            (
+                "ringstage_worker_cq_overflow_total",
+                "Reaps that found completions held back by a full completion queue.",
+                |w| w.cq_overflow,
+            ),
             ("ringstage_worker_accept_backoffs_total", "Accept back-offs on EMFILE/ENFILE/ENOMEM.", |w| {
                 w.accept_backoffs
             }),
@@ -418,8 +439,14 @@ impl Snapshot {
                 |w| w.sends,
             ),
             ("ringstage_worker_parked_total", "Network events parked behind a stage that refused them.", |w| w.parked),
+            ("ringstage_worker_buffers_returned_total", "Receive buffers given back to the pool (at the last tick).", |w| {
+                w.buffers_returned
+            }),
         ];
-        let worker_gauges: [Metric<WorkerSnapshot>; 2] = [
+        let worker_gauges: [Metric<WorkerSnapshot>; 3] = [
+            ("ringstage_worker_cq_dropped", "Completions the kernel dropped (it could not hold them back).", |w| {
+                w.cq_dropped
+            }),
             ("ringstage_worker_buffers_out", "Receive buffers held by IoBufs (at the last tick).", |w| w.buffers_out),
             ("ringstage_worker_buffer_ring_window", "Buffers the provided ring is kept at.", |w| w.buffer_window),
         ];

@@ -21,23 +21,9 @@ const MAX_IOV: usize = 64;
 /// The bytes of output limit a queued view uses up at least (see `ConnState::over_limit`).
 const VIEW_CHARGE: u64 = 4096;
 
-/// A non-blocking pipe for splicing, enlarged to 1 MiB where the system allows (the chunk
-/// size of a transfer). Returns (read end, write end, capacity).
-fn make_pipe() -> std::io::Result<(OwnedFd, OwnedFd, u32)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 writes two descriptors into the live array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on a descriptor we own; failure leaves the default size.
-    let _ = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-    // SAFETY: as above.
-    let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
-    Ok((r, w, if size > 0 { size as u32 } else { 65536 }))
-}
+/// `SO_LINGER` on with a zero timeout: the socket's close sends a reset (RST), not a FIN.
+/// Static, so the kernel may read it whenever the linked `setsockopt` runs.
+static LINGER_RESET: libc::linger = libc::linger { l_onoff: 1, l_linger: 0 };
 
 /// Builds an SQE on a connection's socket `fd`, a slot of the ring's file table when `fixed`
 /// (`ConnState::fixed`), else a descriptor: `sock!(fixed, fd, |t| opcode::Send::new(t, ...).build())`.
@@ -73,6 +59,8 @@ pub(crate) struct Endpoint {
     /// A connector's time limit for a connect, linked to it on the ring.
     connect_timeout: Option<Duration>,
     armed: bool,
+    /// The armed accept is multishot (see `Io::arm_accept`).
+    multishot: bool,
     backing_off: bool,
     backoff: Duration,
     open: usize,
@@ -81,6 +69,12 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
+    /// Whether a multishot accept, which takes every connection waiting in the backlog at
+    /// once, stays under the connection limit even if the backlog is full twice over.
+    fn multishot_fits(&self) -> bool {
+        self.cfg.max_connections.saturating_sub(self.open) > 2 * self.cfg.backlog.max(1) as usize
+    }
+
     /// A listener (`fd` is its socket) or, with `connect_timeout`, a connector.
     pub(crate) fn new(
         id: usize,
@@ -96,6 +90,7 @@ impl Endpoint {
             sink,
             connect_timeout,
             armed: false,
+            multishot: false,
             backing_off: false,
             backoff: BACKOFF_MIN,
             open: 0,
@@ -119,9 +114,7 @@ struct FileSend {
     remaining: u64,
     /// Bytes in the pipe, not yet in the socket.
     in_pipe: u64,
-    /// (read end, write end), made on first use.
-    pipe: Option<(OwnedFd, OwnedFd)>,
-    chunk: u32,
+    pipe: super::SplicePipe,
 }
 
 /// Output queued behind a file transfer.
@@ -168,6 +161,10 @@ struct ConnState {
     /// Closing: no more reads; `graceful` flushes queued sends first.
     closing: bool,
     graceful: bool,
+    /// Output was lost (an abort with sends queued or in flight, a file transfer that failed
+    /// after its head went out): the close resets the connection, so the peer sees an error,
+    /// not a stream that merely ends early.
+    reset: bool,
     close_submitted: bool,
     out: IoBufChain,
     send: Option<Box<SendState>>,
@@ -242,7 +239,9 @@ pub(crate) struct Net {
     /// Events the target stage refused; retried in order each loop iteration. Bounded by the
     /// pool size (data) plus open connections (open/close).
     stalled: VecDeque<(usize, u16, NetEvent)>,
-    starved: Vec<usize>,
+    /// Connections whose receive ran out of buffers, in the order they did: re-armed as
+    /// buffers come back, no more at once than there are buffers to take.
+    starved: VecDeque<usize>,
     /// Connections given output during the current net batch, sent at its end.
     dirty: Vec<(usize, u32)>,
     last_sweep: Instant,
@@ -267,7 +266,7 @@ impl Net {
             conns: Slab::new(),
             next_gen: 0,
             stalled: VecDeque::new(),
-            starved: Vec::new(),
+            starved: VecDeque::new(),
             dirty: Vec::new(),
             last_sweep: Instant::now(),
             zc_orphans: HashMap::new(),
@@ -329,17 +328,26 @@ impl Io {
     fn arm_accept(&mut self, li: usize) -> std::io::Result<()> {
         let l = &self.net.endpoints[li];
         let Some(fd) = l.fd.as_ref() else { return Ok(()) };
-        if l.armed || self.draining {
+        // At its connection limit a listener stops accepting: further clients wait in the
+        // kernel's backlog (not accepted and reset) until a connection closes.
+        if l.armed || self.draining || l.open >= l.cfg.max_connections {
             return Ok(());
         }
+        // A multishot accept takes every connection waiting in the backlog at once, so it is
+        // armed only while that cannot pass the limit; nearer to it, accepts go one at a time.
+        let multishot = l.multishot_fits();
+        let (fd, fixed) = (types::Fd(fd.as_raw_fd()), self.net.fixed);
         // A direct descriptor has no close-on-exec flag to set (the kernel refuses it).
-        let sqe = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
-            .allocate_file_index(self.net.fixed)
-            .flags(if self.net.fixed { 0 } else { libc::SOCK_CLOEXEC })
-            .build()
-            .user_data(token::make(token::ACCEPT, li as u32, 0));
-        self.push_plain(sqe)?;
+        let flags = if fixed { 0 } else { libc::SOCK_CLOEXEC };
+        let sqe = if multishot {
+            opcode::AcceptMulti::new(fd).allocate_file_index(fixed).flags(flags).build()
+        } else {
+            let slot = fixed.then(types::DestinationSlot::auto_target);
+            opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).file_index(slot).flags(flags).build()
+        };
+        self.push_plain(sqe.user_data(token::make(token::ACCEPT, li as u32, 0)))?;
         self.net.endpoints[li].armed = true;
+        self.net.endpoints[li].multishot = multishot;
         self.counters.io_started.add(1);
         Ok(())
     }
@@ -432,9 +440,13 @@ impl Io {
 
     /// A connection was accepted: `fd` is a slot of the file table when `Net::fixed`. It
     /// inherited `TCP_NODELAY` from the listener.
+    ///
+    /// Near the listener's limit its multishot accept is cancelled, and single-shot accepts
+    /// follow, one at a time, none at the limit (re-armed when a connection closes, see
+    /// `on_closed`): clients past the limit wait in the backlog, never accepted and reset.
     fn accepted(&mut self, li: usize, fd: RawFd) {
         let l = &mut self.net.endpoints[li];
-        if l.open >= l.cfg.max_connections || self.draining {
+        if self.draining {
             // Refused: nothing was started on it. A table slot is emptied on the ring (the
             // completion needs no action); a descriptor is closed at once.
             if self.net.fixed {
@@ -447,6 +459,10 @@ impl Io {
             return;
         }
         l.open += 1;
+        if l.armed && l.multishot && !l.multishot_fits() {
+            // Near the limit: a single-shot accept takes over when this multishot ends.
+            let _ = self.cancel(token::make(token::ACCEPT, li as u32, 0));
+        }
         self.counters.accepted.add(1);
         let fixed = self.net.fixed;
         self.open_conn(li, fd, fixed, |conn, id| NetEvent::Opened { conn, listener: ListenerId(id) });
@@ -480,6 +496,7 @@ impl Io {
             limit,
             closing: false,
             graceful: false,
+            reset: false,
             close_submitted: false,
             out: IoBufChain::new(),
             send: None,
@@ -619,7 +636,7 @@ impl Io {
                 self.counters.enobufs.add(1);
                 if !closing && !self.draining {
                     self.net.conns[idx].starved = true;
-                    self.net.starved.push(idx);
+                    self.net.starved.push_back(idx);
                     self.pool.set_starved(true);
                 }
             }
@@ -637,28 +654,26 @@ impl Io {
         Ok(())
     }
 
-    /// Re-arms receives that stopped for lack of buffers, now that some came back.
+    /// Re-arms receives that stopped for lack of buffers, oldest first, one per free buffer:
+    /// each had bytes waiting when it stopped, so it takes a buffer at once, and re-arming
+    /// more than there are buffers would only have the rest fail again (with 4 buffers and
+    /// many connections, re-arming them all made ENOBUFS completions by the million).
     pub(crate) fn net_rearm_starved(&mut self) {
-        if self.net.starved.is_empty() || self.pool.available() == 0 {
-            return;
-        }
-        self.pool.set_starved(false);
-        let starved = std::mem::take(&mut self.net.starved);
-        for &idx in &starved {
-            let Some(c) = self.net.conns.get_mut(idx) else { continue };
-            if !c.starved {
-                continue;
-            }
+        let mut free = self.pool.available();
+        while free > 0 {
+            let Some(idx) = self.net.starved.pop_front() else { break };
+            let Some(c) = self.net.conns.get_mut(idx).filter(|c| c.starved) else { continue };
             c.starved = false;
             // A paused or backlogged connection is re-armed when that ends.
-            if c.wants_reads() && !self.draining && self.arm_recv(idx).is_err() {
-                self.begin_close(idx, false);
+            if c.wants_reads() && !self.draining {
+                if self.arm_recv(idx).is_err() {
+                    self.begin_close(idx, false);
+                }
+                free -= 1;
             }
         }
-        let mut starved = starved;
-        starved.clear();
         if self.net.starved.is_empty() {
-            self.net.starved = starved; // keep the allocation
+            self.pool.set_starved(false);
         }
     }
 
@@ -712,9 +727,9 @@ impl Io {
                     c.out.append(&mut data);
                 }
             }
-            NetCmd::SendFile { file, offset, len, .. } => {
+            NetCmd::SendFile { file, offset, len, pipe, .. } => {
                 c.unsent += len;
-                let f = FileSend { file, offset, remaining: len, in_pipe: 0, pipe: None, chunk: 0 };
+                let f = FileSend { file, offset, remaining: len, in_pipe: 0, pipe };
                 if behind || !c.out.is_empty() {
                     c.queue.push_back(Queued::File(f));
                 } else {
@@ -871,29 +886,18 @@ impl Io {
             c.file = None;
             return false;
         }
-        if f.pipe.is_none() {
-            match make_pipe() {
-                Ok((r, w, size)) => {
-                    f.pipe = Some((r, w));
-                    f.chunk = size;
-                }
-                Err(_) => {
-                    self.begin_close(idx, false);
-                    return true;
-                }
-            }
-        }
-        let (r, w) = f.pipe.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())).expect("pipe");
+        let (r, w) = f.pipe.fds();
+        let chunk = u64::from(f.pipe.capacity);
         let out_tok = token::make(token::SPLICE_OUT, idx as u32, gen);
         let res = if f.in_pipe > 0 {
             // Finish what is in the pipe first (the socket took less last time).
-            let n = f.in_pipe.min(u64::from(f.chunk)) as u32;
+            let n = f.in_pipe.min(chunk) as u32;
             c.splicing = 1;
             self.push_plain(
                 sock!(fixed, sock, |t| opcode::Splice::new(types::Fd(r), -1, t, -1, n).build()).user_data(out_tok),
             )
         } else {
-            let n = f.remaining.min(u64::from(f.chunk)) as u32;
+            let n = f.remaining.min(chunk) as u32;
             let file_in = opcode::Splice::new(types::Fd(f.file.as_raw_fd()), f.offset as i64, types::Fd(w), -1, n)
                 .build()
                 .flags(squeue::Flags::IO_LINK)
@@ -945,6 +949,8 @@ impl Io {
             return;
         }
         if fail || c.aborting() {
+            // The head (and part of the body) went out: only a reset tells the peer.
+            c.reset |= fail;
             c.drop_output();
             self.begin_close(idx, false); // ends with maybe_finish_close
             return;
@@ -1079,6 +1085,8 @@ impl Io {
         }
         c.closing = true;
         c.graceful = graceful;
+        // An abort that loses output resets (see `ConnState::reset`).
+        c.reset |= !graceful && (c.has_output() || c.sending || c.splicing > 0);
         // The ops to cancel: the recv, and on abort whatever sends or splices are in flight.
         let mut ops = [None; 4];
         if c.recv_armed {
@@ -1129,12 +1137,32 @@ impl Io {
             return;
         }
         c.close_submitted = true;
-        let sqe = sock!(c.fixed, c.fd, |t| opcode::Close::new(t).build()).user_data(token::make(
+        let close = sock!(c.fixed, c.fd, |t| opcode::Close::new(t).build()).user_data(token::make(
             token::CLOSE,
             idx as u32,
             c.gen,
         ));
-        if self.push_plain(sqe).is_err() {
+        let pushed = if c.reset {
+            // SO_LINGER {on, 0}, then the close: a hard link, so the close runs even where the
+            // kernel cannot set socket options on the ring (before 6.7; then a FIN it is).
+            let linger = (&LINGER_RESET as *const libc::linger).cast();
+            let len = std::mem::size_of::<libc::linger>() as u32;
+            let set = sock!(c.fixed, c.fd, |t| opcode::SetSockOpt::new(
+                t,
+                libc::SOL_SOCKET as u32,
+                libc::SO_LINGER as u32,
+                linger,
+                len
+            )
+            .build())
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(token::make(token::CANCEL, 0, 0));
+            // SAFETY: the option value is a static; the close refers to no user memory.
+            unsafe { self.push(&[set, close]) }
+        } else {
+            self.push_plain(close)
+        };
+        if pushed.is_err() {
             // The socket is owned by this connection and no op is in flight on it.
             let c = &self.net.conns[idx];
             self.close_now(c.fd, c.fixed);
@@ -1156,7 +1184,12 @@ impl Io {
             let key = token::make(token::SEND, idx as u32, c.gen);
             self.net.zc_orphans.insert(key, std::mem::take(&mut c.zc_held));
         }
-        self.net.endpoints[c.endpoint].open -= 1;
+        let e = &mut self.net.endpoints[c.endpoint];
+        e.open -= 1;
+        if !e.armed && !e.backing_off && e.open < e.cfg.max_connections {
+            // A listener that stopped at its limit takes the next client from its backlog.
+            let _ = self.arm_accept(c.endpoint);
+        }
         self.counters.closed.add(1);
         let conn = self.conn_id(idx, c.gen);
         self.emit(c.endpoint, c.replica, NetEvent::Closed { conn });

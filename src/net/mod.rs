@@ -34,12 +34,14 @@
 
 mod conn_map;
 mod driver;
+mod pipe;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use conn_map::ConnMap;
 pub(crate) use driver::{Endpoint, Net};
+pub use pipe::SplicePipe;
 
 use crate::buf::{IoBuf, IoBufChain};
 use crate::stage::{Context, Handler};
@@ -174,7 +176,9 @@ pub enum NetCmd {
         data: IoBufChain,
     },
     /// Send `len` bytes of `file` from `offset`, zero copy: the kernel splices them from the
-    /// page cache through a pipe into the socket. Ordered with the connection's other sends.
+    /// page cache through `pipe` into the socket. Ordered with the connection's other sends.
+    /// If the transfer fails after it started (the file shrank, a read error), the connection
+    /// is reset, so the peer sees an error instead of a short body.
     SendFile {
         /// The connection.
         conn: Conn,
@@ -182,8 +186,10 @@ pub enum NetCmd {
         file: std::sync::Arc<std::os::fd::OwnedFd>,
         /// Where to start.
         offset: u64,
-        /// How many bytes. The connection is aborted if the file turns out shorter.
+        /// How many bytes. The connection is reset if the file turns out shorter.
         len: u64,
+        /// The pipe to splice through, made before the response was committed.
+        pipe: SplicePipe,
     },
     /// Stop reading, finish queued sends, then close.
     Close {
@@ -297,7 +303,11 @@ impl ListenConfig {
         self
     }
 
-    /// Most open connections per worker; further ones are closed at once (default 100 000).
+    /// Most open connections per worker (default 100 000). At the limit the worker stops
+    /// accepting (its multishot accept is cancelled): further clients wait in the kernel's
+    /// listen backlog ([`ListenConfig::backlog`]), not accepted and reset, and are taken in
+    /// order as connections close. A few accepted while the cancel was on its way are served,
+    /// over the limit.
     ///
     /// With direct descriptors ([`RingConfig::fixed_files`](crate::runtime::RingConfig), the
     /// default) each worker's file table is sized at start to its listeners' limits plus a

@@ -60,6 +60,8 @@ pub(crate) struct Io {
     pub(crate) op_timeout: Option<Box<types::Timespec>>,
     pub(crate) counters: Arc<WorkerCounters>,
     pub(crate) draining: bool,
+    /// The runtime's shutdown flag (`draining` follows it at the end of a loop iteration).
+    pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
     /// Refreshed once per loop iteration.
     pub(crate) now: Instant,
     /// `now` in µs since the runtime's epoch (wrapping), the unit of queue stamps.

@@ -439,7 +439,10 @@ impl Builder {
             .map(|_| Arc::new(WorkerCounters::new(self.decls.len(), self.app_counters.len())))
             .collect();
         let shared = Arc::new(Shared {
-            shutdown: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            abort: AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
+            supervisor: Doorbell::new()?,
             bells: bells.clone(),
             counters: counters.clone(),
             inject: (0..self.decls.len()).map(|_| Arc::new(InjectCounters::default())).collect(),
@@ -449,7 +452,12 @@ impl Builder {
             app: std::mem::take(&mut self.app_counters),
         });
 
-        let sigset = if self.signals { Some(block_signals()?) } else { None };
+        let signals = if self.signals {
+            let set = ringstage_sys::signal::block(&[libc::SIGINT, libc::SIGTERM])?;
+            Some(ringstage_sys::signal::SignalFd::new(&set)?)
+        } else {
+            None
+        };
         let ncpu = ringstage_sys::cpu::available();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
@@ -490,7 +498,7 @@ impl Builder {
                 }
             }
         }
-        let rt = Runtime { threads, shared, inject_targets, addrs, sigset };
+        let rt = Runtime { threads, shared, inject_targets, addrs, signals };
         if let Some(e) = first_err {
             rt.shutdown();
             let _ = rt.join();
@@ -500,26 +508,18 @@ impl Builder {
     }
 }
 
-fn block_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a live, initialised sigset; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-    }
-    // SAFETY: `set` is initialised; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(set)
-}
-
 /// State shared by all workers and the runtime handle.
 pub(crate) struct Shared {
-    pub(crate) shutdown: AtomicBool,
+    /// Set when shutdown is asked; workers see it at their next loop iteration, handlers at once
+    /// ([`Context::is_shutting_down`](crate::stage::Context::is_shutting_down)).
+    pub(crate) shutdown: Arc<AtomicBool>,
+    /// Set when a worker failed: the others stop at once, without draining (their work may
+    /// wait for the dead one forever).
+    pub(crate) abort: AtomicBool,
+    /// The first worker failure: the worker and what stopped it.
+    failure: std::sync::Mutex<Option<(usize, String, std::io::ErrorKind)>>,
+    /// Rung when a worker fails, for [`Runtime::wait_for_signal`].
+    supervisor: Doorbell,
     pub(crate) bells: Vec<Arc<Doorbell>>,
     pub(crate) counters: Vec<Arc<WorkerCounters>>,
     inject: Vec<Arc<InjectCounters>>,
@@ -553,6 +553,23 @@ impl Shared {
         }
         queued += self.inject.iter().map(|i| i.enqueued.load(Ordering::SeqCst)).sum::<u64>();
         fin == started && done == queued
+    }
+
+    /// Worker `worker` stopped with `e` (an error, or a panic): records the first such failure,
+    /// stops every other worker at once and wakes the supervising thread.
+    pub(crate) fn worker_failed(&self, worker: usize, e: &std::io::Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert_with(|| (worker, e.to_string(), e.kind()));
+        drop(f);
+        self.abort.store(true, Ordering::SeqCst);
+        self.begin_shutdown();
+        self.supervisor.ring_always();
+    }
+
+    /// The first worker failure, as an error naming the worker.
+    fn failure(&self) -> Option<std::io::Error> {
+        let f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.as_ref().map(|(w, msg, kind)| std::io::Error::new(*kind, format!("worker {w} stopped: {msg}")))
     }
 
     fn begin_shutdown(&self) {
@@ -750,7 +767,8 @@ pub struct Runtime {
     shared: Arc<Shared>,
     inject_targets: Vec<Box<dyn Any + Send + Sync>>,
     addrs: Vec<SocketAddr>,
-    sigset: Option<libc::sigset_t>,
+    /// SIGINT and SIGTERM, blocked in every thread ([`Builder::signals`]).
+    signals: Option<ringstage_sys::signal::SignalFd>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -844,31 +862,45 @@ impl Runtime {
         self.shared.begin_shutdown();
     }
 
-    /// Waits for SIGINT or SIGTERM (requires [`Builder::signals`]) and returns its number.
+    /// Waits for SIGINT or SIGTERM (requires [`Builder::signals`]) and returns its number; or,
+    /// if a worker stops first (a refused `io_uring_enter`, a handler's panic), returns its
+    /// error at once: the
+    /// runtime is then stopping, and the process should exit non-zero rather than linger
+    /// serving nothing.
     pub fn wait_for_signal(&self) -> std::io::Result<i32> {
-        let set = self.sigset.ok_or_else(|| {
+        let signals = self.signals.as_ref().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "Builder::signals(true) was not set")
         })?;
-        let mut sig = 0;
-        // SAFETY: `set` is an initialised sigset and `sig` a live local.
-        let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
+        loop {
+            if let Some(e) = self.shared.failure() {
+                return Err(e);
+            }
+            if let Some(sig) = signals.take()? {
+                return Ok(sig);
+            }
+            ringstage_sys::signal::wait_readable(&[signals.fd(), self.shared.supervisor.fd()])?;
         }
-        Ok(sig)
     }
 
     /// Serves until SIGINT or SIGTERM (requires [`Builder::signals`]), then shuts down
-    /// gracefully. Returns the signal and the final counters.
+    /// gracefully. Returns the signal and the final counters; or the error of a worker that
+    /// stopped (see [`Runtime::wait_for_signal`]), once the others have.
     pub fn run_until_signal(self) -> std::io::Result<(i32, Snapshot)> {
-        let sig = self.wait_for_signal()?;
+        let sig = match self.wait_for_signal() {
+            Ok(sig) => sig,
+            Err(e) => {
+                let _ = self.join();
+                return Err(e);
+            }
+        };
         self.shutdown();
         let handle = self.handle();
         self.join()?;
         Ok((sig, handle.metrics()))
     }
 
-    /// Waits for every worker to exit; returns the first worker error.
+    /// Waits for every worker to exit; returns the first worker failure (a worker that fails
+    /// stops the others).
     pub fn join(mut self) -> std::io::Result<()> {
         let mut res = Ok(());
         for t in self.threads.drain(..) {
@@ -877,7 +909,10 @@ impl Runtime {
                 res = r;
             }
         }
-        res
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => res,
+        }
     }
 }
 

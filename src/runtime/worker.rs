@@ -232,20 +232,21 @@ pub(crate) fn main(plan: Plan, ready: std_mpsc::Sender<io::Result<()>>) -> io::R
     let id = plan.id;
     // A handler factory that panics (a misconfigured graph) fails `start` with its message;
     // unwinding past here would leave `start` waiting for this worker.
-    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Worker::new(plan))).unwrap_or_else(|p| {
-        let msg = p.downcast_ref::<&str>().copied().or(p.downcast_ref::<String>().map(String::as_str));
-        Err(io::Error::other(format!("panicked: {}", msg.unwrap_or("(no message)"))))
-    });
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Worker::new(plan)))
+        .unwrap_or_else(|p| Err(io::Error::other(format!("panicked: {}", panic_message(&*p)))));
     match made {
         Ok(mut w) => {
             let _ = ready.send(Ok(()));
             // `start` counts the workers that answered; a sender kept alive would hide a
             // worker that died without answering.
             drop(ready);
-            let r = w.run();
+            let shared = w.shared.clone();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run()))
+                .unwrap_or_else(|p| Err(io::Error::other(format!("a handler panicked: {}", panic_message(&*p)))));
             w.teardown();
             if let Err(e) = &r {
                 eprintln!("ringstage: worker {id} stopped: {e}");
+                shared.worker_failed(id, e);
             }
             r
         }
@@ -255,6 +256,11 @@ pub(crate) fn main(plan: Plan, ready: std_mpsc::Sender<io::Result<()>>) -> io::R
             Err(e)
         }
     }
+}
+
+/// The message a panic carried (`panic!("...")` gives a `&str` or a `String`).
+pub(crate) fn panic_message(p: &(dyn Any + Send)) -> &str {
+    p.downcast_ref::<&str>().copied().or(p.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
 }
 
 impl Worker {
@@ -315,6 +321,7 @@ impl Worker {
             op_timeout: plan.file_timeout.map(|d| Box::new(types::Timespec::from(d))),
             counters,
             draining: false,
+            stop: plan.shared.shutdown.clone(),
             now: Instant::now(),
             now_us: 0,
         };
@@ -382,6 +389,7 @@ impl Worker {
                 }
                 let pool = self.io.pool.stats();
                 self.io.counters.buffers_out.set(pool.outstanding as u64);
+                self.io.counters.buffers_returned.set(pool.returned_home + pool.returned_remote);
                 self.io.counters.buffer_window.set(pool.window as u64);
                 for (stage, ctl, mask) in &mut self.elastic {
                     let queued: u64 = self.shared.counters.iter().map(|c| c.stages[*stage].queued.get()).sum();
@@ -410,10 +418,15 @@ impl Worker {
     fn reap(&mut self) -> io::Result<usize> {
         let mut total = 0;
         let mut slots = [const { std::mem::MaybeUninit::<cqueue::Entry>::uninit() }; 64];
+        if self.io.ring.submission().cq_overflow() {
+            // Completions wait in the kernel's overflow list: the CQ was full. They are flushed
+            // by the next enter (`ring_pending` asks for one).
+            self.io.counters.cq_overflow.add(1);
+        }
         loop {
             let batch = {
                 let mut cq = self.io.ring.completion();
-                self.io.counters.cq_overflow.set(cq.overflow() as u64);
+                self.io.counters.cq_dropped.set(cq.overflow() as u64);
                 cq.fill(&mut slots)
             };
             let n = batch.len();
@@ -451,6 +464,9 @@ impl Worker {
     /// Shutdown: on the flag, stop accepting and reading; exit at global quiescence or the
     /// drain deadline. Returns whether to leave the loop.
     fn check_shutdown(&mut self) -> bool {
+        if self.shared.abort.load(Ordering::Acquire) {
+            return true; // another worker failed: stop now
+        }
         if !self.io.draining {
             if !self.shared.shutdown.load(Ordering::Acquire) {
                 return false;
@@ -504,7 +520,7 @@ impl Worker {
         match r {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(ringstage_sys::ring::explain("io_uring_enter", e)),
         }
     }
 
@@ -580,7 +596,7 @@ impl Worker {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(ringstage_sys::ring::explain("io_uring_enter", e)),
         }
     }
 

@@ -168,9 +168,11 @@ impl Context<'_> {
         self.io.now
     }
 
-    /// Whether the runtime is draining for shutdown.
+    /// Whether the runtime was asked to shut down (it then drains: no new connections or reads,
+    /// queued work finishes). True from the moment shutdown is asked, even within the loop
+    /// iteration in progress: a response made now can already say it is the last.
     pub fn is_shutting_down(&self) -> bool {
-        self.io.draining
+        self.io.draining || self.io.stop.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -26,7 +26,9 @@ macro_rules! syscall {
 pub mod bufring;
 pub mod cpu;
 pub mod doorbell;
+pub mod pipe;
 pub mod ring;
+pub mod signal;
 pub mod socket;
 
 pub use bufring::BufRing;

@@ -75,12 +75,15 @@ pub fn setup(cfg: &RingConfig) -> io::Result<(IoUring, Features)> {
             }
             // EINVAL: this kernel does not know a flag; try the next, smaller set.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
-            Err(e) => return Err(explain(e)),
+            Err(e) => return Err(explain("io_uring_setup", e)),
         }
     }
     let ring = match ring {
         Some(r) => r,
-        None => return Err(explain(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))),
+        None => {
+            let e = last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(explain("io_uring_setup", e));
+        }
     };
     let p = ring.params();
     if !p.is_feature_ext_arg() || !p.is_feature_nodrop() {
@@ -90,7 +93,7 @@ pub fn setup(cfg: &RingConfig) -> io::Result<(IoUring, Features)> {
         ));
     }
     let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(explain)?;
+    ring.submitter().register_probe(&mut probe).map_err(|e| explain("io_uring_register (IORING_REGISTER_PROBE)", e))?;
     feats.send_zc = probe.is_supported(opcode::SendZc::CODE);
     feats.openat2 = probe.is_supported(opcode::OpenAt2::CODE);
     feats.statx = probe.is_supported(opcode::Statx::CODE);
@@ -105,25 +108,30 @@ pub fn setup(cfg: &RingConfig) -> io::Result<(IoUring, Features)> {
     Ok((ring, feats))
 }
 
-/// Turns an `io_uring_setup`/`register` error into one that says what to change.
-pub fn explain(e: io::Error) -> io::Error {
+/// Turns an error of the io_uring system call `call` (`io_uring_setup`, `io_uring_enter`,
+/// `io_uring_register ...`) into one that names the call and says what to change.
+pub fn explain(call: &str, e: io::Error) -> io::Error {
     let Some(code) = e.raw_os_error() else { return e };
     let msg = match code {
         libc::EPERM => match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
         {
-            Some(2) => "io_uring is disabled system-wide: sysctl kernel.io_uring_disabled=2 (set it to 0)".to_string(),
-            Some(1) => "io_uring is restricted: sysctl kernel.io_uring_disabled=1 allows only members of \
-                        kernel.io_uring_group (set it to 0, or run in that group)"
+            Some(2) if call == "io_uring_setup" => {
+                "io_uring is disabled system-wide: sysctl kernel.io_uring_disabled=2 (set it to 0)".to_string()
+            }
+            Some(1) if call == "io_uring_setup" => "io_uring is restricted: sysctl kernel.io_uring_disabled=1 allows \
+                        only members of kernel.io_uring_group (set it to 0, or run in that group)"
                 .to_string(),
-            _ => "io_uring_setup was refused (EPERM) although kernel.io_uring_disabled=0: a seccomp filter \
-                  (container runtime default profile?) blocks it; allow io_uring_setup/enter/register"
-                .to_string(),
+            _ => format!(
+                "{call} was refused (EPERM): a seccomp filter (a container runtime's default profile?) \
+                 blocks it; allow io_uring_setup, io_uring_enter and io_uring_register"
+            ),
         },
-        libc::ENOSYS => "io_uring_setup is not available (ENOSYS): kernel built without CONFIG_IO_URING, \
-                         or a seccomp filter answers ENOSYS"
-            .to_string(),
+        libc::ENOSYS => format!(
+            "{call} is not available (ENOSYS): a kernel built without CONFIG_IO_URING, or a seccomp \
+             filter answering ENOSYS"
+        ),
         libc::ENOMEM => {
             let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             // SAFETY: getrlimit writes into the live local `lim`.
@@ -134,7 +142,7 @@ pub fn explain(e: io::Error) -> io::Error {
                  (ulimit -l, LimitMEMLOCK=) or the memory cgroup limit, or use fewer ring entries"
             )
         }
-        libc::EINVAL => {
+        libc::EINVAL if call == "io_uring_setup" => {
             "io_uring_setup rejected every flag set (EINVAL): ringstage needs Linux 6.0 or newer".to_string()
         }
         _ => return e,
@@ -148,14 +156,17 @@ mod tests {
 
     #[test]
     fn errors_name_their_cause() {
-        let e = explain(io::Error::from_raw_os_error(libc::ENOSYS)).to_string();
-        assert!(e.contains("CONFIG_IO_URING") && e.contains("seccomp"), "{e}");
-        let e = explain(io::Error::from_raw_os_error(libc::ENOMEM)).to_string();
+        let e = explain("io_uring_setup", io::Error::from_raw_os_error(libc::ENOSYS)).to_string();
+        assert!(e.contains("io_uring_setup") && e.contains("CONFIG_IO_URING") && e.contains("seccomp"), "{e}");
+        let e = explain("io_uring_setup", io::Error::from_raw_os_error(libc::ENOMEM)).to_string();
         assert!(e.contains("RLIMIT_MEMLOCK"), "{e}");
-        let e = explain(io::Error::from_raw_os_error(libc::EPERM)).to_string();
+        let e = explain("io_uring_setup", io::Error::from_raw_os_error(libc::EPERM)).to_string();
         assert!(e.contains("io_uring_disabled") || e.contains("seccomp"), "{e}");
+        // A refused enter or register names itself, whatever the sysctl says.
+        let e = explain("io_uring_enter", io::Error::from_raw_os_error(libc::EPERM)).to_string();
+        assert!(e.starts_with("io_uring_enter was refused (EPERM)") && e.contains("seccomp"), "{e}");
         // Unrelated errors pass through untouched.
-        let e = explain(io::Error::from_raw_os_error(libc::EBADF));
+        let e = explain("io_uring_enter", io::Error::from_raw_os_error(libc::EBADF));
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 

@@ -1,4 +1,5 @@
 //! Running an example's real binary for end-to-end tests on loopback.
+#![allow(dead_code)] // each test binary uses its own part
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,7 +14,6 @@ pub struct Server {
 
 impl Server {
     /// The example's process id.
-    #[allow(dead_code)] // not every test file looks at the process
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -29,7 +29,7 @@ impl Drop for Server {
 
 /// The binary of example `name`, built on first use (`cargo test` builds an example only as a
 /// test harness, so a fresh checkout does not have it yet).
-fn example_binary(name: &str) -> PathBuf {
+pub fn example_binary(name: &str) -> PathBuf {
     // Names built by this test process; the lock also keeps two tests from building at once.
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
@@ -56,12 +56,29 @@ fn example_binary(name: &str) -> PathBuf {
 /// Starts example `name` on an ephemeral loopback port with `args`; its first line of output
 /// must be `<name> listening on ADDR ...`.
 pub fn start(name: &str, args: &[&str]) -> Server {
-    let mut child = Command::new(example_binary(name))
-        .args(["--addr", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start the {name} example: {e}"));
+    start_limited(name, args, None)
+}
+
+/// Like [`start`], with the process's descriptor limit (`RLIMIT_NOFILE`) set to `nofile`.
+pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Server {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(example_binary(name));
+    cmd.args(["--addr", "127.0.0.1:0"]).args(args).stdout(Stdio::piped());
+    if let Some(n) = nofile {
+        let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+        // which is async-signal-safe, on a struct it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        };
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start the {name} example: {e}"));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr =
@@ -71,7 +88,6 @@ pub fn start(name: &str, args: &[&str]) -> Server {
 
 /// Runs example `name` with `args`, which it must refuse at start: returns its exit code and
 /// what it wrote to stderr.
-#[allow(dead_code)] // not every test file checks refused options
 pub fn refused(name: &str, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(example_binary(name))
         .args(["--addr", "127.0.0.1:0"])
