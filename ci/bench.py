@@ -858,6 +858,26 @@ def redis_benchmark(port, test, n, pipeline, pid):
     return {"rate": float(d["rps"]), "p99_us": float(d.get("p99_latency_ms", "nan")) * 1000, "cpu_us_per_req": cpu / 1000 / n}
 
 
+def kv_memory(name, requests=1_000_000):
+    """Resident memory of a fresh server after redis-benchmark SETs `requests` random keys (of a
+    keyspace of 10^8, so about that many distinct ones) with 32-byte values: (keys, RSS in bytes,
+    bytes per key over the empty server)."""
+    proc, port = start_kv(name)
+    try:
+        time.sleep(0.3)
+        empty = rss_bytes(proc.pid)
+        subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "50",
+                        "-n", str(requests), "-P", "16", "-r", "100000000", "-d", "32", "-t", "set", "-q"],
+                       capture_output=True, text=True, timeout=600, check=True)
+        time.sleep(0.3)
+        rss = rss_bytes(proc.pid)
+        keys = int(subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "dbsize"], capture_output=True,
+                                  text=True, timeout=30, check=True).stdout.strip())
+        return keys, rss, (rss - empty) / max(keys, 1)
+    finally:
+        stop_server(proc)
+
+
 def bench_kv(a):
     sh(["cargo", "build", "--release", "--quiet", "--example", "kv"])
     sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
@@ -946,7 +966,17 @@ def bench_kv(a):
         iso_rows.append(row)
         lines.append(f"{n:<11}{row['p99_none']:>12.1f}{row['p99_slow']:>13.1f}{row['ratio']:>8.2f}{row['rate_none']:>15.0f}"
                      f"{row['rate_slow']:>15.0f}{row['slow']:>11}{row['busy']:>7}{row['errors']:>8}")
+    lines.append("")
+    lines.append("memory: RSS after redis-benchmark -t set -d 32 -r 100000000 -n 1000000 (about 1M keys), each server fresh;")
+    lines.append("target: ringstage's RSS <= 1.2x redis-server's.")
+    mem = {n: kv_memory(n) for n in names}
+    for n in names:
+        keys, rss, per = mem[n]
+        lines.append(f"  {n:<10} {keys:>8} keys  RSS {rss / 2**20:>7.1f} MiB  {per:>6.0f} B per key")
+    mem_ratio = mem["ringstage"][1] / mem["redis"][1]
+    lines.append(f"  RSS ratio ringstage / redis: {mem_ratio:.3f}")
     publish("kv", "\n".join(lines), {"cases": rows, "spin": spin_rows, "isolation": iso_rows,
+                                     "memory": {n: {"keys": k, "rss": r, "bytes_per_key": b} for n, (k, r, b) in mem.items()},
                                      "runs": {f"{k[0]} {k[1]}": v for k, v in runs.items()},
                                      "isolation_runs": {f"{k[0]} {k[1]}": v for k, v in iso.items()}})
     plot_kv(rows, iso_rows, a)

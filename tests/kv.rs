@@ -605,3 +605,124 @@ fn a_client_that_half_closes_gets_its_replies_even_behind_a_slow_command() {
     assert_eq!(c.call(&[b"RPUSH", b"hq", b"x"]), ":1\r\n");
     assert_eq!(c.call(&[b"LLEN", b"hq"]), ":1\r\n", "the push was not given to the departed client");
 }
+
+/// The value of `field` in an `INFO` reply.
+fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
+}
+
+#[test]
+fn info_answers_each_section_with_live_figures() {
+    let s = server(&[]);
+    let (mut a, mut b) = (Client::new(s.addr), Client::new(s.addr));
+    a.call(&[b"SET", b"k", b"v"]);
+    a.call(&[b"SET", b"t", b"v", b"EX", b"100"]);
+    // b blocks in a pop; the suite of Redis's tests waits on this figure.
+    b.send(&cmd(&[b"BLPOP", b"nothing", b"0"]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let clients = loop {
+        let c = a.call(&[b"INFO", b"clients"]);
+        if info_field(&c, "blocked_clients").as_deref() == Some("1") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "never blocked: {c}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(info_field(&clients, "connected_clients").as_deref(), Some("2"));
+    assert!(clients.contains("# Clients") && !clients.contains("# Server"), "{clients}");
+    let keyspace = a.call(&[b"INFO", b"keyspace"]);
+    assert_eq!(info_field(&keyspace, "db0").as_deref(), Some("keys=2,expires=1,avg_ttl=0"), "{keyspace}");
+    let stats = a.call(&[b"INFO", b"STATS"]);
+    assert_eq!(info_field(&stats, "total_connections_received").as_deref(), Some("2"));
+    let n: u64 = info_field(&stats, "total_commands_processed").unwrap().parse().unwrap();
+    assert!(n >= 6, "{stats}");
+    let memory = a.call(&[b"INFO", b"memory"]);
+    let rss: u64 = info_field(&memory, "used_memory_rss").unwrap().parse().unwrap();
+    assert!(rss > 1 << 20, "{memory}");
+    let server = a.call(&[b"INFO", b"server"]);
+    assert!(info_field(&server, "redis_version").is_some() && info_field(&server, "uptime_in_seconds").is_some());
+    let two = a.call(&[b"INFO", b"server", b"keyspace"]);
+    assert!(two.contains("# Server") && two.contains("# Keyspace") && !two.contains("# Stats"), "{two}");
+    let all = a.call(&[b"INFO"]);
+    for sec in ["# Server", "# Clients", "# Memory", "# Stats", "# Keyspace"] {
+        assert!(all.contains(sec), "{sec} missing: {all}");
+    }
+    assert_eq!(a.call(&[b"INFO", b"nosuch"]), "$0\r\n\r\n");
+}
+
+#[test]
+fn inline_commands_take_redis_quoting() {
+    let s = server(&[]);
+    let mut c = Client::new(s.addr);
+    c.send(b"set \"a b\" 'c d'\r\n");
+    assert_eq!(c.reply(), "+OK\r\n");
+    assert_eq!(c.call(&[b"GET", b"a b"]), "$3\r\nc d\r\n");
+    c.send(b"set x \"tab\\there\\x21\"\r\nget x\r\n");
+    assert_eq!(c.reply(), "+OK\r\n");
+    assert_eq!(c.reply(), "$9\r\ntab\there!\r\n");
+    c.send(b"set \"unclosed value\r\n");
+    assert_eq!(c.reply(), "-ERR Protocol error: unbalanced quotes in request\r\n");
+    assert!(c.closed());
+}
+
+#[test]
+fn scores_and_expiry_limits_read_as_redis_writes_them() {
+    let s = server(&[]);
+    let mut c = Client::new(s.addr);
+    assert_eq!(c.call(&[b"ZADD", b"z", b"1e20", b"a"]), ":1\r\n");
+    assert_eq!(c.call(&[b"ZSCORE", b"z", b"a"]), "$5\r\n1e+20\r\n");
+    assert_eq!(c.call(&[b"ZADD", b"z", b"nan", b"m"]), "-ERR value is not a valid float\r\n");
+    assert_eq!(c.call(&[b"ZADD", b"z", b"", b"m"]), "-ERR value is not a valid float\r\n");
+    assert_eq!(c.call(&[b"SET", b"k", b"v"]), "+OK\r\n");
+    assert_eq!(c.call(&[b"EXPIRE", b"k", b"-9223372036854776"]), "-ERR invalid expire time in 'expire' command\r\n");
+    assert_eq!(
+        c.call(&[b"PEXPIRE", b"k", b"9223372036854775807"]),
+        "-ERR invalid expire time in 'pexpire' command\r\n"
+    );
+    assert_eq!(c.call(&[b"GET", b"k"]), "$1\r\nv\r\n", "kept");
+}
+
+#[test]
+fn clients_over_the_total_input_limit_are_evicted_largest_first() {
+    // Connections stuck behind a blocking pop keep whatever they send; over all of them
+    // the server holds at most the limit, closing the largest holder with an error.
+    let s = server(&["--max-clients-input-mb", "8"]);
+    let mut stuck: Vec<Client> = (0..4).map(|_| Client::new(s.addr)).collect();
+    for c in stuck.iter_mut() {
+        c.send(&cmd(&[b"BLPOP", b"never", b"0"]));
+    }
+    let mut watch = Client::new(s.addr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while info_field(&watch.call(&[b"INFO", b"clients"]), "blocked_clients").as_deref() != Some("4") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 3 MiB each: the third passes 8 MiB. The one holding the most (its buffer grew the
+    // furthest) goes, with an error; the others stay.
+    let value = vec![b'x'; 3 << 20];
+    for c in stuck.iter_mut() {
+        c.send(&cmd(&[b"SET", b"big", &value]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mem = watch.call(&[b"INFO", b"memory"]);
+    let held: usize = info_field(&mem, "mem_clients_normal").unwrap().parse().unwrap();
+    assert!(held <= 8 << 20, "{mem}");
+    let stats = watch.call(&[b"INFO", b"stats"]);
+    let evicted: u64 = info_field(&stats, "evicted_clients").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&evicted), "{stats}");
+    let mut gone = 0;
+    for c in stuck.iter_mut() {
+        c.0.get_ref().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut line = String::new();
+        match c.0.read_line(&mut line) {
+            Ok(n) if n > 0 => {
+                assert!(line.starts_with("-ERR client evicted"), "{line}");
+                assert!(c.closed());
+                gone += 1;
+            }
+            _ => {} // still blocked, still connected
+        }
+    }
+    assert_eq!(gone, evicted);
+    assert_eq!(info_field(&watch.call(&[b"INFO", b"clients"]), "connected_clients"), Some(format!("{}", 5 - evicted)));
+}

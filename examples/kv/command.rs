@@ -19,11 +19,12 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use ringstage::buf::BufWriter;
 use ringstage::prelude::*;
 
 use crate::resp::{self, Frame, Limits};
 use crate::slow::{SlowDone, SlowReq};
-use crate::store::{Hash, List, MemberSet, Store, Value, WrongType, ZSet};
+use crate::store::{Hash, List, MemberSet, Store, Str, WrongType, ZSet};
 
 struct KvConn {
     /// Bytes of a command not complete yet, or that arrived while a slow command was out.
@@ -38,6 +39,8 @@ struct KvConn {
     blocked: Option<Blocked>,
     /// The client finished sending: close once nothing of it is pending.
     eof: bool,
+    /// The stash's memory as last counted in `Shard::input`.
+    counted: usize,
 }
 
 /// A `BLPOP` / `BRPOP` waiting for a push.
@@ -60,6 +63,9 @@ pub struct BlockTimeout {
 enum Outcome {
     Reply(IoBuf),
     Chain(IoBufChain),
+    /// `INFO` for these sections ([`section`] bits): the shard, which knows its connections,
+    /// writes it.
+    Info(u8),
     /// Hand to the slow stage: sleep this long, then reply `+OK`.
     Slow(Duration),
     /// Reply, then close the connection.
@@ -81,9 +87,19 @@ pub struct Shard {
     limits: Limits,
     store: Store,
     conns: ConnMap<KvConn>,
-    /// Argument ranges of the command being run (kept to avoid an allocation per command).
-    args: Vec<Range<usize>>,
+    /// Arguments of the command being run (kept to avoid an allocation per command).
+    args: resp::Args,
     commands: u64,
+    /// Connections opened, in all.
+    connections: u64,
+    started: Instant,
+    /// Memory held by the connections' stashes (input not run yet), and its limit.
+    input: usize,
+    input_limit: usize,
+    /// Connections closed for that limit (`INFO stats`, and the `kv_clients_evicted_total`
+    /// counter).
+    evicted: u64,
+    evictions: AppCounter,
     /// Connections blocked on each key, first come first served.
     waiters: HashMap<Box<[u8]>, VecDeque<(Conn, u64)>>,
     next_block: u64,
@@ -93,6 +109,8 @@ pub struct Shard {
     unblocked: Vec<Conn>,
     /// Replies of the commands being run, all for `replies_to`, sent as one chain.
     replies: IoBufChain,
+    /// Where short replies are written (copied), instead of a block each.
+    out: BufWriter,
     replies_to: Option<Conn>,
 }
 
@@ -115,6 +133,8 @@ impl Shard {
         timer: Timer<BlockTimeout>,
         waker: Waker,
         limits: Limits,
+        input_limit: usize,
+        evictions: AppCounter,
     ) -> Shard {
         Shard {
             net: Outbox::with_waker(net, waker),
@@ -122,13 +142,20 @@ impl Shard {
             limits,
             store: Store::default(),
             conns: ConnMap::new(),
-            args: Vec::new(),
+            args: resp::Args::default(),
             commands: 0,
+            connections: 0,
+            started: Instant::now(),
+            input: 0,
+            input_limit,
+            evicted: 0,
+            evictions,
             waiters: HashMap::new(),
             next_block: 0,
             timer,
             unblocked: Vec::new(),
             replies: IoBufChain::new(),
+            out: BufWriter::default(),
             replies_to: None,
         }
     }
@@ -168,11 +195,21 @@ impl Shard {
     fn on_net(&mut self, ev: NetEvent, now: Instant) {
         match ev {
             NetEvent::Opened { conn, .. } => {
-                let st = KvConn { stash: Vec::new(), need: 0, waiting: false, done: false, blocked: None, eof: false };
+                let st = KvConn {
+                    stash: Vec::new(),
+                    need: 0,
+                    waiting: false,
+                    done: false,
+                    blocked: None,
+                    eof: false,
+                    counted: 0,
+                };
                 self.conns.insert(conn, st);
+                self.connections += 1;
             }
             NetEvent::Data { conn, data } => {
                 self.on_data(conn, &data, now);
+                self.account(conn);
                 self.run_unblocked(now);
             }
             NetEvent::Eof { conn } => {
@@ -188,7 +225,9 @@ impl Shard {
                 self.finish_if_eof(conn);
             }
             NetEvent::Closed { conn } => {
-                if let Some(b) = self.conns.remove(conn).and_then(|st| st.blocked) {
+                let Some(st) = self.conns.remove(conn) else { return };
+                self.input -= st.counted;
+                if let Some(b) = st.blocked {
                     self.forget_waits(conn, &b);
                 }
             }
@@ -240,7 +279,87 @@ impl Shard {
         if st.stash.is_empty() && st.stash.capacity() > 64 << 10 {
             st.stash = Vec::new(); // a large value passed through: give its memory back
         }
+        self.account(conn);
         self.finish_if_eof(conn);
+    }
+
+    /// Counts the memory `conn`'s stash holds into the shard's total; over the limit
+    /// (`--max-clients-input-mb`, as Redis's `maxmemory-clients`), closes the connections
+    /// holding the most until it is back under, each with an error.
+    fn account(&mut self, conn: Conn) {
+        if let Some(st) = self.conns.get_mut(conn) {
+            self.input = self.input - st.counted + st.stash.capacity();
+            st.counted = st.stash.capacity();
+        }
+        while self.input > self.input_limit {
+            let Some((victim, _)) = self.conns.iter().filter(|(_, st)| st.counted > 0).max_by_key(|(_, st)| st.counted)
+            else {
+                break;
+            };
+            let st = self.conns.get_mut(victim).expect("just found");
+            st.done = true;
+            self.input -= std::mem::take(&mut st.counted);
+            st.stash = Vec::new();
+            self.evicted += 1;
+            self.evictions.add(1);
+            let e = resp::error("ERR client evicted: the server's client input buffers are over their limit");
+            self.send(NetCmd::Send { conn: victim, data: e });
+            self.send(NetCmd::Close { conn: victim });
+        }
+    }
+
+    /// The text of `INFO` for `sections` (bits of [`section`]).
+    fn info(&self, sections: u8) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let on = |s: u8| sections & s != 0;
+        if on(section::SERVER) {
+            let up = self.started.elapsed().as_secs();
+            let _ = write!(
+                o,
+                "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\nringstage_version:{}\r\n\
+                 arch_bits:64\r\nprocess_id:{}\r\nuptime_in_seconds:{up}\r\nuptime_in_days:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                up / 86_400
+            );
+        }
+        if on(section::CLIENTS) {
+            let blocked = self.conns.iter().filter(|(_, st)| st.blocked.is_some()).count();
+            let _ = write!(
+                o,
+                "# Clients\r\nconnected_clients:{}\r\nblocked_clients:{blocked}\r\nmaxclients:100000\r\n\r\n",
+                self.conns.len()
+            );
+        }
+        if on(section::MEMORY) {
+            // The process's resident memory (this example does not count its allocations).
+            let rss = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string())))
+                .and_then(|v| v.trim_end_matches(" kB").parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024);
+            let _ = write!(
+                o,
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmem_clients_normal:{}\r\n\
+                 maxmemory_clients:{}\r\n\r\n",
+                self.input, self.input_limit
+            );
+        }
+        if on(section::STATS) {
+            let _ = write!(
+                o,
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nevicted_clients:{}\r\n\r\n",
+                self.connections, self.commands, self.evicted
+            );
+        }
+        if on(section::KEYSPACE) {
+            o.push_str("# Keyspace\r\n");
+            if self.store.len() > 0 {
+                let _ = write!(o, "db0:keys={},expires={},avg_ttl=0\r\n", self.store.len(), self.store.expiring());
+            }
+        }
+        o
     }
 
     /// Closes a connection whose client finished sending once no command of it is pending:
@@ -277,15 +396,19 @@ impl Shard {
                     break;
                 }
                 Frame::Command { consumed } => {
-                    let data = &buf[pos..];
+                    let data = args.bytes(&buf[pos..]);
+                    let args = &args.ranges;
                     pos += consumed;
                     if args.is_empty() {
                         continue;
                     }
                     self.commands += 1;
-                    let info = Info { clients: self.conns.len(), commands: self.commands };
-                    match exec(&mut self.store, data, &args, now, info) {
+                    match exec(&mut self.store, &mut self.out, data, args, now) {
                         Outcome::Reply(r) => self.reply(conn, IoBufChain::from(r)),
+                        Outcome::Info(sections) => {
+                            let text = self.info(sections);
+                            self.reply(conn, IoBufChain::from(resp::bulk(text.as_bytes())))
+                        }
                         Outcome::Chain(c) => self.reply(conn, c),
                         Outcome::Close(r) => {
                             self.send(NetCmd::Send { conn, data: r });
@@ -297,7 +420,7 @@ impl Shard {
                             break;
                         }
                         Outcome::Block { left, timeout } => {
-                            if self.block(conn, data, &args, left, timeout, now) {
+                            if self.block(conn, data, args, left, timeout, now) {
                                 break;
                             }
                         }
@@ -460,11 +583,28 @@ impl Shard {
     }
 }
 
-/// Figures for `INFO`.
-#[derive(Clone, Copy)]
-struct Info {
-    clients: usize,
-    commands: u64,
+/// The sections of `INFO`, as bits of a mask.
+mod section {
+    pub const SERVER: u8 = 1;
+    pub const CLIENTS: u8 = 2;
+    pub const MEMORY: u8 = 4;
+    pub const STATS: u8 = 8;
+    pub const KEYSPACE: u8 = 16;
+    pub const ALL: u8 = 31;
+
+    /// The section named `name` (`all`, `default` and `everything` name all of them; an
+    /// unknown name none).
+    pub fn named(name: &[u8]) -> u8 {
+        match name.to_ascii_lowercase().as_slice() {
+            b"server" => SERVER,
+            b"clients" => CLIENTS,
+            b"memory" => MEMORY,
+            b"stats" => STATS,
+            b"keyspace" => KEYSPACE,
+            b"all" | b"default" | b"everything" => ALL,
+            _ => 0,
+        }
+    }
 }
 
 /// Parses an integer argument as Redis does: canonical decimal only (no `+`, no leading zeros,
@@ -483,19 +623,55 @@ fn err(msg: &str) -> Outcome {
     Outcome::Reply(resp::error(msg))
 }
 
-/// A deadline `amount` units (of `unit`) from `now`, if positive and representable.
-fn deadline(now: Instant, amount: &[u8], unit: Duration) -> Result<Instant, Outcome> {
-    let bad = || err("ERR invalid expire time in 'set' command");
-    let n = int(amount).ok_or_else(|| err("ERR value is not an integer or out of range"))?;
-    if n <= 0 {
-        return Err(bad());
-    }
-    let d = unit.checked_mul(u32::try_from(n).map_err(|_| bad())?).ok_or_else(bad)?;
-    now.checked_add(d).ok_or_else(bad)
+/// When a key given a time to live expires.
+enum Expiry {
+    /// Already: the time is now or past.
+    Past,
+    At(Instant),
 }
 
-/// Runs one command. `data` holds the bytes `args` index into.
-fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, info: Info) -> Outcome {
+/// The expiry `amount` units of `unit_ms` milliseconds from now, checked as Redis checks it:
+/// an amount that is not an integer is `value is not an integer`; one whose milliseconds, or
+/// whose absolute time in milliseconds since the epoch, overflow 64 bits is `invalid expire
+/// time in '<cmd>' command` (`cmd` lower case). Nothing is changed on an error.
+fn expiry(now: Instant, amount: &[u8], unit_ms: i64, cmd: &str) -> Result<Expiry, Outcome> {
+    let n = int(amount).ok_or_else(|| err("ERR value is not an integer or out of range"))?;
+    let invalid = || err(&format!("ERR invalid expire time in '{cmd}' command"));
+    let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
+    let epoch_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    if ms > i64::MAX - epoch_ms {
+        return Err(invalid());
+    }
+    if ms <= 0 {
+        return Ok(Expiry::Past);
+    }
+    now.checked_add(Duration::from_millis(ms as u64)).map(Expiry::At).ok_or_else(invalid)
+}
+
+/// Like [`expiry`], for the commands that set a value with a time to live (`SET EX`, `SETEX`):
+/// the time must lie ahead.
+fn ttl_deadline(now: Instant, amount: &[u8], unit_ms: i64, cmd: &str) -> Result<Instant, Outcome> {
+    match expiry(now, amount, unit_ms, cmd)? {
+        Expiry::At(t) => Ok(t),
+        Expiry::Past => Err(err(&format!("ERR invalid expire time in '{cmd}' command"))),
+    }
+}
+
+/// A string reply: a short string framed into `out` (a copy, no allocation), a long one as a
+/// view of its stored block.
+fn str_reply(out: &mut BufWriter, s: Str<'_>) -> IoBuf {
+    match s {
+        Str::Framed(f) => f.clone(),
+        Str::Raw(b) => {
+            resp::write_bulk(out, b);
+            out.take()
+        }
+    }
+}
+
+/// Runs one command. `data` holds the bytes `args` index into; `out` takes short replies.
+fn exec(store: &mut Store, out: &mut BufWriter, data: &[u8], args: &[Range<usize>], now: Instant) -> Outcome {
     let a = |i: usize| &data[args[i].clone()];
     let n = args.len();
     let name = a(0);
@@ -541,15 +717,16 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
     }
     match cmd {
         b"GET" => Outcome::Reply(match store.get(a(1), now) {
-            Ok(v) => v.unwrap_or_else(|| resp::NIL.clone()),
+            Ok(Some(v)) => str_reply(out, v),
+            Ok(None) => resp::NIL.clone(),
             Err(WrongType) => resp::WRONGTYPE.clone(),
         }),
         b"SET" => set(store, data, args, now),
         b"SETEX" | b"PSETEX" => {
-            let unit = if cmd == b"SETEX" { Duration::from_secs(1) } else { Duration::from_millis(1) };
-            match deadline(now, a(2), unit) {
+            let (unit, name) = if cmd == b"SETEX" { (1000, "setex") } else { (1, "psetex") };
+            match ttl_deadline(now, a(2), unit, name) {
                 Ok(t) => {
-                    store.set(a(1), resp::bulk(a(3)), Some(t));
+                    store.set(a(1), a(3), Some(t));
                     Outcome::Reply(resp::OK.clone())
                 }
                 Err(e) => e,
@@ -558,33 +735,34 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
         b"SETNX" => Outcome::Reply(resp::integer(if store.contains(a(1), now) {
             0
         } else {
-            store.set(a(1), resp::bulk(a(2)), None);
+            store.set(a(1), a(2), None);
             1
         })),
         // The old value (or nil), replaced or removed. A string only.
         b"GETSET" | b"GETDEL" => match store.get(a(1), now) {
             Err(WrongType) => wrongtype(),
             Ok(old) => {
+                let reply = old.map_or_else(|| resp::NIL.clone(), |v| str_reply(out, v));
                 if cmd == b"GETSET" {
-                    store.set(a(1), resp::bulk(a(2)), None);
+                    store.set(a(1), a(2), None);
                 } else {
                     store.remove(a(1), now);
                 }
-                Outcome::Reply(old.unwrap_or_else(|| resp::NIL.clone()))
+                Outcome::Reply(reply)
             }
         },
         b"STRLEN" => match store.get(a(1), now) {
             Err(WrongType) => wrongtype(),
-            Ok(v) => Outcome::Reply(resp::integer(v.map_or(0, |v| resp::bulk_payload(&v).len()) as i64)),
+            Ok(v) => Outcome::Reply(resp::integer(v.map_or(0, |v| v.bytes().len()) as i64)),
         },
         // A copy of the value with the bytes added (values are immutable blocks shared with
         // replies in flight); the deadline stays.
         b"APPEND" => match store.get(a(1), now) {
             Err(WrongType) => wrongtype(),
             Ok(old) => {
-                let mut v = old.as_ref().map_or(&[][..], resp::bulk_payload).to_vec();
+                let mut v = old.map_or(&[][..], Str::bytes).to_vec();
                 v.extend_from_slice(a(2));
-                store.set_keeping_deadline(a(1), resp::bulk(&v), now);
+                store.set_keeping_deadline(a(1), &v, now);
                 Outcome::Reply(resp::integer(v.len() as i64))
             }
         },
@@ -596,10 +774,18 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
         b"DEL" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.remove(a(i), now)).count() as i64)),
         b"EXISTS" => Outcome::Reply(resp::integer((1..n).filter(|&i| store.contains(a(i), now)).count() as i64)),
         // As in Redis, a key of another type reads as missing here.
-        b"MGET" => array((1..n).map(|i| store.get(a(i), now).ok().flatten().unwrap_or_else(|| resp::NIL.clone()))),
+        b"MGET" => {
+            let replies: Vec<IoBuf> = (1..n)
+                .map(|i| match store.get(a(i), now) {
+                    Ok(Some(v)) => str_reply(out, v),
+                    _ => resp::NIL.clone(),
+                })
+                .collect();
+            array(replies.into_iter())
+        }
         b"MSET" => {
             for i in (1..n).step_by(2) {
-                store.set(a(i), resp::bulk(a(i + 1)), None);
+                store.set(a(i), a(i + 1), None);
             }
             Outcome::Reply(resp::OK.clone())
         }
@@ -616,7 +802,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let cur = match store.get(a(1), now) {
                 Err(WrongType) => return Outcome::Reply(resp::WRONGTYPE.clone()),
                 Ok(None) => 0,
-                Ok(Some(v)) => match int(resp::bulk_payload(&v)) {
+                Ok(Some(v)) => match int(v.bytes()) {
                     Some(v) => v,
                     None => return err("ERR value is not an integer or out of range"),
                 },
@@ -624,18 +810,15 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let Some(v) = by.and_then(|by| cur.checked_add(by)) else {
                 return err("ERR increment or decrement would overflow");
             };
-            store.set_keeping_deadline(a(1), resp::bulk(v.to_string().as_bytes()), now);
+            store.set_keeping_deadline(a(1), v.to_string().as_bytes(), now);
             Outcome::Reply(resp::integer(v))
         }
         b"EXPIRE" | b"PEXPIRE" => {
-            let Some(t) = int(a(2)) else { return err("ERR value is not an integer or out of range") };
-            if t <= 0 {
-                return Outcome::Reply(resp::integer(i64::from(store.remove(a(1), now))));
-            }
-            let unit = if cmd == b"EXPIRE" { Duration::from_secs(1) } else { Duration::from_millis(1) };
-            match deadline(now, a(2), unit) {
-                Ok(at) => Outcome::Reply(resp::integer(i64::from(store.set_deadline(a(1), Some(at), now)))),
-                Err(_) => err("ERR invalid expire time in 'expire' command"),
+            let (unit, name) = if cmd == b"EXPIRE" { (1000, "expire") } else { (1, "pexpire") };
+            match expiry(now, a(2), unit, name) {
+                Ok(Expiry::Past) => Outcome::Reply(resp::integer(i64::from(store.remove(a(1), now)))),
+                Ok(Expiry::At(at)) => Outcome::Reply(resp::integer(i64::from(store.set_deadline(a(1), Some(at), now)))),
+                Err(e) => e,
             }
         }
         b"TTL" | b"PTTL" => Outcome::Reply(resp::integer(match store.deadline(a(1), now) {
@@ -654,10 +837,7 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             let had = matches!(store.deadline(a(1), now), Some(Some(_)));
             Outcome::Reply(resp::integer(i64::from(had && store.set_deadline(a(1), None, now))))
         }
-        b"TYPE" => {
-            let name = store.value(a(1), now).map_or("none", Value::type_name);
-            Outcome::Reply(IoBuf::from(format!("+{name}\r\n").into_bytes()))
-        }
+        b"TYPE" => Outcome::Reply(IoBuf::from(format!("+{}\r\n", store.type_name(a(1), now)).into_bytes())),
         b"LPUSH" | b"RPUSH" | b"LPOP" | b"RPOP" | b"LLEN" | b"LRANGE" | b"LINDEX" => {
             list(store, cmd, data, args, now).unwrap_or_else(|WrongType| wrongtype())
         }
@@ -700,16 +880,8 @@ fn exec(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant, inf
             Outcome::Chain(c)
         }
         b"COMMAND" => Outcome::Reply(resp::EMPTY_ARRAY.clone()),
-        b"INFO" => {
-            let text = format!(
-                "# Server\r\nredis_version:7.0.0\r\nringstage_kv:1\r\n# Clients\r\nconnected_clients:{}\r\n\
-                 # Stats\r\ntotal_commands_processed:{}\r\n# Keyspace\r\ndb0:keys={}\r\n",
-                info.clients,
-                info.commands,
-                store.len()
-            );
-            Outcome::Reply(resp::bulk(text.as_bytes()))
-        }
+        b"INFO" if n == 1 => Outcome::Info(section::ALL),
+        b"INFO" => Outcome::Info((1..n).fold(0, |m, i| m | section::named(a(i)))),
         b"DEBUG" if a(1).eq_ignore_ascii_case(b"SLEEP") && n == 3 => {
             let secs = std::str::from_utf8(a(2)).ok().and_then(|s| s.parse::<f64>().ok());
             match secs {
@@ -1033,9 +1205,9 @@ fn parse_score(s: &[u8]) -> Option<f64> {
     (!v.is_nan()).then_some(v)
 }
 
-/// A score as a bulk string (`inf`, `-inf`, or the shortest text that reads back the same).
+/// A score as a bulk string, as Redis prints doubles (see [`resp::double`]).
 fn score_bulk(v: f64) -> IoBuf {
-    resp::bulk(format!("{v}").as_bytes())
+    resp::bulk(resp::double(v).as_bytes())
 }
 
 /// The sorted-set commands: ZADD (`[NX | XX]` then score member pairs), ZCARD, ZSCORE, ZREM,
@@ -1045,14 +1217,19 @@ fn zset(store: &mut Store, cmd: &[u8], data: &[u8], args: &[Range<usize>], now: 
     let key = a(1);
     Ok(match cmd {
         b"ZADD" => {
+            // The options, then score-member pairs: anything else where a score belongs is not
+            // a valid float (`nan`, an empty string).
             let (mut nx, mut xx, mut i) = (false, false, 2);
-            while i < args.len() && parse_score(a(i)).is_none() {
+            while i < args.len() {
                 match a(i).to_ascii_uppercase().as_slice() {
-                    b"NX" if !xx => nx = true,
-                    b"XX" if !nx => xx = true,
-                    _ => return Ok(err("ERR syntax error")),
+                    b"NX" => nx = true,
+                    b"XX" => xx = true,
+                    _ => break,
                 }
                 i += 1;
+            }
+            if nx && xx {
+                return Ok(err("ERR XX and NX options at the same time are not compatible"));
             }
             if i == args.len() || (args.len() - i) % 2 != 0 {
                 return Ok(err("ERR syntax error"));
@@ -1141,8 +1318,8 @@ fn set(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant) -> O
             keep = true;
         } else if (o.eq_ignore_ascii_case(b"EX") || o.eq_ignore_ascii_case(b"PX")) && !keep && expires.is_none() {
             let Some(amount) = args.get(i + 1).map(|r| &data[r.clone()]) else { return syntax() };
-            let unit = if o.eq_ignore_ascii_case(b"EX") { Duration::from_secs(1) } else { Duration::from_millis(1) };
-            match deadline(now, amount, unit) {
+            let unit = if o.eq_ignore_ascii_case(b"EX") { 1000 } else { 1 };
+            match ttl_deadline(now, amount, unit, "set") {
                 Ok(t) => expires = Some(t),
                 Err(e) => return e,
             }
@@ -1161,7 +1338,7 @@ fn set(store: &mut Store, data: &[u8], args: &[Range<usize>], now: Instant) -> O
             _ => {}
         }
     }
-    store.set(key, resp::bulk(a(2)), expires);
+    store.set(key, a(2), expires);
     Outcome::Reply(resp::OK.clone())
 }
 
@@ -1226,9 +1403,10 @@ mod tests {
             args.push(data.len()..data.len() + w.len());
             data.extend_from_slice(w);
         }
-        match exec(store, &data, &args, now, Info { clients: 1, commands: 1 }) {
+        match exec(store, &mut BufWriter::default(), &data, &args, now) {
             Outcome::Reply(r) | Outcome::Close(r) => r.to_vec(),
             Outcome::Chain(c) => c.to_vec(),
+            Outcome::Info(s) => format!("info {s}").into_bytes(),
             Outcome::Slow(d) => format!("slow {}ms", d.as_millis()).into_bytes(),
             Outcome::Block { left, timeout } => format!("block left={left} {timeout:?}").into_bytes(),
         }
@@ -1390,7 +1568,8 @@ mod tests {
             args.push(data.len()..data.len() + w.len());
             data.extend_from_slice(w);
         }
-        let Outcome::Chain(c) = exec(&mut s, &data, &args, t, Info { clients: 1, commands: 1 }) else { panic!() };
+        let mut out = BufWriter::default();
+        let Outcome::Chain(c) = exec(&mut s, &mut out, &data, &args, t) else { panic!() };
         assert_eq!(c.segments(), 4, "[*5 s1] [big] [s2 s3] [big]");
     }
 
@@ -1467,7 +1646,23 @@ mod tests {
         assert_eq!(r(&[b"ZSCORE", b"z", b"f"]), "$-1\r\n");
         assert_eq!(r(&[b"ZADD", b"z", b"1", b"a", b"nan", b"x"]), "-ERR value is not a valid float\r\n");
         assert_eq!(r(&[b"ZSCORE", b"z", b"a"]), "$1\r\n3\r\n", "a refused ZADD changed nothing");
-        assert_eq!(r(&[b"ZADD", b"z", b"NX", b"XX", b"1", b"a"]), "-ERR syntax error\r\n");
+        // Redis's own words for it.
+        assert_eq!(
+            r(&[b"ZADD", b"z", b"NX", b"XX", b"1", b"a"]),
+            "-ERR XX and NX options at the same time are not compatible\r\n"
+        );
+        for bad in [&b"nan"[..], b"", b"NaN", b"1e", b" 1"] {
+            assert_eq!(r(&[b"ZADD", b"z", bad, b"m"]), "-ERR value is not a valid float\r\n", "{bad:?}");
+        }
+        // Scores print as Redis prints doubles (%.17g).
+        assert_eq!(
+            r(&[b"ZADD", b"big", b"1e20", b"a", b"1.7976931348623157e308", b"b", b"+inf", b"c", b"0.1", b"d"]),
+            ":4\r\n"
+        );
+        assert_eq!(r(&[b"ZSCORE", b"big", b"a"]), "$5\r\n1e+20\r\n");
+        assert_eq!(r(&[b"ZSCORE", b"big", b"b"]), "$23\r\n1.7976931348623157e+308\r\n");
+        assert_eq!(r(&[b"ZSCORE", b"big", b"c"]), "$3\r\ninf\r\n");
+        assert_eq!(r(&[b"ZSCORE", b"big", b"d"]), "$19\r\n0.10000000000000001\r\n");
         assert_eq!(r(&[b"ZADD", b"z", b"1"]), "-ERR wrong number of arguments for 'zadd' command\r\n");
         assert_eq!(r(&[b"ZADD", b"z", b"1", b"a", b"2"]), "-ERR syntax error\r\n");
         assert_eq!(r(&[b"ZPOPMIN", b"z"]), "*2\r\n$1\r\nd\r\n$4\r\n-inf\r\n");
@@ -1545,11 +1740,41 @@ mod tests {
         assert_eq!(r(&[b"PERSIST", b"k"], t), ":0\r\n");
         assert_eq!(r(&[b"SET", b"k", b"v", b"EX", b"0"], t), "-ERR invalid expire time in 'set' command\r\n");
         assert_eq!(r(&[b"SET", b"k", b"v", b"PX"], t), "-ERR syntax error\r\n");
+        // As Redis: seconds beyond i64::MAX / 1000 milliseconds are refused, fewer are taken.
         assert_eq!(
-            r(&[b"SET", b"k", b"v", b"EX", b"99999999999999"], t),
+            r(&[b"SET", b"k", b"v", b"EX", b"9999999999999999"], t),
             "-ERR invalid expire time in 'set' command\r\n"
         );
+        assert_eq!(r(&[b"SET", b"k", b"v", b"EX", b"99999999999999"], t), "+OK\r\n");
         assert_eq!(r(&[b"EXPIRE", b"k", b"-1"], t), ":1\r\n", "a non-positive expiry deletes");
         assert_eq!(r(&[b"GET", b"k"], t), "$-1\r\n");
+    }
+
+    #[test]
+    fn expiry_overflows_are_errors_that_name_the_command_and_change_nothing() {
+        let t = Instant::now();
+        let mut st = Store::default();
+        let mut r = |w: &[&[u8]]| String::from_utf8(run(&mut st, w, t)).unwrap();
+        assert_eq!(r(&[b"SET", b"k", b"v"]), "+OK\r\n");
+        for (cmd, amount, name) in [
+            (&b"EXPIRE"[..], &b"-9223372036854776"[..], "expire"), // below i64::MIN in ms
+            (b"EXPIRE", b"9223372036854776", "expire"),            // above i64::MAX in ms
+            (b"EXPIRE", b"9223372036854775", "expire"),            // fits, but not added to now
+            (b"PEXPIRE", b"9223372036854775807", "pexpire"),
+        ] {
+            let want = format!("-ERR invalid expire time in '{name}' command\r\n");
+            assert_eq!(r(&[cmd, b"k", amount]), want, "{}", String::from_utf8_lossy(amount));
+            assert_eq!(r(&[b"GET", b"k"]), "$1\r\nv\r\n", "the key is kept");
+        }
+        assert_eq!(r(&[b"PEXPIRE", b"k", b"-9223372036854775808"]), ":1\r\n", "in the past: deleted");
+        assert_eq!(r(&[b"GET", b"k"]), "$-1\r\n");
+        assert_eq!(r(&[b"SETEX", b"k", b"0", b"v"]), "-ERR invalid expire time in 'setex' command\r\n");
+        assert_eq!(r(&[b"PSETEX", b"k", b"-5", b"v"]), "-ERR invalid expire time in 'psetex' command\r\n");
+        assert_eq!(r(&[b"SETEX", b"k", b"x", b"v"]), "-ERR value is not an integer or out of range\r\n");
+        assert_eq!(
+            r(&[b"SET", b"k", b"v", b"PX", b"9223372036854775807"]),
+            "-ERR invalid expire time in 'set' command\r\n"
+        );
+        assert_eq!(r(&[b"EXISTS", b"k"]), ":0\r\n", "nothing was set");
     }
 }

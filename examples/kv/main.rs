@@ -47,11 +47,15 @@ struct Opts {
     limits: Limits,
     idle: Duration,
     spin: Duration,
+    /// Total memory of the connections' unparsed input (`maxmemory-clients`).
+    max_input: usize,
 }
 
 const USAGE: &str = "usage: kv [--addr HOST:PORT] [--cpu N] [--slow-cpu M] [--stage-capacity N]
   [--slow-capacity N] [--max-blocked N] [--max-bulk-mb MB] [--idle-timeout-s S]
-  [--spin-us US (poll this long for work before sleeping; default 0)]";
+  [--spin-us US (poll this long for work before sleeping; default 0)]
+  [--max-clients-input-mb MB (all connections' input not yet run; the largest holder is closed
+    beyond it; default 256)]";
 
 fn opts() -> Result<Opts, String> {
     let mut o = Opts {
@@ -64,6 +68,7 @@ fn opts() -> Result<Opts, String> {
         limits: Limits::default(),
         idle: Duration::from_secs(300),
         spin: Duration::ZERO,
+        max_input: 256 << 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -83,6 +88,7 @@ fn opts() -> Result<Opts, String> {
             "--max-bulk-mb" => o.limits.max_bulk = (num(&v)?.clamp(1, 4096) as usize) << 20,
             "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?.max(1)),
             "--spin-us" => o.spin = Duration::from_micros(num(&v)?),
+            "--max-clients-input-mb" => o.max_input = (num(&v)?.clamp(1, 1 << 20) as usize) << 20,
             _ => return Err(format!("unknown option {k}\n{USAGE}")),
         }
     }
@@ -116,10 +122,23 @@ fn run(o: Opts) -> std::io::Result<()> {
     let listen = ListenConfig::new(o.addr, [0]).idle_timeout(o.idle);
     let (net, listener) = b.listen(listen, command);
     let limits = o.limits.clone();
+    let (max_input, evicted) =
+        (o.max_input, b.counter("kv_clients_evicted_total", "Connections closed for the total input limit."));
     // Both stages of worker 0 get the same shard: the first to be set up creates it (and
     // takes its sinks).
     let make_shard = move |s: &mut Setup<'_>| {
-        shard_here(|| Shard::new(s.sink(net), s.sink(slow), s.timer(unblock), s.waker(command), limits.clone()))
+        shard_here(|| {
+            let evictions = s.counter(evicted);
+            Shard::new(
+                s.sink(net),
+                s.sink(slow),
+                s.timer(unblock),
+                s.waker(command),
+                limits.clone(),
+                max_input,
+                evictions,
+            )
+        })
     };
     let (make, make2) = (make_shard.clone(), make_shard.clone());
     b.handler(command, move |s| Command { shard: make(s) });

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use ringstage::buf::IoBuf;
+use ringstage::buf::{BufWriter, IoBuf};
 
 /// Size limits of a request (Redis's `proto-max-bulk-len` and friends).
 #[derive(Clone, Debug)]
@@ -40,14 +40,40 @@ pub enum Frame {
     Error(String),
 }
 
-/// Parses one command at the start of `data`, pushing its arguments (ranges of `data`) into
-/// `args` (cleared first). Hot path: no allocation once `args` has grown.
-pub fn parse(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
-    args.clear();
+/// A command's arguments, as ranges of the bytes they are in: the request itself for a
+/// multibulk command (no copy), a decoded copy for an inline one (its quotes and escapes
+/// make its arguments differ from its bytes).
+#[derive(Debug, Default)]
+pub struct Args {
+    pub ranges: Vec<Range<usize>>,
+    /// An inline command's arguments, unquoted; `ranges` index it when `inline`.
+    decoded: Vec<u8>,
+    inline: bool,
+}
+
+impl Args {
+    /// The bytes `ranges` index: `data` (what was parsed) or the decoded inline arguments.
+    pub fn bytes<'a>(&'a self, data: &'a [u8]) -> &'a [u8] {
+        if self.inline {
+            &self.decoded
+        } else {
+            data
+        }
+    }
+}
+
+/// Parses one command at the start of `data` into `args` (cleared first). Hot path: no
+/// allocation once `args` has grown.
+pub fn parse(data: &[u8], lim: &Limits, args: &mut Args) -> Frame {
+    args.ranges.clear();
+    args.inline = false;
     match data.first() {
         None => Frame::Partial { need: None },
-        Some(b'*') => multibulk(data, lim, args),
-        Some(_) => inline(data, lim, args),
+        Some(b'*') => multibulk(data, lim, &mut args.ranges),
+        Some(_) => {
+            args.inline = true;
+            inline(data, lim, args)
+        }
     }
 }
 
@@ -112,7 +138,11 @@ fn multibulk(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
     Frame::Command { consumed: pos }
 }
 
-fn inline(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
+/// An inline command (`SET "a b" 'c d'\r\n`), split as Redis's `sdssplitargs` does: words
+/// apart by whitespace; in double quotes `\n`, `\r`, `\t`, `\b`, `\a`, `\xHH` and `\<c>`
+/// escapes; in single quotes only `\'`; a closing quote must end its word. The words go into
+/// `args.decoded`.
+fn inline(data: &[u8], lim: &Limits, args: &mut Args) -> Frame {
     let Some((end, next)) = line(data, 0) else {
         // Until its LF arrives, a line at the limit may still be followed by its CR.
         return if data.strip_suffix(b"\r").unwrap_or(data).len() > lim.max_inline {
@@ -124,20 +154,80 @@ fn inline(data: &[u8], lim: &Limits, args: &mut Vec<Range<usize>>) -> Frame {
     if end > lim.max_inline {
         return Frame::Error("Protocol error: too big inline request".into());
     }
+    let unbalanced = || Frame::Error("Protocol error: unbalanced quotes in request".into());
+    let line = &data[..end];
+    let out = &mut args.decoded;
+    out.clear();
     let mut i = 0;
-    while i < end {
-        if data[i].is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < end && !data[i].is_ascii_whitespace() {
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
             i += 1;
         }
-        if args.len() == lim.max_args {
+        if i == line.len() {
+            break;
+        }
+        let start = out.len();
+        let mut quote = None;
+        loop {
+            let Some(&c) = line.get(i) else {
+                if quote.is_some() {
+                    return unbalanced();
+                }
+                break;
+            };
+            match quote {
+                Some(b'"') => match (c, line.get(i + 1)) {
+                    (b'\\', Some(b'x'))
+                        if line.get(i + 2..i + 4).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+                    {
+                        let hex = std::str::from_utf8(&line[i + 2..i + 4]).expect("hex digits");
+                        out.push(u8::from_str_radix(hex, 16).expect("hex digits"));
+                        i += 3;
+                    }
+                    (b'\\', Some(&e)) => {
+                        out.push(match e {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            e => e,
+                        });
+                        i += 1;
+                    }
+                    (b'"', next) => {
+                        if next.is_some_and(|n| !n.is_ascii_whitespace()) {
+                            return unbalanced();
+                        }
+                        i += 1;
+                        break;
+                    }
+                    (c, _) => out.push(c),
+                },
+                Some(_) => match (c, line.get(i + 1)) {
+                    (b'\\', Some(b'\'')) => {
+                        out.push(b'\'');
+                        i += 1;
+                    }
+                    (b'\'', next) => {
+                        if next.is_some_and(|n| !n.is_ascii_whitespace()) {
+                            return unbalanced();
+                        }
+                        i += 1;
+                        break;
+                    }
+                    (c, _) => out.push(c),
+                },
+                None if c.is_ascii_whitespace() => break,
+                None if c == b'"' || c == b'\'' => quote = Some(c),
+                None => out.push(c),
+            }
+            i += 1;
+        }
+        if args.ranges.len() == lim.max_args {
             return Frame::Error("Protocol error: invalid multibulk length".into());
         }
-        args.push(start..i);
+        args.ranges.push(start..out.len());
     }
     Frame::Command { consumed: next }
 }
@@ -190,10 +280,48 @@ pub fn bulk(bytes: &[u8]) -> IoBuf {
     IoBuf::concat(&[&head[..n], bytes, b"\r\n"])
 }
 
+/// Writes `$<len>\r\n<bytes>\r\n` into `out`'s pending piece: a bulk string reply copied
+/// into a shared block instead of a block of its own.
+pub fn write_bulk(out: &mut BufWriter, bytes: &[u8]) {
+    let (head, n) = number_line(b'$', bytes.len() as i64);
+    out.write(&head[..n]);
+    out.write(bytes);
+    out.write(b"\r\n");
+}
+
 /// `*<n>\r\n` (the header of an array whose elements follow).
 pub fn array_header(n: usize) -> IoBuf {
     let (buf, len) = number_line(b'*', n as i64);
     IoBuf::copy_from_slice(&buf[..len])
+}
+
+/// A double as Redis 7.0 prints one (`addReplyDouble`): `inf`, `-inf`, else C's `%.17g`, 17
+/// significant digits without trailing zeros, in exponent form below 1e-4 or from 1e17 on
+/// (`1e+20`, `1.7976931348623157e+308`, `0.10000000000000001`, `3`).
+pub fn double(v: f64) -> String {
+    if v.is_infinite() {
+        return if v > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if v == 0.0 {
+        return if v.is_sign_negative() { "-0".into() } else { "0".into() };
+    }
+    // 17 significant digits in exponent form: `d.dddddddddddddddde±x`.
+    let e = format!("{v:.16e}");
+    let (mantissa, exp) = e.split_once('e').expect("exponent form");
+    let exp: i32 = exp.parse().expect("an exponent");
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..17).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        trim(&format!("{v:.*}", (16 - exp) as usize))
+    }
 }
 
 /// The bytes of a framed bulk string made by [`bulk`] (without its header and CRLF).
@@ -207,9 +335,25 @@ mod tests {
     use super::*;
 
     fn words(data: &[u8]) -> (Frame, Vec<Vec<u8>>) {
-        let mut args = Vec::new();
+        let mut args = Args::default();
         let f = parse(data, &Limits::default(), &mut args);
-        (f, args.into_iter().map(|r| data[r].to_vec()).collect())
+        let bytes = args.bytes(data);
+        (f, args.ranges.iter().map(|r| bytes[r.clone()].to_vec()).collect())
+    }
+
+    #[test]
+    fn inline_commands_follow_redis_quoting() {
+        let w = |s: &str| words(s.as_bytes());
+        assert_eq!(w("set \"a b\" 'c d'\r\n").1, [&b"set"[..], b"a b", b"c d"]);
+        assert_eq!(w("echo \"x\\ny\\t\\x41\\\"\\\\z\"\r\n").1, [&b"echo"[..], b"x\ny\tA\"\\z"]);
+        assert_eq!(w("echo 'it\\'s' \"\"\r\n").1, [&b"echo"[..], b"it's", b""], "an empty quoted word counts");
+        assert_eq!(w("echo '\\n'\r\n").1, [&b"echo"[..], b"\\n"], "no escapes in single quotes");
+        assert_eq!(w("a\"b c\"\r\n").1, [&b"ab c"[..]], "a quote may start inside a word");
+        assert_eq!(w("echo \"\\xzz\"\r\n").1, [&b"echo"[..], b"xzz"], "not hex: the escaped character");
+        let bad = Frame::Error("Protocol error: unbalanced quotes in request".into());
+        for s in ["set \"a b\r\n", "set 'a\r\n", "set \"a\"b\r\n", "set 'a'b\r\n", "echo \"\\\"\r\n"] {
+            assert_eq!(w(s).0, bad, "{s:?}");
+        }
     }
 
     #[test]
@@ -258,7 +402,7 @@ mod tests {
         assert_eq!(err(b"*1\r\n$99999999999999999999\r\n"), "Protocol error: invalid bulk length");
         assert_eq!(err(b"*1\r\n$3\r\nGETxx"), "Protocol error: bulk string not ended by CRLF");
         let lim = Limits { max_bulk: 4, max_args: 2, max_inline: 16 };
-        let mut a = Vec::new();
+        let mut a = Args::default();
         assert!(matches!(parse(b"*1\r\n$5\r\n", &lim, &mut a), Frame::Error(e) if e.contains("bulk length")));
         assert!(matches!(parse(b"*3\r\n", &lim, &mut a), Frame::Error(e) if e.contains("multibulk length")));
         assert!(matches!(parse(&[b'a'; 17], &lim, &mut a), Frame::Error(e) if e.contains("too big inline")));
@@ -279,7 +423,7 @@ mod tests {
     /// drawn from the protocol's own bytes (so the parser gets deep), in every `cargo test`.
     #[test]
     fn random_input_stays_in_bounds_and_prefixes_wait() {
-        let alphabet = b"*$\r\n0123-9 :SETGETx\t";
+        let alphabet = b"*$\r\n0123-9 :SETGETx\t\"'\\";
         let lim = Limits { max_bulk: 16, max_args: 4, max_inline: 24 };
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -288,7 +432,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let (mut args, mut scratch) = (Vec::new(), Vec::new());
+        let (mut args, mut scratch) = (Args::default(), Args::default());
         let mut complete = 0;
         for _ in 0..200_000 {
             let len = (next() % 40) as usize;
@@ -297,7 +441,9 @@ mod tests {
                 Frame::Command { consumed } => {
                     complete += 1;
                     assert!(consumed > 0 && consumed <= data.len());
-                    assert!(args.len() <= lim.max_args && args.iter().all(|r| r.end <= consumed));
+                    let bytes = args.bytes(&data).len();
+                    assert!(args.ranges.len() <= lim.max_args);
+                    assert!(args.ranges.iter().all(|r| r.start <= r.end && r.end <= consumed.min(bytes)));
                     for cut in 0..consumed {
                         let f = parse(&data[..cut], &lim, &mut scratch);
                         assert!(
@@ -312,6 +458,30 @@ mod tests {
             }
         }
         assert!(complete > 1000, "only {complete} inputs parsed as commands: the test is too shallow");
+    }
+
+    #[test]
+    fn doubles_print_as_percent_17g() {
+        for (v, s) in [
+            (1e20, "1e+20"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+            (3.0, "3"),
+            (-2.5, "-2.5"),
+            (0.1, "0.10000000000000001"),
+            (1.5e-5, "1.5e-05"),
+            (1.1, "1.1000000000000001"),
+            (0.0001, "0.0001"),
+            (1e16, "10000000000000000"),
+            (1e17, "1e+17"),
+            (123456789.125, "123456789.125"),
+            (f64::MIN_POSITIVE, "2.2250738585072014e-308"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(double(v), s, "{v:e}");
+            assert_eq!(double(v).parse::<f64>().unwrap_or(v), v, "reads back: {s}");
+        }
     }
 
     #[test]

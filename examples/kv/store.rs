@@ -1,27 +1,42 @@
 //! The keyspace: byte-string keys to strings, lists, hashes, sets and sorted sets, with
 //! optional expiry.
 //!
-//! Strings, list elements and hash values are kept already framed as RESP bulk strings
-//! (`$5\r\nhello\r\n`, see [`crate::resp::bulk`]): a `GET`, `LPOP` or `HGET` answers with a
-//! view of the stored block (one reference count increment, no copy, no formatting), and the same
-//! block can be in flight to many connections at once. A write copies the value out of the
-//! receive buffer once, because the receive pool is small and shared by every connection and
-//! must not be pinned by stored data. Hash fields and set members are kept raw (they are keys
-//! of their own maps). A collection emptied by a command is deleted, as in Redis.
+//! **Compact entries.** The table holds one 24-byte entry per key, and a string's key and value
+//! live in one allocation beside it: `[flags][key length][key][value]`. For 1M keys with 32-byte
+//! values that is about 125 bytes a key (`ci/bench kv` measures it next to redis-server). A
+//! `GET` copies such a value into the reply (through the shard's [`BufWriter`]: no allocation
+//! per reply); a string of [`INLINE_MAX`] bytes or more is instead kept framed as a RESP bulk
+//! string in an [`IoBuf`] of its own and answered with a view of it (one reference count
+//! increment, no copy), so a large value can be in flight to many connections at once. List
+//! elements and hash values are kept framed too; hash fields and set members raw (they are
+//! keys of their own maps). A write copies the value out of the receive buffer once, because
+//! the receive pool is small and shared by every connection and must not be pinned by stored
+//! data. A collection emptied by a command is deleted, as in Redis.
 //!
-//! Expiry is lazy (a read of an expired key deletes it) plus active: keys given a deadline are
-//! also remembered in a min-heap, and [`Store::expire`] deletes those whose time has come.
+//! Expiry is lazy (a read of an expired key deletes it) plus active: the deadlines of keys
+//! given one live in a map of their own (a flag in the entry says to look there, so keys
+//! without one cost nothing for it), and in a min-heap whose top [`Store::expire`] deletes
+//! when due.
+//!
+//! [`BufWriter`]: ringstage::buf::BufWriter
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
+use hashbrown::HashTable;
 use ringstage::buf::IoBuf;
 
-/// A stored value.
+use crate::resp;
+
+/// Strings this long or longer are kept framed and answered with a view instead of a copy:
+/// below it, copying the bytes into the reply costs less than a gather entry of their own
+/// (and a block each).
+pub const INLINE_MAX: usize = 512;
+
+/// A collection.
 pub enum Value {
-    /// A string, framed as a RESP bulk string.
-    Str(IoBuf),
     List(List),
     Hash(Hash),
     /// Members (raw).
@@ -200,7 +215,6 @@ impl Value {
     /// The name `TYPE` answers.
     pub fn type_name(&self) -> &'static str {
         match self {
-            Value::Str(_) => "string",
             Value::List(_) => "list",
             Value::Hash(_) => "hash",
             Value::Set(_) => "set",
@@ -208,9 +222,8 @@ impl Value {
         }
     }
 
-    fn is_empty_collection(&self) -> bool {
+    fn is_empty(&self) -> bool {
         match self {
-            Value::Str(_) => false,
             Value::List(l) => l.is_empty(),
             Value::Hash(h) => h.is_empty(),
             Value::Set(m) => m.len() == 0,
@@ -223,146 +236,282 @@ impl Value {
 #[derive(Debug, PartialEq, Eq)]
 pub struct WrongType;
 
-struct Entry {
-    value: Value,
-    expires: Option<Instant>,
+/// A stored string, as a command reads it.
+#[derive(Clone, Copy, Debug)]
+pub enum Str<'a> {
+    /// Its bytes (a short string: copied into a reply).
+    Raw(&'a [u8]),
+    /// Framed as a RESP bulk string (a long one: a reply is a view of it).
+    Framed(&'a IoBuf),
+}
+
+impl<'a> Str<'a> {
+    /// The string's bytes.
+    pub fn bytes(self) -> &'a [u8] {
+        match self {
+            Str::Raw(b) => b,
+            Str::Framed(f) => resp::bulk_payload(f),
+        }
+    }
+}
+
+/// The entry's flag for a key with a deadline (its time is in `Store::deadlines`).
+const TTL: u8 = 1;
+
+/// One key's entry in the table: 24 bytes.
+enum Entry {
+    /// A short string and its key in one block: `[flags][key length, u32 LE][key][value]`.
+    Small(Box<[u8]>),
+    /// A long string, framed.
+    Large(Box<Keyed<IoBuf>>),
+    Coll(Box<Keyed<Value>>),
+}
+
+struct Keyed<T> {
+    key: Box<[u8]>,
+    flags: u8,
+    value: T,
+}
+
+/// Where a short string's key starts in its block.
+const KEY_AT: usize = 5;
+
+impl Entry {
+    fn key(&self) -> &[u8] {
+        match self {
+            Entry::Small(b) => {
+                let len = u32::from_le_bytes(b[1..KEY_AT].try_into().expect("4 bytes")) as usize;
+                &b[KEY_AT..KEY_AT + len]
+            }
+            Entry::Large(k) => &k.key,
+            Entry::Coll(k) => &k.key,
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        match self {
+            Entry::Small(b) => b[0],
+            Entry::Large(k) => k.flags,
+            Entry::Coll(k) => k.flags,
+        }
+    }
+
+    fn set_flags(&mut self, f: u8) {
+        match self {
+            Entry::Small(b) => b[0] = f,
+            Entry::Large(k) => k.flags = f,
+            Entry::Coll(k) => k.flags = f,
+        }
+    }
+
+    /// A string entry for `key`: short ones in one block, long ones framed.
+    fn string(key: &[u8], value: &[u8], flags: u8) -> Entry {
+        if value.len() >= INLINE_MAX {
+            return Entry::Large(Box::new(Keyed { key: key.into(), flags, value: resp::bulk(value) }));
+        }
+        let mut b = Vec::with_capacity(KEY_AT + key.len() + value.len());
+        b.push(flags);
+        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(value);
+        Entry::Small(b.into_boxed_slice())
+    }
+
+    fn str(&self) -> Option<Str<'_>> {
+        match self {
+            Entry::Small(b) => Some(Str::Raw(&b[KEY_AT + self.key().len()..])),
+            Entry::Large(k) => Some(Str::Framed(&k.value)),
+            Entry::Coll(_) => None,
+        }
+    }
 }
 
 /// A keyspace owned by one stage replica (no locks: one core serves it).
 #[derive(Default)]
 pub struct Store {
-    map: HashMap<Box<[u8]>, Entry>,
-    /// Deadlines of keys set with a time to live (entries go stale when the key changes).
+    map: HashTable<Entry>,
+    /// Keys are chosen by clients and kept: SipHash, seeded per process, keeps their collisions
+    /// unpredictable.
+    hasher: RandomState,
+    /// The deadlines of the keys flagged [`TTL`].
+    ttl: HashMap<Box<[u8]>, Instant>,
+    /// The same deadlines by time (entries go stale when the key changes).
     deadlines: BinaryHeap<Reverse<(Instant, Box<[u8]>)>>,
 }
 
 impl Store {
-    /// A view of the framed string at `key`, unless it is missing or expired (then it is
-    /// removed); `WrongType` if it holds a collection. Hot path: one hash lookup and one
-    /// reference count increment, no allocation.
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Result<Option<IoBuf>, WrongType> {
-        match self.map.get(key) {
-            None => return Ok(None),
-            Some(e) if !e.expires.is_some_and(|t| t <= now) => {
-                return match &e.value {
-                    Value::Str(b) => Ok(Some(b.clone())),
-                    _ => Err(WrongType),
-                }
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn find(&self, key: &[u8]) -> Option<&Entry> {
+        self.map.find(self.hash(key), |e| e.key() == key)
+    }
+
+    fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let h = self.hash(key);
+        self.map.find_mut(h, |e| e.key() == key)
+    }
+
+    /// Stores `e` under its key, replacing what was there; returns the entry replaced.
+    fn put(&mut self, e: Entry) -> Option<Entry> {
+        let h = self.hash(e.key());
+        let hasher = &self.hasher;
+        match self.map.entry(h, |x| x.key() == e.key(), |x| hasher.hash_one(x.key())) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => Some(std::mem::replace(o.get_mut(), e)),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(e);
+                None
             }
-            Some(_) => {}
         }
-        self.map.remove(key);
-        Ok(None)
     }
 
-    /// The live value at `key`.
-    pub fn value(&mut self, key: &[u8], now: Instant) -> Option<&Value> {
-        self.live(key, now);
-        self.map.get(key).map(|e| &e.value)
+    /// Removes `key`'s entry (and its deadline).
+    fn take(&mut self, key: &[u8]) -> Option<Entry> {
+        let h = self.hash(key);
+        let e = self.map.find_entry(h, |e| e.key() == key).ok()?.remove().0;
+        if e.flags() & TTL != 0 {
+            self.ttl.remove(key);
+        }
+        Some(e)
     }
 
-    /// The live value at `key`, to change in place (see [`Store::drop_if_empty`]).
-    pub fn value_mut(&mut self, key: &[u8], now: Instant) -> Option<&mut Value> {
+    /// Whether the entry of `key` (flagged `flags`) has expired at `now`.
+    fn expired(&self, key: &[u8], flags: u8, now: Instant) -> bool {
+        flags & TTL != 0 && self.ttl.get(key).is_some_and(|&t| t <= now)
+    }
+
+    /// Removes `key` if its deadline has passed.
+    fn live(&mut self, key: &[u8], now: Instant) {
+        if self.find(key).is_some_and(|e| self.expired(key, e.flags(), now)) {
+            self.take(key);
+        }
+    }
+
+    /// The string at `key`, unless it is missing or expired (then it is removed); `WrongType`
+    /// if it holds a collection. Hot path: one hash lookup (two for a key with a deadline), no
+    /// allocation.
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Result<Option<Str<'_>>, WrongType> {
         self.live(key, now);
-        self.map.get_mut(key).map(|e| &mut e.value)
+        match self.find(key) {
+            None => Ok(None),
+            Some(e) => e.str().map(Some).ok_or(WrongType),
+        }
+    }
+
+    /// The name `TYPE` answers for `key`: `none` if it is missing.
+    pub fn type_name(&mut self, key: &[u8], now: Instant) -> &'static str {
+        self.live(key, now);
+        match self.find(key) {
+            None => "none",
+            Some(Entry::Coll(k)) => k.value.type_name(),
+            Some(_) => "string",
+        }
     }
 
     /// The collection of type `T` at `key`: `Ok(None)` if the key is missing, `WrongType` if it
     /// holds another type.
     pub fn read<T: Collection>(&mut self, key: &[u8], now: Instant) -> Result<Option<&T>, WrongType> {
-        self.value(key, now).map(|v| T::of(v).ok_or(WrongType)).transpose()
+        self.live(key, now);
+        match self.find(key) {
+            None => Ok(None),
+            Some(Entry::Coll(k)) => T::of(&k.value).map(Some).ok_or(WrongType),
+            Some(_) => Err(WrongType),
+        }
     }
 
     /// Like [`Store::read`], to change in place (see [`Store::drop_if_empty`]).
     pub fn write<T: Collection>(&mut self, key: &[u8], now: Instant) -> Result<Option<&mut T>, WrongType> {
-        self.value_mut(key, now).map(|v| T::of_mut(v).ok_or(WrongType)).transpose()
+        self.live(key, now);
+        match self.find_mut(key) {
+            None => Ok(None),
+            Some(Entry::Coll(k)) => T::of_mut(&mut k.value).map(Some).ok_or(WrongType),
+            Some(_) => Err(WrongType),
+        }
     }
 
     /// The collection of type `T` at `key`, or a new empty one stored there (without a
     /// deadline) if the key is missing; `WrongType` if it holds another type (left as it is).
     pub fn write_or_insert<T: Collection>(&mut self, key: &[u8], now: Instant) -> Result<&mut T, WrongType> {
-        // Two lookups when the key is there (not `entry`: it would copy the key every time).
-        let empty = || Entry { value: T::default().into_value(), expires: None };
-        match self.map.get(key) {
-            Some(e) if e.expires.is_some_and(|t| t <= now) => {
-                self.map.remove(key);
-                self.map.insert(key.into(), empty());
-            }
-            Some(_) => {}
-            None => {
-                self.map.insert(key.into(), empty());
-            }
+        self.live(key, now);
+        if self.find(key).is_none() {
+            self.put(Entry::Coll(Box::new(Keyed { key: key.into(), flags: 0, value: T::default().into_value() })));
         }
-        T::of_mut(&mut self.map.get_mut(key).expect("present or just inserted").value).ok_or(WrongType)
+        match self.find_mut(key) {
+            Some(Entry::Coll(k)) => T::of_mut(&mut k.value).ok_or(WrongType),
+            _ => Err(WrongType),
+        }
     }
 
     /// Deletes `key` if it holds an empty collection (after a pop or a removal).
     pub fn drop_if_empty(&mut self, key: &[u8]) {
-        if self.map.get(key).is_some_and(|e| e.value.is_empty_collection()) {
-            self.map.remove(key);
-        }
-    }
-
-    /// Removes `key` if its deadline has passed.
-    fn live(&mut self, key: &[u8], now: Instant) {
-        if self.map.get(key).is_some_and(|e| e.expires.is_some_and(|t| t <= now)) {
-            self.map.remove(key);
+        if matches!(self.find(key), Some(Entry::Coll(k)) if k.value.is_empty()) {
+            self.take(key);
         }
     }
 
     /// Whether `key` holds a live value (of any type).
     pub fn contains(&mut self, key: &[u8], now: Instant) -> bool {
-        self.value(key, now).is_some()
+        self.live(key, now);
+        self.find(key).is_some()
     }
 
-    /// Stores the string `framed` under `key`, whatever it held; `expires: None` clears any
+    /// Stores the string `value` under `key`, whatever it held; `expires: None` clears any
     /// deadline the key had.
-    pub fn set(&mut self, key: &[u8], framed: IoBuf, expires: Option<Instant>) {
+    pub fn set(&mut self, key: &[u8], value: &[u8], expires: Option<Instant>) {
+        let flags = if expires.is_some() { TTL } else { 0 };
+        if self.put(Entry::string(key, value, flags)).is_some_and(|old| old.flags() & TTL != 0) && expires.is_none() {
+            self.ttl.remove(key);
+        }
         if let Some(t) = expires {
+            self.ttl.insert(key.into(), t);
             self.deadlines.push(Reverse((t, key.into())));
         }
-        let value = Value::Str(framed);
-        match self.map.get_mut(key) {
-            Some(e) => *e = Entry { value, expires },
-            None => {
-                self.map.insert(key.into(), Entry { value, expires });
-            }
-        }
     }
 
-    /// Stores the string `framed` under `key`, whatever it held; a live key keeps its deadline.
-    pub fn set_keeping_deadline(&mut self, key: &[u8], framed: IoBuf, now: Instant) {
-        match self.value_mut(key, now) {
-            Some(v) => *v = Value::Str(framed),
-            None => self.set(key, framed, None),
-        }
+    /// Stores the string `value` under `key`, whatever it held; a live key keeps its deadline.
+    pub fn set_keeping_deadline(&mut self, key: &[u8], value: &[u8], now: Instant) {
+        self.live(key, now);
+        let flags = self.find(key).map_or(0, Entry::flags);
+        self.put(Entry::string(key, value, flags));
     }
 
     /// The deadline of a live key: `None` if missing, `Some(None)` if it has none.
     pub fn deadline(&mut self, key: &[u8], now: Instant) -> Option<Option<Instant>> {
         self.live(key, now);
-        self.map.get(key).map(|e| e.expires)
+        let e = self.find(key)?;
+        Some(if e.flags() & TTL != 0 { self.ttl.get(key).copied() } else { None })
     }
 
     /// Sets or clears the deadline of a live key. Returns false if the key is missing.
     pub fn set_deadline(&mut self, key: &[u8], expires: Option<Instant>, now: Instant) -> bool {
         self.live(key, now);
-        let Some(e) = self.map.get_mut(key) else { return false };
-        e.expires = expires;
-        if let Some(t) = expires {
-            self.deadlines.push(Reverse((t, key.into())));
+        let Some(e) = self.find_mut(key) else { return false };
+        match expires {
+            Some(t) => {
+                e.set_flags(e.flags() | TTL);
+                self.ttl.insert(key.into(), t);
+                self.deadlines.push(Reverse((t, key.into())));
+            }
+            None => {
+                e.set_flags(e.flags() & !TTL);
+                self.ttl.remove(key);
+            }
         }
         true
     }
 
     /// Deletes `key`; returns whether a live value was there.
     pub fn remove(&mut self, key: &[u8], now: Instant) -> bool {
-        self.map.remove(key).is_some_and(|e| !e.expires.is_some_and(|t| t <= now))
+        let Some(e) = self.find(key) else { return false };
+        let expired = self.expired(key, e.flags(), now);
+        self.take(key);
+        !expired
     }
 
     /// The live keys, in no particular order.
     pub fn keys(&self, now: Instant) -> impl Iterator<Item = &[u8]> {
-        self.map.iter().filter(move |(_, e)| !e.expires.is_some_and(|t| t <= now)).map(|(k, _)| &k[..])
+        self.map.iter().filter(move |e| !self.expired(e.key(), e.flags(), now)).map(Entry::key)
     }
 
     /// Keys stored, counting expired ones not yet removed (as Redis's `DBSIZE` does).
@@ -370,8 +519,14 @@ impl Store {
         self.map.len()
     }
 
+    /// Keys with a deadline (`INFO keyspace`'s `expires`).
+    pub fn expiring(&self) -> usize {
+        self.ttl.len()
+    }
+
     pub fn clear(&mut self) {
         self.map.clear();
+        self.ttl.clear();
         self.deadlines.clear();
     }
 
@@ -385,8 +540,8 @@ impl Store {
             }
             let Some(Reverse((t, key))) = self.deadlines.pop() else { break };
             // Stale unless the key still carries exactly this deadline.
-            if self.map.get(&key).is_some_and(|e| e.expires == Some(t)) {
-                self.map.remove(&key);
+            if self.ttl.get(&key) == Some(&t) {
+                self.take(&key);
                 removed += 1;
             }
         }
@@ -401,15 +556,19 @@ mod tests {
     use super::*;
     use crate::resp::bulk;
 
+    fn get(s: &mut Store, k: &[u8], now: Instant) -> Option<Vec<u8>> {
+        s.get(k, now).unwrap().map(|v| v.bytes().to_vec())
+    }
+
     #[test]
     fn set_get_remove() {
         let now = Instant::now();
         let mut s = Store::default();
         assert!(s.get(b"k", now).unwrap().is_none());
-        s.set(b"k", bulk(b"v1"), None);
-        assert_eq!(&s.get(b"k", now).unwrap().unwrap()[..], b"$2\r\nv1\r\n");
-        s.set(b"k", bulk(b"v2"), None);
-        assert_eq!(&s.get(b"k", now).unwrap().unwrap()[..], b"$2\r\nv2\r\n");
+        s.set(b"k", b"v1", None);
+        assert_eq!(get(&mut s, b"k", now).as_deref(), Some(&b"v1"[..]));
+        s.set(b"k", b"v2", None);
+        assert_eq!(get(&mut s, b"k", now).as_deref(), Some(&b"v2"[..]));
         assert_eq!(s.len(), 1);
         assert!(s.remove(b"k", now));
         assert!(!s.remove(b"k", now));
@@ -417,13 +576,34 @@ mod tests {
     }
 
     #[test]
-    fn a_get_shares_the_stored_block() {
+    fn short_strings_are_raw_and_long_ones_framed_views_of_one_block() {
         let now = Instant::now();
         let mut s = Store::default();
-        s.set(b"k", bulk(b"value"), None);
-        let a = s.get(b"k", now).unwrap().unwrap();
-        let b = s.get(b"k", now).unwrap().unwrap();
+        s.set(b"short", &[b's'; INLINE_MAX - 1], None);
+        assert!(matches!(s.get(b"short", now), Ok(Some(Str::Raw(b))) if b.len() == INLINE_MAX - 1));
+        let long = vec![b'l'; INLINE_MAX];
+        s.set(b"long", &long, None);
+        let mut view = || match s.get(b"long", now) {
+            Ok(Some(Str::Framed(f))) => f.clone(),
+            other => panic!("{other:?}"),
+        };
+        let (a, b) = (view(), view());
         assert_eq!(a.as_ptr(), b.as_ptr(), "both replies are views of the one stored block");
+        assert_eq!(&a[..], &bulk(&long)[..]);
+        assert_eq!(s.get(b"long", now).unwrap().unwrap().bytes(), &long[..]);
+        // Keys of every length, with the same bytes as values, stay apart.
+        for k in [&b""[..], b"k", &[b'x'; 300]] {
+            s.set(k, k, None);
+        }
+        for k in [&b""[..], b"k", &[b'x'; 300]] {
+            assert_eq!(get(&mut s, k, now).as_deref(), Some(k));
+        }
+    }
+
+    #[test]
+    fn a_short_string_costs_one_block_beside_its_entry() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert!(matches!(Entry::string(&[7; 16], &[9; 32], 0), Entry::Small(b) if b.len() == KEY_AT + 48));
     }
 
     #[test]
@@ -431,11 +611,12 @@ mod tests {
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(10);
         let mut s = Store::default();
-        s.set(b"a", bulk(b"1"), Some(t0 + Duration::from_secs(1)));
-        s.set(b"b", bulk(b"2"), Some(t0 + Duration::from_secs(1)));
-        s.set(b"c", bulk(b"3"), Some(t0 + Duration::from_secs(1)));
-        s.set(b"c", bulk(b"3"), None); // the old deadline no longer applies
-        s.set(b"d", bulk(b"4"), Some(t0 + Duration::from_secs(100)));
+        s.set(b"a", b"1", Some(t0 + Duration::from_secs(1)));
+        s.set(b"b", b"2", Some(t0 + Duration::from_secs(1)));
+        s.set(b"c", b"3", Some(t0 + Duration::from_secs(1)));
+        s.set(b"c", b"3", None); // the old deadline no longer applies
+        s.set(b"d", b"4", Some(t0 + Duration::from_secs(100)));
+        assert_eq!(s.expiring(), 3);
         assert!(s.contains(b"a", t0));
         assert!(!s.contains(b"a", later), "read after the deadline: gone");
         assert_eq!(s.len(), 3, "b is expired but not yet removed");
@@ -447,6 +628,14 @@ mod tests {
         assert_eq!(s.expire(later, 100), 1);
         assert!(!s.contains(b"c", later));
         assert_eq!(s.deadline(b"zz", later), None);
+        // A deadline goes with a rewrite that keeps it, and with a plain set.
+        s.set(b"e", b"5", Some(later));
+        s.set_keeping_deadline(b"e", b"6", t0);
+        assert_eq!(s.deadline(b"e", t0), Some(Some(later)));
+        s.set(b"e", b"7", None);
+        assert_eq!((s.deadline(b"e", t0), s.expiring()), (Some(None), 1), "only d keeps one");
+        assert!(s.set_deadline(b"d", None, t0));
+        assert_eq!(s.expiring(), 0);
     }
 
     #[test]
@@ -455,8 +644,8 @@ mod tests {
         let mut s = Store::default();
         assert_eq!(s.read::<List>(b"l", now).unwrap(), None);
         s.write_or_insert::<List>(b"l", now).unwrap().push_back(bulk(b"x"));
-        assert_eq!(s.value(b"l", now).map(Value::type_name), Some("list"));
-        assert_eq!(s.get(b"l", now), Err(WrongType), "GET of a list");
+        assert_eq!(s.type_name(b"l", now), "list");
+        assert!(matches!(s.get(b"l", now), Err(WrongType)), "GET of a list");
         assert!(s.contains(b"l", now));
         // An existing value of another type is refused, not replaced.
         assert_eq!(s.write_or_insert::<MemberSet>(b"l", now).err(), Some(WrongType));
@@ -465,9 +654,11 @@ mod tests {
         s.write::<List>(b"l", now).unwrap().unwrap().pop_front();
         s.drop_if_empty(b"l");
         assert!(!s.contains(b"l", now), "an emptied list is deleted");
-        s.set(b"k", bulk(b"v"), None);
+        s.set(b"k", b"v", None);
         s.drop_if_empty(b"k");
         assert!(s.contains(b"k", now), "strings are never 'empty collections'");
+        assert_eq!((s.type_name(b"k", now), s.type_name(b"zz", now)), ("string", "none"));
+        assert_eq!(s.read::<List>(b"k", now).err(), Some(WrongType));
     }
 
     #[test]
@@ -492,7 +683,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Store::default();
         for i in 0..10u8 {
-            s.set(&[i], bulk(b"x"), Some(t0));
+            s.set(&[i], b"x", Some(t0));
         }
         assert_eq!(s.expire(t0, 4), 4);
         assert_eq!(s.expire(t0, 100), 6);

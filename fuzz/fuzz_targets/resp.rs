@@ -12,26 +12,33 @@ use resp::{Frame, Limits};
 fuzz_target!(|data: &[u8]| {
     // Small limits, so inputs of a few hundred bytes reach every limit and the edges around it.
     let lim = Limits { max_bulk: 256, max_args: 16, max_inline: 64 };
-    let mut args = Vec::new();
+    let mut args = resp::Args::default();
     let whole = resp::parse(data, &lim, &mut args);
     match &whole {
         Frame::Command { consumed } => {
             assert!(*consumed > 0 && *consumed <= data.len());
-            assert!(args.len() <= lim.max_args);
-            for r in &args {
-                assert!(r.start <= r.end && r.end <= *consumed && r.len() <= lim.max_bulk);
+            assert!(args.ranges.len() <= lim.max_args);
+            // Multibulk arguments are ranges of the request; inline ones of their unquoted copy,
+            // which is never longer than the line.
+            let bytes = args.bytes(data);
+            for r in &args.ranges {
+                assert!(r.start <= r.end && r.end <= (*consumed).min(bytes.len()) && r.len() <= lim.max_bulk.max(lim.max_inline));
                 // Echoing an argument back frames it losslessly.
-                let framed = resp::bulk(&data[r.clone()]);
-                assert_eq!(resp::bulk_payload(&framed), &data[r.clone()]);
+                let framed = resp::bulk(&bytes[r.clone()]);
+                assert_eq!(resp::bulk_payload(&framed), &bytes[r.clone()]);
             }
-            assert!(resp::array_header(args.len()).ends_with(b"\r\n"));
-            assert!(resp::integer(args.len() as i64 - 1).ends_with(b"\r\n"));
+            assert!(resp::array_header(args.ranges.len()).ends_with(b"\r\n"));
+            assert!(resp::integer(args.ranges.len() as i64 - 1).ends_with(b"\r\n"));
         }
         Frame::Partial { need: Some(n) } => assert!(*n > data.len()),
         Frame::Partial { need: None } => {}
         Frame::Error(e) => assert!(resp::error(e).starts_with(b"-Protocol error")),
     }
-    let got: Vec<Vec<u8>> = args.iter().map(|r| data[r.clone()].to_vec()).collect();
+    let words = |args: &resp::Args, data: &[u8]| -> Vec<Vec<u8>> {
+        let bytes = args.bytes(data);
+        args.ranges.iter().map(|r| bytes[r.clone()].to_vec()).collect()
+    };
+    let got = words(&args, data);
     // Any prefix of a complete command is incomplete, never a different command or an error
     // (the server parses its stash again as bytes arrive).
     if let Frame::Command { consumed } = whole {
@@ -47,8 +54,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let again = resp::parse(&data[..consumed], &lim, &mut args);
         assert_eq!(again, Frame::Command { consumed });
-        let again: Vec<Vec<u8>> = args.iter().map(|r| data[r.clone()].to_vec()).collect();
-        assert_eq!(again, got);
+        assert_eq!(words(&args, &data[..consumed]), got);
     }
     for s in [&resp::OK, &resp::PONG, &resp::NIL, &resp::EMPTY_ARRAY] {
         assert!(s.ends_with(b"\r\n"));

@@ -62,14 +62,9 @@ impl IoBuf {
     /// If the total length overflows `isize`.
     pub fn concat(parts: &[&[u8]]) -> IoBuf {
         let len = parts.iter().try_fold(0usize, |n, p| n.checked_add(p.len())).expect("IoBuf::concat length overflow");
-        let layout = inline_layout(len);
-        // SAFETY: the layout is non-zero-sized (it holds a header).
-        let block = unsafe { std::alloc::alloc(layout) };
-        let Some(hdr) = NonNull::new(block.cast::<Header>()) else { std::alloc::handle_alloc_error(layout) };
-        // SAFETY: the bytes start right after the header, inside the allocation.
-        let base = unsafe { block.add(std::mem::size_of::<Header>()) };
-        // SAFETY: `hdr` is a fresh, suitably aligned allocation with room for a `Header`.
-        unsafe { hdr.as_ptr().write(Header { refs: AtomicUsize::new(1), base, cap: len, owner: Owner::Inline }) };
+        let hdr = alloc_inline(len);
+        // SAFETY: the header was just written and is owned here.
+        let base = unsafe { hdr.as_ref() }.base;
         let mut at = base;
         for p in parts {
             // SAFETY: the parts add up to `len`, the room after the header; they cannot overlap
@@ -262,6 +257,20 @@ impl Drop for IoBuf {
             Owner::Pool { pool, bid } => unsafe { PoolShared::release(pool, bid) },
         }
     }
+}
+
+/// Allocates an inline block of `cap` bytes (uninitialised) after its header, whose count is
+/// 1: the caller owns that reference. One allocation.
+pub(crate) fn alloc_inline(cap: usize) -> NonNull<Header> {
+    let layout = inline_layout(cap);
+    // SAFETY: the layout is non-zero-sized (it holds a header).
+    let block = unsafe { std::alloc::alloc(layout) };
+    let Some(hdr) = NonNull::new(block.cast::<Header>()) else { std::alloc::handle_alloc_error(layout) };
+    // SAFETY: the bytes start right after the header, inside the allocation.
+    let base = unsafe { block.add(std::mem::size_of::<Header>()) };
+    // SAFETY: `hdr` is a fresh, suitably aligned allocation with room for a `Header`.
+    unsafe { hdr.as_ptr().write(Header { refs: AtomicUsize::new(1), base, cap, owner: Owner::Inline }) };
+    hdr
 }
 
 /// The allocation of an inline block of `len` bytes: a header, then the bytes.

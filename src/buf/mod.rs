@@ -5,6 +5,8 @@
 //!   new views of the same block in O(1) without copying; the block is released when the last
 //!   view drops.
 //! - [`IoBufChain`]: an ordered list of views sent with one gather write.
+//! - [`BufWriter`]: small output (reply lines, short values) copied into shared blocks and
+//!   handed out as views: one allocation per block, not per piece.
 //! - [`BufPool`]: one worker's provided buffer ring. A multishot recv fills a pool buffer
 //!   once; the bytes then travel to handlers, other stages and the send path as `IoBuf` views.
 //!   The last drop hands the buffer back to its home ring, directly on the home worker or over
@@ -25,7 +27,9 @@
 mod chain;
 mod iobuf;
 mod pool;
+mod writer;
 
 pub use chain::IoBufChain;
 pub use iobuf::IoBuf;
 pub use pool::{BufPool, PoolStats};
+pub use writer::BufWriter;
