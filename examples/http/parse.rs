@@ -235,12 +235,9 @@ impl HttpConn {
         }
     }
 
-    /// Counts a complete request; the one that reaches the connection's limit closes it.
-    fn count(&mut self, req: &mut Request, limits: &Limits) {
-        self.requests += 1;
-        if self.requests >= limits.max_requests {
-            req.keep_alive = false;
-        }
+    /// Whether the next request is the last this connection may make (its response closes it).
+    fn at_limit(&self, limits: &Limits) -> bool {
+        self.requests + 1 >= limits.max_requests
     }
 }
 
@@ -300,6 +297,8 @@ enum Parsed {
     Partial,
     Complete(Request, usize, Body),
     Error(u16),
+    /// A later HTTP/1.x version: parse this copy of the input instead, which says 1.1.
+    AsHttp11(IoBuf),
 }
 
 impl Parse {
@@ -385,7 +384,7 @@ impl Parse {
                 st.started = None;
                 break;
             }
-            match parse_one(conn, &data, limits, now) {
+            match parse_one(conn, &data, limits, now, st.at_limit(limits)) {
                 Parsed::Partial => {
                     st.stash.extend_from_slice(&data);
                     st.started.get_or_insert(now);
@@ -396,8 +395,9 @@ impl Parse {
                     to.submit(st, Request::error(conn, status));
                     break;
                 }
-                Parsed::Complete(mut req, consumed, Body::Chunked) => {
-                    st.count(&mut req, limits);
+                Parsed::AsHttp11(copy) => data = copy,
+                Parsed::Complete(req, consumed, Body::Chunked) => {
+                    st.requests += 1;
                     // Answered once the body has been read: framing errors in it still get
                     // their 400 or 413 instead of the response. The header deadline covers
                     // the body too.
@@ -405,8 +405,8 @@ impl Parse {
                     st.started.get_or_insert(now);
                     st.chunked = Some((Chunked::new(limits.max_body), req));
                 }
-                Parsed::Complete(mut req, consumed, Body::Length(body)) => {
-                    st.count(&mut req, limits);
+                Parsed::Complete(req, consumed, Body::Length(body)) => {
+                    st.requests += 1;
                     st.started = None;
                     data.advance(consumed);
                     let k = (body.min(data.len() as u64)) as usize;
@@ -442,50 +442,31 @@ fn line_too_long(data: &[u8], max: usize) -> bool {
     }
 }
 
-/// What a request line with a version httparse does not take asks for.
-enum Version {
-    /// `HTTP/1.x` with x above 1: served as HTTP/1.1 (RFC 9110 §2.5: a recipient treats a
-    /// higher minor version as the highest one it supports). The version's minor digit is at
-    /// this offset.
-    LaterMinor(usize),
-    /// Another major version (`HTTP/2.0` on an HTTP/1 connection, say): 505.
-    Unsupported,
-    /// Not a version at all: 400.
-    Malformed,
-}
-
-/// Looks at the version of the request line at the start of `data`, which httparse refused.
-fn other_version(data: &[u8]) -> Version {
+/// A request line whose version httparse refused (it knows HTTP/1.0 and 1.1 only): a later
+/// 1.x is to be parsed again from a copy of the input that says 1.1 (the request then views
+/// the copy); anything else is answered here. The rare path, kept out of [`parse_one`].
+#[cold]
+#[inline(never)]
+fn other_version(data: &IoBuf) -> Parsed {
     let line = &data[..data.iter().position(|&b| b == b'\n').unwrap_or(data.len())];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let at = line.iter().rposition(|&b| b == b' ').map_or(0, |i| i + 1);
     match &line[at..] {
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => Version::LaterMinor(at + 7),
-        [b'H', b'T', b'T', b'P', b'/', major, ..] if (b'2'..=b'9').contains(major) => Version::Unsupported,
-        _ => Version::Malformed,
+        // RFC 9110 §2.5: a recipient treats a higher minor version as the highest it supports.
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() && *minor > b'1' => {
+            let mut copy = data.to_vec();
+            copy[at + 7] = b'1';
+            Parsed::AsHttp11(IoBuf::from(copy))
+        }
+        // Another major version (`HTTP/2.0` on an HTTP/1 connection, say).
+        [b'H', b'T', b'T', b'P', b'/', major, ..] if (b'2'..=b'9').contains(major) => Parsed::Error(505),
+        _ => Parsed::Error(400),
     }
 }
 
-/// Parses one request head at the start of `data`.
-fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Parsed {
-    match parse_head(conn, data, limits, now) {
-        Err(httparse::Error::Version) => match other_version(data) {
-            Version::LaterMinor(at) => {
-                // Rare: parsed again from a copy that says 1.1, which the request then views.
-                let mut copy = data.to_vec();
-                copy[at] = b'1';
-                parse_head(conn, &IoBuf::from(copy), limits, now).unwrap_or(Parsed::Error(400))
-            }
-            Version::Unsupported => Parsed::Error(505),
-            Version::Malformed => Parsed::Error(400),
-        },
-        Err(_) => Parsed::Error(400),
-        Ok(p) => p,
-    }
-}
-
-/// [`parse_one`], handing back the version error it resolves (others are 400 for it, too).
-fn parse_head(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Result<Parsed, httparse::Error> {
+/// Parses one request head at the start of `data`; `last` says it is the last request its
+/// connection may make (its response will close it).
+fn parse_one(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant, last: bool) -> Parsed {
     // Uninitialised header slots: initialising 64 of them (2 KiB) per request cost more than
     // parsing a small request.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
@@ -496,7 +477,7 @@ fn parse_head(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Result
             // `HTTP/1.x`: its length follows from the parts, without a second scan of it.
             let line = req.method.map_or(0, str::len) + req.path.map_or(0, str::len) + 10;
             if line > limits.max_line {
-                return Ok(Parsed::Error(414));
+                return Parsed::Error(414);
             }
             n
         }
@@ -504,29 +485,17 @@ fn parse_head(conn: Conn, data: &IoBuf, limits: &Limits, now: Instant) -> Result
         // before anything else is judged (431, 400), or waited for.
         res => {
             if line_too_long(data, limits.max_line) {
-                return Ok(Parsed::Error(414));
+                return Parsed::Error(414);
             }
             return match res {
-                Ok(_) if data.len() > limits.max_head => Ok(Parsed::Error(431)),
-                Ok(_) => Ok(Parsed::Partial),
-                Err(httparse::Error::TooManyHeaders) => Ok(Parsed::Error(431)),
-                Err(e) => Err(e),
+                Ok(_) if data.len() > limits.max_head => Parsed::Error(431),
+                Ok(_) => Parsed::Partial,
+                Err(httparse::Error::TooManyHeaders) => Parsed::Error(431),
+                Err(httparse::Error::Version) => other_version(data),
+                Err(_) => Parsed::Error(400),
             };
         }
     };
-    Ok(complete(conn, data, &req, n, limits, now))
-}
-
-/// Judges a complete request head of `n` bytes, which httparse parsed into `req`.
-#[inline]
-fn complete(
-    conn: Conn,
-    data: &IoBuf,
-    req: &httparse::Request<'_, '_>,
-    n: usize,
-    limits: &Limits,
-    now: Instant,
-) -> Parsed {
     if n > limits.max_head.min(MAX_HEAD as usize) {
         return Parsed::Error(431);
     }
@@ -592,6 +561,7 @@ fn complete(
     if http11 && hosts == 0 {
         return Parsed::Error(400);
     }
+    keep_alive &= !last;
     let body = if chunked { Body::Chunked } else { Body::Length(cl.unwrap_or(0)) };
     if matches!(body, Body::Length(n) if n > limits.max_body) {
         return Parsed::Error(413);

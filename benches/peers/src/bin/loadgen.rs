@@ -154,6 +154,10 @@ fn main() {
                             _ => Instant::now(),
                         };
                         let mut status_ok;
+                        // A response that ends its connection (`Connection: close`, e.g. at
+                        // the server's requests-per-connection limit) is followed by a new
+                        // connection, as wrk does.
+                        let mut closes;
                         if s.write_all(&req).await.is_err() {
                             errors.set(errors.get() + 1);
                             return;
@@ -164,6 +168,7 @@ fn main() {
                                 let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
                                 let ok = head.starts_with("HTTP/1.1 200");
                                 status_ok = ok;
+                                closes = head.lines().any(|l| l.eq_ignore_ascii_case("connection: close"));
                                 let busy = head.starts_with("HTTP/1.1 503");
                                 let len = head
                                     .lines()
@@ -195,6 +200,15 @@ fn main() {
                             }
                         };
                         buf.drain(..total);
+                        if closes {
+                            let Ok(again) = TcpStream::connect(&addr).await else {
+                                errors.set(errors.get() + 1);
+                                return;
+                            };
+                            s = again;
+                            s.set_nodelay(true).unwrap();
+                            buf.clear();
+                        }
                         if measuring.get() && status_ok {
                             hist.borrow_mut().record((t0.elapsed().as_nanos() as u64).max(100)).unwrap();
                             count.set(count.get() + 1);
