@@ -320,7 +320,9 @@ def start_http(name, extra=()):
     if name in ("ringstage", "ringstage-spin"):
         port = 8200 if name == "ringstage" else 8204
         spin = ["--spin-us", str(SPIN_US)] if name == "ringstage-spin" else []
-        argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0", *spin, *extra]
+        # The same requests-per-connection limit as the nginx config below (both default to 1000).
+        argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0",
+                "--keepalive-requests", "100000000", *spin, *extra]
     elif name == "c-io_uring":
         port = 8203
         argv = [os.path.join(ROOT, "target/bench/uring_http"), str(port)]

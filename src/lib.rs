@@ -13,22 +13,27 @@
 
 pub mod buf;
 pub mod control;
+mod error;
 pub mod fs;
 pub mod metrics;
 pub mod net;
 pub mod queue;
+mod reactor;
 pub mod runtime;
 pub mod stage;
+
+pub use error::{Error, Result};
 
 /// The names most servers need.
 pub mod prelude {
     pub use crate::buf::{IoBuf, IoBufChain};
     pub use crate::metrics::{AppCounter, CounterId};
-    pub use crate::net::{Conn, ConnMap, ListenConfig, ListenerId, NetCmd, NetEvent};
+    pub use crate::net::{Conn, ConnEvent, ConnMap, ListenConfig, ListenerId, NetCmd, NetEvent};
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
     pub use crate::stage::{
-        handler_fn, Context, Handler, Injector, Outbox, Sink, StageConfig, StageId, Timer, TimerKey, Waker,
+        handler_fn, Context, Handler, Injector, Outbox, PanicPolicy, Sink, StageConfig, StageId, Timer, TimerKey, Waker,
     };
+    pub use crate::Error;
 }
 
 /// Compiles the README's examples as doc tests.

@@ -722,3 +722,51 @@ fn a_completion_queue_too_small_for_the_load_overflows_is_counted_and_loses_noth
     rt.shutdown();
     rt.join().unwrap();
 }
+
+/// Echoes each message back as one chain of single-byte views.
+struct Shredder {
+    net: Sink<NetCmd>,
+}
+
+impl Handler for Shredder {
+    type Event = NetEvent;
+    fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
+        if let NetEvent::Data { conn, data } = ev {
+            let mut chain = IoBufChain::new();
+            (0..data.len()).for_each(|i| chain.push(data.slice(i..i + 1)));
+            self.net.try_enqueue(NetCmd::SendChain { conn, data: chain }).expect("the net stage takes the echo");
+        }
+    }
+}
+
+/// Sends of a server answering each of `rounds` 640-byte messages with 640 one-byte views.
+fn sends_for_shredded_echo(coalesce_below: usize, rounds: usize) -> u64 {
+    let (rt, addr) = serve(
+        Runtime::builder(1),
+        "shred",
+        StageConfig::on([0]),
+        |c| c.coalesce_below(coalesce_below),
+        |net| Shredder { net },
+    );
+    let mut s = connect(addr);
+    for r in 0..rounds {
+        let msg = pattern(r as u64, 640);
+        s.write_all(&msg).unwrap();
+        let mut got = vec![0; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg, "round {r}: the views' bytes, in order");
+    }
+    let sends = rt.metrics().total(|w| w.sends);
+    rt.shutdown();
+    rt.join().unwrap();
+    sends
+}
+
+#[test]
+fn small_views_are_coalesced_into_one_send() {
+    // 640 views are ten sends of 64 iovecs each, unless copied into one piece first. (A
+    // message that arrives in two receives would double the sends of both runs.)
+    let (rounds, plain, coalesced) = (20, sends_for_shredded_echo(0, 20), sends_for_shredded_echo(512, 20));
+    assert!(plain >= 10 * rounds as u64, "uncoalesced: {plain} sends for {rounds} rounds");
+    assert!(coalesced <= 2 * rounds as u64, "coalesced: {coalesced} sends for {rounds} rounds");
+}

@@ -1,16 +1,16 @@
 //! File I/O on the ring (`ringstage::fs`), driven from a stage: opens confined beneath a root,
 //! statx, reads, and the linked timeout that bounds each operation.
 
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ringstage::fs::{FileStat, Root};
+use ringstage::fs::{FileStat, FilesId, FsCmd, FsEvent, Root};
 use ringstage::prelude::*;
 
-/// A request to the file stage; each answers on its own channel.
+/// A request to the stage under test; each answers on its own channel.
 enum Job {
     /// Open `path` beneath the root and read up to 64 KiB of it.
     Read(Vec<u8>, mpsc::Sender<io::Result<Vec<u8>>>),
@@ -18,34 +18,64 @@ enum Job {
     Stat(Vec<u8>, mpsc::Sender<io::Result<FileStat>>),
 }
 
+/// The stage's events: jobs from the test, answers from the file stage.
+enum Ev {
+    Job(Job),
+    Fs(FsEvent),
+}
+
+impl From<FsEvent> for Ev {
+    fn from(e: FsEvent) -> Ev {
+        Ev::Fs(e)
+    }
+}
+
 struct Files {
     root: Arc<Root>,
+    fs: Sink<FsCmd>,
+    files: FilesId,
+    /// Jobs waiting for the file stage, by tag.
+    waiting: HashMap<u64, Job>,
+    next: u64,
 }
 
 impl Handler for Files {
-    type Event = Job;
+    type Event = Ev;
 
-    fn handle(&mut self, job: Job, cx: &mut Context<'_>) {
-        match job {
-            Job::Read(path, reply) => cx.open_beneath(&self.root, &path, move |r, cx| match r {
-                Ok(fd) => cx.read_at(fd.as_raw_fd(), 0, 64 << 10, move |r, cx| {
-                    let _ = reply.send(r.map(|b| b.to_vec()));
-                    cx.close(fd);
-                }),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+    fn handle(&mut self, ev: Ev, _cx: &mut Context<'_>) {
+        let cmd = match ev {
+            Ev::Job(job) => {
+                let (Job::Read(path, _) | Job::Stat(path, _)) = &job;
+                let path = path.clone().into_boxed_slice();
+                self.next += 1;
+                let tag = self.next;
+                self.waiting.insert(tag, job);
+                FsCmd::Open { files: self.files, root: self.root.clone(), path, tag }
+            }
+            Ev::Fs(ev) => {
+                let tag = ev.tag();
+                let Some(job) = self.waiting.remove(&tag) else { return };
+                match (ev, job) {
+                    (FsEvent::Opened { result: Ok(fd), .. }, job) => {
+                        let file = Arc::new(fd);
+                        let cmd = match &job {
+                            Job::Read(..) => FsCmd::Read { files: self.files, file, offset: 0, len: 64 << 10, tag },
+                            Job::Stat(..) => FsCmd::Stat { files: self.files, file, tag },
+                        };
+                        self.waiting.insert(tag, job);
+                        cmd
+                    }
+                    (FsEvent::Opened { result: Err(e), .. }, Job::Read(_, reply)) => return drop(reply.send(Err(e))),
+                    (FsEvent::Opened { result: Err(e), .. }, Job::Stat(_, reply)) => return drop(reply.send(Err(e))),
+                    (FsEvent::Read { result, .. }, Job::Read(_, reply)) => {
+                        return drop(reply.send(result.map(|b| b.to_vec())));
+                    }
+                    (FsEvent::Stat { result, .. }, Job::Stat(_, reply)) => return drop(reply.send(result)),
+                    _ => panic!("an answer to another operation"),
                 }
-            }),
-            Job::Stat(path, reply) => cx.open_beneath(&self.root, &path, move |r, cx| match r {
-                Ok(fd) => cx.stat(fd.as_raw_fd(), move |r, cx| {
-                    let _ = reply.send(r);
-                    cx.close(fd);
-                }),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            }),
-        }
+            }
+        };
+        assert!(self.fs.try_enqueue(cmd).is_ok(), "the file stage refused a command");
     }
 }
 
@@ -77,19 +107,20 @@ impl Drop for Dir {
     }
 }
 
-fn runtime(dir: &Dir, timeout: Option<Duration>) -> (Runtime, Injector<Job>) {
+fn runtime(dir: &Dir, timeout: Option<Duration>) -> (Runtime, Injector<Ev>) {
     let root = Arc::new(Root::open(&dir.0).unwrap());
     let mut b = Runtime::builder(1).cpus([]).file_timeout(timeout);
-    let files = b.stage::<Job>("files", StageConfig::on([0]));
-    b.handler(files, move |_| Files { root: root.clone() });
+    let stage = b.stage::<Ev>("files", StageConfig::on([0]));
+    let (fs, files) = b.files(stage);
+    b.handler(stage, move |s| Files { root: root.clone(), fs: s.sink(fs), files, waiting: HashMap::new(), next: 0 });
     let rt = b.start().expect("runtime starts");
-    let inj = rt.injector(files);
+    let inj = rt.injector(stage);
     (rt, inj)
 }
 
-fn read(inj: &Injector<Job>, path: &str) -> io::Result<Vec<u8>> {
+fn read(inj: &Injector<Ev>, path: &str) -> io::Result<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
-    assert!(inj.try_enqueue(Job::Read(path.as_bytes().to_vec(), tx)).is_ok());
+    assert!(inj.try_enqueue(Ev::Job(Job::Read(path.as_bytes().to_vec(), tx))).is_ok());
     rx.recv_timeout(Duration::from_secs(10)).expect("the file stage answers")
 }
 
@@ -107,11 +138,11 @@ fn opens_stats_and_reads_beneath_the_root_only() {
     }
     assert_eq!(read(&inj, "missing").unwrap_err().kind(), io::ErrorKind::NotFound);
     let (tx, rx) = mpsc::channel();
-    assert!(inj.try_enqueue(Job::Stat(b"sub/hello.txt".to_vec(), tx)).is_ok());
+    assert!(inj.try_enqueue(Ev::Job(Job::Stat(b"sub/hello.txt".to_vec(), tx))).is_ok());
     let st = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     assert!(st.is_file && !st.is_dir && st.size == 11);
     let (tx, rx) = mpsc::channel();
-    assert!(inj.try_enqueue(Job::Stat(b"sub".to_vec(), tx)).is_ok());
+    assert!(inj.try_enqueue(Ev::Job(Job::Stat(b"sub".to_vec(), tx))).is_ok());
     let st = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     assert!(st.is_dir && !st.is_file);
     // Many quick operations, each with its timeout linked: none is cancelled, and the timeouts'
@@ -148,7 +179,7 @@ fn without_a_limit_an_operation_waits_for_its_data() {
     let mut writer = dir.fifo_with_writer();
     let (rt, inj) = runtime(&dir, None);
     let (tx, rx) = mpsc::channel();
-    assert!(inj.try_enqueue(Job::Read(b"fifo".to_vec(), tx)).is_ok());
+    assert!(inj.try_enqueue(Ev::Job(Job::Read(b"fifo".to_vec(), tx))).is_ok());
     assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "nothing to read yet: still waiting");
     std::io::Write::write_all(&mut writer, b"late").unwrap();
     let got = rx.recv_timeout(Duration::from_secs(10)).expect("answered once data came").unwrap();

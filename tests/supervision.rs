@@ -113,8 +113,8 @@ impl Handler for Bomb {
 }
 
 #[test]
-fn a_handler_panic_ends_run_until_signal_with_the_panic_message() {
-    let mut b = Runtime::builder(2).cpus([]).signals(true);
+fn a_fatal_handler_panic_ends_run_until_signal_with_the_panic_message() {
+    let mut b = Runtime::builder(2).cpus([]).signals(true).panic_policy(PanicPolicy::Fatal);
     let st = b.stage::<NetEvent>("bomb", StageConfig::on([1]));
     let (_net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), st);
     b.handler(st, |_| Bomb);
@@ -130,4 +130,60 @@ fn a_handler_panic_ends_run_until_signal_with_the_panic_message() {
     let msg = err.to_string();
     assert!(msg.contains("worker 1") && msg.contains("the handler met a bad input"), "{msg}");
     assert!(sent.elapsed() < Duration::from_secs(1), "returned {:?} after the panic", sent.elapsed());
+}
+
+/// Echoes, but panics on `boom`.
+struct EchoBomb {
+    net: Sink<NetCmd>,
+}
+
+impl Handler for EchoBomb {
+    type Event = NetEvent;
+    fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
+        if let NetEvent::Data { conn, data } = ev {
+            if &data[..] == b"boom" {
+                panic!("the handler met a bad input");
+            }
+            self.net.try_enqueue(NetCmd::Send { conn, data }).expect("the net stage takes the echo");
+        }
+    }
+}
+
+fn echoed(s: &mut std::net::TcpStream, msg: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    s.write_all(msg).unwrap();
+    let mut got = vec![0; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn an_isolated_handler_panic_aborts_only_its_connection_and_is_counted() {
+    use std::io::Read;
+    // The handler runs on the other worker than the network stage: the abort crosses cores.
+    let mut b = Runtime::builder(2).cpus([]);
+    let st = b.stage::<NetEvent>("bomb", StageConfig::on([1]));
+    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), st);
+    b.handler(st, move |s| EchoBomb { net: s.sink(net) });
+    let rt = b.start().unwrap();
+    let addr = rt.local_addr(l);
+    let connect = || {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let (mut good, mut bad) = (connect(), connect());
+    assert_eq!(echoed(&mut good, b"hello"), b"hello");
+    std::io::Write::write_all(&mut bad, b"boom").unwrap();
+    let mut buf = [0u8; 16];
+    let r = bad.read(&mut buf);
+    assert_eq!(r.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset), "the panicking connection is reset");
+    // The worker lives on: the other connection, and new ones, are served.
+    assert_eq!(echoed(&mut good, b"again"), b"again");
+    assert_eq!(echoed(&mut connect(), b"new"), b"new");
+    let m = rt.metrics();
+    let bomb = m.stages.iter().find(|s| s.name == "bomb").unwrap();
+    assert_eq!(bomb.panics, 1);
+    rt.shutdown();
+    rt.join().expect("an isolated panic is not a worker failure");
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ringstage::net::SplicePipe;
 use ringstage::prelude::*;
 
-use crate::files::FileReq;
+use crate::files::{FileReq, FilesEvent};
 use crate::parse::{Kind, Request, TAIL_CLOSE, TAIL_KEEP};
 use crate::proto::{self, DateLine, PathError, Range};
 
@@ -172,7 +172,7 @@ pub struct Cache {
     /// once); retried the next loop iteration (`Handler::woken`). The network stage takes
     /// its whole queue each visit, so this empties as fast as it fills.
     net: Outbox<NetCmd>,
-    files: Sink<FileReq>,
+    files: Sink<FilesEvent>,
     dynamic: Sink<Request>,
     handle: Handle,
     shared: Arc<SharedCache>,
@@ -267,7 +267,7 @@ fn if_range_holds(v: &[u8], e: &Entry) -> bool {
 impl Cache {
     pub fn new(
         net: Sink<NetCmd>,
-        files: Sink<FileReq>,
+        files: Sink<FilesEvent>,
         dynamic: Sink<Request>,
         handle: Handle,
         shared: Arc<SharedCache>,
@@ -464,7 +464,7 @@ impl Cache {
         let first = !self.waiting.contains_key(&key);
         self.waiting.entry(key.clone()).or_default().push(req);
         if first {
-            if let Err(FileReq { key }) = self.files.try_enqueue(FileReq { key }) {
+            if let Err(FilesEvent::Load(FileReq { key })) = self.files.try_enqueue(FilesEvent::Load(FileReq { key })) {
                 self.loaded(key, Err(503), now); // file stage full: answer at once
             }
         }

@@ -17,10 +17,8 @@ mod files;
 mod parse;
 mod proto;
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +27,7 @@ use ringstage::fs::Root;
 use ringstage::prelude::*;
 
 use cache::{Cache, CacheEvent, Responses, SharedCache};
-use files::{FileReq, Files};
+use files::{Files, FilesEvent};
 use parse::{Limits, Parse, MAX_HEAD};
 
 /// Counts each worker's heap allocations for `ringstage_worker_allocations_total` in `/stats`,
@@ -160,7 +158,8 @@ fn run(o: Opts) -> std::io::Result<()> {
     let dynamic = b.stage::<parse::Request>("dynamic", dyn_cfg);
     let parse = b.stage::<NetEvent>("parse", StageConfig::on(all.clone()).capacity(cap));
     let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
-    let files = b.stage::<FileReq>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
+    let files = b.stage::<FilesEvent>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
+    let (fs, files_id) = b.files(files);
     let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(o.send_timeout);
     let (net, listener) = b.listen(listen, parse);
     let classes = Responses::CLASSES
@@ -176,9 +175,12 @@ fn run(o: Opts) -> std::io::Result<()> {
     b.handler(dynamic, move |s| dynamic::Dynamic { cache: s.sink(cache), net: s.sink(net), work, rendered: 0 });
     b.handler(files, move |s| Files {
         cache: s.sink(cache),
+        fs: s.sink(fs),
+        files: files_id,
         root: root.clone(),
         shared: shared.clone(),
-        undelivered: Rc::new(RefCell::new(VecDeque::new())),
+        loads: Default::default(),
+        undelivered: VecDeque::new(),
     });
     let rt = b.start()?;
     println!("http listening on {} serving {} ({} worker(s))", rt.local_addr(listener), o.root, o.workers);

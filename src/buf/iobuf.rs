@@ -197,6 +197,18 @@ impl IoBuf {
         self.len -= n;
     }
 
+    /// Extends this view over `next` when `next` starts where this view ends in the same
+    /// block (pieces a [`BufWriter`](super::BufWriter) handed out one after another, parts of
+    /// one received buffer): one view instead of two, no copy. Returns whether it did.
+    /// O(1), no atomic operation.
+    pub fn join(&mut self, next: &IoBuf) -> bool {
+        let adjacent = self.hdr.is_some() && self.hdr == next.hdr && self.ptr.wrapping_add(self.len) == next.ptr;
+        if adjacent {
+            self.len += next.len;
+        }
+        adjacent
+    }
+
     /// Shortens the view to `len` bytes (no effect if already shorter).
     #[inline]
     pub fn truncate(&mut self, len: usize) {
@@ -366,6 +378,20 @@ mod tests {
         b.prepend(2).unwrap().copy_from_slice(b"H:");
         assert_eq!(&b[..], b"H:body");
         assert!(b.prepend(3).is_none(), "only 2 bytes of headroom left");
+    }
+
+    #[test]
+    fn adjacent_views_of_one_block_join() {
+        let b = IoBuf::from(b"0123456789".to_vec());
+        let (mut a, c, d) = (b.slice(0..3), b.slice(3..6), b.slice(7..9));
+        assert!(a.join(&c));
+        assert_eq!(&a[..], b"012345");
+        assert!(!a.join(&d), "a gap between them");
+        assert!(!a.join(&IoBuf::from(b"6".to_vec())), "another block");
+        let (mut s, t) = (IoBuf::from_static(b"ab"), IoBuf::from_static(b"cd"));
+        assert!(!s.join(&t), "static bytes have no block to be sure of");
+        drop((b, c, d));
+        assert_eq!(&a[..], b"012345");
     }
 
     #[test]

@@ -330,10 +330,14 @@ impl BufPool {
     /// Wraps buffer `bid`, which a completion reported holding `len` bytes, as an `IoBuf`.
     /// Hot path: no allocation, no atomic read-modify-write.
     ///
+    /// # Safety
+    /// The kernel must have handed buffer `bid` over (a receive's completion named it): it
+    /// is out of the ring, so neither the kernel nor a pending receive writes it any more.
+    ///
     /// # Panics
     /// If `bid` or `len` is out of range, or the buffer is already out (a kernel or caller bug).
     #[inline]
-    pub fn take(&self, bid: u16, len: usize) -> IoBuf {
+    pub unsafe fn take(&self, bid: u16, len: usize) -> IoBuf {
         let h = &self.shared.headers[bid as usize];
         assert!(len <= self.shared.buf_size, "completion length {len} exceeds buffer size");
         // No view of a free buffer exists to change its count meanwhile: a load and a store
@@ -465,9 +469,12 @@ mod tests {
 
     /// Plays the kernel: fills buffer `bid` with `data` and hands it out as a completion would.
     fn recv(pool: &BufPool, bid: u16, data: &[u8]) -> IoBuf {
-        // SAFETY: test-only stand-in for the kernel writing into a buffer it owns.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), pool.shared.buf_ptr(bid), data.len()) };
-        pool.take(bid, data.len())
+        // SAFETY: test-only stand-in for the kernel writing into a buffer it owns and handing it
+        // over with a completion.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), pool.shared.buf_ptr(bid), data.len());
+            pool.take(bid, data.len())
+        }
     }
 
     #[test]
@@ -592,8 +599,10 @@ mod tests {
     #[should_panic(expected = "still referenced")]
     fn double_take_is_caught() {
         let pool = BufPool::new(2, 16, 1).unwrap();
-        let _a = pool.take(0, 1);
-        let _b = pool.take(0, 1);
+        // SAFETY: a test of the check itself; nothing writes the buffer.
+        let _a = unsafe { pool.take(0, 1) };
+        // SAFETY: as above.
+        let _b = unsafe { pool.take(0, 1) };
     }
 
     /// Plays the kernel properly: takes the buffer at the head of the ring.

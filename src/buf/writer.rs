@@ -25,9 +25,13 @@ use super::IoBuf;
 ///
 /// A piece that does not fit in what is left of the block moves to a new block (its bytes
 /// written so far are copied once); a piece larger than `block_size` gets a block of its own.
+/// Blocks are recycled: the writer keeps the block it last moved away from, and starts over in
+/// it once no view of it is left (the sends that read it completed), so a writer whose pieces
+/// are short-lived allocates nothing after its first two blocks.
 ///
 /// Costs: [`write`](BufWriter::write) is a `memcpy`; [`take`](BufWriter::take) one atomic
-/// increment; a new block one allocation of `block_size` bytes and the header. No lock.
+/// increment; moving to another block one atomic load per block checked, and an allocation of
+/// `block_size` bytes only when neither is free. No lock.
 ///
 /// # Examples
 ///
@@ -46,6 +50,8 @@ use super::IoBuf;
 pub struct BufWriter {
     /// The block being filled; this writer holds one reference to it.
     block: Option<NonNull<Header>>,
+    /// The block filled before, kept (with a reference) to be reused once its views are gone.
+    spare: Option<NonNull<Header>>,
     /// Bytes of the block written so far (taken, or in the pending piece).
     filled: usize,
     /// Where the pending piece starts.
@@ -61,7 +67,7 @@ impl BufWriter {
     /// A writer of blocks of `block_size` bytes (at least 64); allocates nothing until the
     /// first write.
     pub fn new(block_size: usize) -> BufWriter {
-        BufWriter { block: None, filled: 0, start: 0, block_size: block_size.max(64) }
+        BufWriter { block: None, spare: None, filled: 0, start: 0, block_size: block_size.max(64) }
     }
 
     fn header(&self) -> Option<&Header> {
@@ -89,22 +95,45 @@ impl BufWriter {
         self.filled += bytes.len();
     }
 
-    /// Moves to a new block with room for the pending piece and `more` bytes, copying the
-    /// pending bytes over, and gives up the old block.
+    /// Moves the pending piece to the start of a block with room for it and `more` bytes:
+    /// this block again if no view of it is left, else the spare one if none of its views is,
+    /// else a new block (and this one becomes the spare).
     #[cold]
     fn grow(&mut self, more: usize) {
         let pending = self.pending();
-        let cap = self.block_size.max(pending + more);
-        let new = alloc_inline(cap);
-        // SAFETY: the new header was just written and its block is ours alone.
-        let new_base = unsafe { new.as_ref() }.base;
-        if let Some(h) = self.header() {
-            // SAFETY: the pending bytes `start..filled` were written by this writer and lie in
-            // the old block (live: we hold a reference); the new block has room for them.
-            unsafe { std::ptr::copy_nonoverlapping(h.base.add(self.start), new_base, pending) };
+        let need = pending + more;
+        // Only the writer's own reference left: nobody reads the block any more. (Acquire:
+        // every view's release of it happens before the bytes are written again.)
+        let free = |h: Option<NonNull<Header>>, need: usize| {
+            h.is_some_and(|h| {
+                // SAFETY: the writer holds a reference to its blocks: their headers are live.
+                let h = unsafe { h.as_ref() };
+                h.refs.load(Ordering::Acquire) == 1 && h.cap >= need
+            })
+        };
+        if free(self.block, need) {
+            let h = self.header().expect("checked");
+            // SAFETY: the pending bytes lie inside the block; no view covers any of it any more,
+            // so moving them to its start (the ranges may overlap) overwrites nothing read.
+            unsafe { std::ptr::copy(h.base.add(self.start), h.base, pending) };
+        } else {
+            let next = if free(self.spare, need) {
+                self.spare.take().expect("checked")
+            } else {
+                alloc_inline(self.block_size.max(need))
+            };
+            // SAFETY: `next` is live (the writer's reference) and no view of it is left.
+            let next_base = unsafe { next.as_ref() }.base;
+            if let Some(h) = self.header() {
+                // SAFETY: the pending bytes `start..filled` were written by this writer and lie
+                // in the current block (live: we hold a reference); `next` has room for them
+                // and is another block.
+                unsafe { std::ptr::copy_nonoverlapping(h.base.add(self.start), next_base, pending) };
+            }
+            // The current block becomes the spare (the old spare, still read, is given up).
+            release(self.spare.take());
+            self.spare = self.block.replace(next);
         }
-        self.release();
-        self.block = Some(new);
         self.start = 0;
         self.filled = pending;
     }
@@ -134,14 +163,14 @@ impl BufWriter {
     pub fn discard(&mut self) {
         self.filled = self.start;
     }
+}
 
-    /// Gives up the writer's reference to its block (freeing it if no view is left).
-    fn release(&mut self) {
-        if let Some(h) = self.block.take() {
-            // SAFETY: the writer's reference, handed to a view of no bytes, whose drop gives it
-            // up as any view's would (freeing the block if it was the last).
-            drop(unsafe { IoBuf::from_header(h, h.as_ref().base, 0) });
-        }
+/// Gives up the writer's reference to block `h` (freeing it if no view is left).
+fn release(h: Option<NonNull<Header>>) {
+    if let Some(h) = h {
+        // SAFETY: the writer's reference, handed to a view of no bytes, whose drop gives it up
+        // as any view's would (freeing the block if it was the last).
+        drop(unsafe { IoBuf::from_header(h, h.as_ref().base, 0) });
     }
 }
 
@@ -154,7 +183,8 @@ impl Default for BufWriter {
 
 impl Drop for BufWriter {
     fn drop(&mut self) {
-        self.release();
+        release(self.block.take());
+        release(self.spare.take());
     }
 }
 
@@ -202,6 +232,20 @@ mod tests {
         assert_eq!(w.pending(), 0);
         assert_eq!(&w.copy(b"kept")[..], b"kept");
         assert_eq!(&a[..], &[1u8; 40]);
+    }
+
+    #[test]
+    fn blocks_whose_views_are_gone_are_reused() {
+        let mut w = BufWriter::new(64);
+        let first = w.copy(&[1; 40]).as_ptr(); // dropped at once: the block is free again
+        let b = w.copy(&[2; 40]); // no room left: the block is reused from its start
+        assert_eq!(b.as_ptr(), first, "the same block, from the start");
+        let c = w.copy(&[3; 40]); // `b` still reads it: a new block, and the old one is the spare
+        assert_ne!(c.as_ptr(), first);
+        drop(b);
+        let d = w.copy(&[4; 40]); // `c` reads the current one; the spare is free: reused
+        assert_eq!(d.as_ptr(), first);
+        assert_eq!((&c[..], &d[..]), (&[3u8; 40][..], &[4u8; 40][..]));
     }
 
     #[test]

@@ -1,32 +1,78 @@
-//! File I/O on the ring: `openat2` confined beneath a root directory, `statx`, `read`, `close`.
+//! File I/O on the ring, as a stage: [`FsCmd`]s in, [`FsEvent`]s out.
 //!
-//! Each call submits one SQE from a handler and runs `done` with the result when the
-//! completion is reaped, on the same worker, with a fresh [`Context`] — typically to continue a
-//! small state machine or to enqueue an event into the stage that owns the request. The op's
-//! record (the callback with the path, `open_how`, `statx` buffer or read buffer it keeps alive
-//! until completion) lives in the worker's op slab, keyed by the SQE's `user_data`. Each op
-//! allocates its record once: this is the cache-miss path, not the hot path.
+//! SEDA's file stage (Haboob's `AFile`): a handler that needs a file sends the file stage a
+//! command (open beneath a root, stat, read) and gets the result later as an event, at the
+//! stage it named when the file stage was declared ([`Builder::files`]), on the same
+//! worker. The file stage has a replica on every worker; a command goes to the sender's.
+//! Commands are not handled synchronously, so handlers never block on the disk, and the file
+//! stage's queue is bounded like any other: a full one refuses the command (`Err(cmd)`).
 //!
 //! Paths are opened with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: `..`, absolute paths and
 //! symlinks that would leave the root fail with `EXDEV` in the kernel, whatever the path says.
 //!
-//! Each operation is bounded by [`crate::runtime::Builder::file_timeout`] (30 s by default): its
-//! SQE is linked to an `IORING_OP_LINK_TIMEOUT`, so an operation stuck on a hung network or FUSE
-//! file system (or a FIFO) is cancelled by the kernel and `done` gets an error of kind
+//! Each operation is bounded by [`Builder::file_timeout`] (30 s by default): its SQE is linked
+//! to an `IORING_OP_LINK_TIMEOUT`, so an operation stuck on a hung network or FUSE file system
+//! (or a FIFO) is cancelled by the kernel and its event carries an error of kind
 //! [`io::ErrorKind::TimedOut`]. That costs a second SQE and CQE per operation, which is why the
-//! network's hot-path sends are bounded by a sweep instead (see the net module).
+//! network's hot-path sends are bounded by a sweep instead.
+//!
+//! Each operation allocates its record once (the path, `open_how`, the `statx` buffer or the
+//! read buffer the kernel writes, kept until completion): this is the cache-miss path, not the
+//! hot path.
+//!
+//! # Examples
+//!
+//! A stage that reads a file's first KiB and prints its size:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use ringstage::fs::{FilesId, FsCmd, FsEvent, Root};
+//! use ringstage::prelude::*;
+//!
+//! enum Ev { Start, Fs(FsEvent) }
+//! impl From<FsEvent> for Ev {
+//!     fn from(e: FsEvent) -> Ev { Ev::Fs(e) }
+//! }
+//!
+//! struct Reader { fs: Sink<FsCmd>, files: FilesId, root: Arc<Root> }
+//! impl Handler for Reader {
+//!     type Event = Ev;
+//!     fn handle(&mut self, ev: Ev, _cx: &mut Context<'_>) {
+//!         let cmd = match ev {
+//!             Ev::Start => FsCmd::Open { files: self.files, root: self.root.clone(), path: b"index.html"[..].into(), tag: 1 },
+//!             Ev::Fs(FsEvent::Opened { result: Ok(f), .. }) => {
+//!                 FsCmd::Read { files: self.files, file: Arc::new(f), offset: 0, len: 1024, tag: 2 }
+//!             }
+//!             Ev::Fs(FsEvent::Read { result: Ok(bytes), .. }) => return println!("{} bytes", bytes.len()),
+//!             Ev::Fs(other) => return eprintln!("{other:?}"),
+//!         };
+//!         let _ = self.fs.try_enqueue(cmd); // refused: the file stage is full; shed or retry
+//!     }
+//! }
+//!
+//! let root = Arc::new(Root::open("/var/www").unwrap());
+//! let mut b = Runtime::builder(1);
+//! let reader = b.stage::<Ev>("reader", StageConfig::on([0]));
+//! let (fs, files) = b.files(reader);
+//! b.handler(reader, move |s| Reader { fs: s.sink(fs), files, root: root.clone() });
+//! let rt = b.start().unwrap();
+//! rt.injector(reader).try_enqueue(Ev::Start).ok();
+//! ```
+//!
+//! [`Builder::files`]: crate::runtime::Builder::files
+//! [`Builder::file_timeout`]: crate::runtime::Builder::file_timeout
 
-use std::ffi::CString;
+mod driver;
+
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use io_uring::{opcode, types};
+pub(crate) use driver::{Deliver, DeliverTo, FsDriver, FsStage};
 
 use crate::buf::IoBuf;
-use crate::runtime::io::Io;
-use crate::stage::Context;
 
 /// A directory handle that file opens are confined beneath (`O_PATH | O_DIRECTORY`).
 #[derive(Debug)]
@@ -35,19 +81,12 @@ pub struct Root {
 }
 
 impl Root {
-    /// Opens `path` as a root. Fails if it is not a directory.
+    /// Opens `path` as a root. Fails if it is not a directory (the error names the path).
     pub fn open(path: impl AsRef<Path>) -> io::Result<Root> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = CString::new(path.as_ref().as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-        // SAFETY: `c` is a valid NUL-terminated string; open takes no other pointers.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("{}: {e}", path.as_ref().display())));
-        }
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        Ok(Root { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        let path = path.as_ref();
+        let fd = ringstage_sys::fd::open_dir(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(Root { fd })
     }
 
     /// The directory's descriptor.
@@ -71,109 +110,111 @@ pub struct FileStat {
     pub ino: u64,
 }
 
-/// A completion callback: gets the CQE result and the worker's I/O core.
-pub(crate) type OpDone = Box<dyn FnOnce(i32, &mut Io)>;
+/// Identifies a file stage user declared with [`Builder::files`](crate::runtime::Builder::files):
+/// the stage that gets the [`FsEvent`]s of the commands that name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FilesId(pub(crate) usize);
 
+/// What a handler asks of the file stage. Each command's result comes back as an [`FsEvent`]
+/// with its `tag`, to the stage `files` names, on the sender's worker.
+#[derive(Debug)]
+pub enum FsCmd {
+    /// Open `path` (relative, `/`-separated bytes) read-only beneath `root`; escapes (`..`,
+    /// absolute paths, symlinks out of the root) fail with `EXDEV`. Answered with
+    /// [`FsEvent::Opened`].
+    Open {
+        /// Where the result goes.
+        files: FilesId,
+        /// The directory the path is confined beneath.
+        root: Arc<Root>,
+        /// The path.
+        path: Box<[u8]>,
+        /// Handed back in the event.
+        tag: u64,
+    },
+    /// `statx` of an open file (kept open until the operation completes). Answered with
+    /// [`FsEvent::Stat`].
+    Stat {
+        /// Where the result goes.
+        files: FilesId,
+        /// The file.
+        file: Arc<OwnedFd>,
+        /// Handed back in the event.
+        tag: u64,
+    },
+    /// Read up to `len` bytes at `offset` into a new buffer (one allocation of `len` bytes).
+    /// Answered with [`FsEvent::Read`]: the bytes read (fewer at the end of the file).
+    Read {
+        /// Where the result goes.
+        files: FilesId,
+        /// The file.
+        file: Arc<OwnedFd>,
+        /// Where to start.
+        offset: u64,
+        /// How many bytes at most.
+        len: usize,
+        /// Handed back in the event.
+        tag: u64,
+    },
+}
+
+impl FsCmd {
+    pub(crate) fn files(&self) -> FilesId {
+        match self {
+            FsCmd::Open { files, .. } | FsCmd::Stat { files, .. } | FsCmd::Read { files, .. } => *files,
+        }
+    }
+
+    pub(crate) fn tag(&self) -> u64 {
+        match self {
+            FsCmd::Open { tag, .. } | FsCmd::Stat { tag, .. } | FsCmd::Read { tag, .. } => *tag,
+        }
+    }
+}
+
+/// The result of an [`FsCmd`], with the command's tag.
+#[derive(Debug)]
+pub enum FsEvent {
+    /// The file of an [`FsCmd::Open`], or why not.
+    Opened {
+        /// The command's tag.
+        tag: u64,
+        /// The open file.
+        result: io::Result<OwnedFd>,
+    },
+    /// The metadata of an [`FsCmd::Stat`], or why not.
+    Stat {
+        /// The command's tag.
+        tag: u64,
+        /// What `statx` reported.
+        result: io::Result<FileStat>,
+    },
+    /// The bytes of an [`FsCmd::Read`] (empty at the end of the file), or why not.
+    Read {
+        /// The command's tag.
+        tag: u64,
+        /// The bytes read.
+        result: io::Result<IoBuf>,
+    },
+}
+
+impl FsEvent {
+    /// The tag of the command this answers.
+    pub fn tag(&self) -> u64 {
+        match self {
+            FsEvent::Opened { tag, .. } | FsEvent::Stat { tag, .. } | FsEvent::Read { tag, .. } => *tag,
+        }
+    }
+}
+
+/// An operation's completion result as an `io::Result`: a linked timeout that fired is
+/// `TimedOut`.
 fn result(res: i32) -> io::Result<i32> {
-    if res == -libc::ETIMEDOUT {
+    if crate::reactor::timed_out(res) {
         Err(io::Error::new(io::ErrorKind::TimedOut, "file operation timed out (see Builder::file_timeout)"))
     } else if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {
         Ok(res)
-    }
-}
-
-impl Context<'_> {
-    /// Opens `path` (relative, `/`-separated bytes) read-only beneath `root`.
-    /// Escapes (`..`, absolute paths, symlinks out of the root) fail with `EXDEV`.
-    pub fn open_beneath(
-        &mut self,
-        root: &Root,
-        path: &[u8],
-        done: impl FnOnce(io::Result<OwnedFd>, &mut Context<'_>) + 'static,
-    ) {
-        let Ok(c) = CString::new(path) else {
-            return done(Err(io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL")), self);
-        };
-        let how = Box::new(
-            types::OpenHow::new()
-                .flags((libc::O_RDONLY | libc::O_CLOEXEC) as u64)
-                .resolve(libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS),
-        );
-        let sqe = opcode::OpenAt2::new(types::Fd(root.fd()), c.as_ptr(), &*how as *const types::OpenHow).build();
-        let rec: OpDone = Box::new(move |res, io| {
-            drop((c, how)); // kept alive until the kernel is done with them
-                            // SAFETY: a successful openat2 returns a new descriptor owned by nobody else.
-            let r = result(res).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-            done(r, &mut Context { io })
-        });
-        // SAFETY: the path and `open_how` are heap-allocated and owned by the op record until
-        // its completion.
-        unsafe { self.io.submit_op(sqe, rec, true) };
-    }
-
-    /// `statx` of an open file.
-    pub fn stat(&mut self, fd: RawFd, done: impl FnOnce(io::Result<FileStat>, &mut Context<'_>) + 'static) {
-        // SAFETY: statx is plain data; all-zero is valid.
-        let mut buf: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
-        let empty: &'static std::ffi::CStr = c"";
-        let mask = libc::STATX_TYPE | libc::STATX_SIZE | libc::STATX_MTIME | libc::STATX_INO;
-        let sqe = opcode::Statx::new(types::Fd(fd), empty.as_ptr(), (&mut *buf as *mut libc::statx).cast())
-            .flags(libc::AT_EMPTY_PATH)
-            .mask(mask)
-            .build();
-        let rec: OpDone = Box::new(move |res, io| {
-            let r = result(res).map(|_| {
-                let kind = buf.stx_mode as u32 & libc::S_IFMT;
-                let mtime =
-                    SystemTime::UNIX_EPOCH + Duration::new(buf.stx_mtime.tv_sec.max(0) as u64, buf.stx_mtime.tv_nsec);
-                FileStat {
-                    size: buf.stx_size,
-                    modified: mtime,
-                    is_file: kind == libc::S_IFREG,
-                    is_dir: kind == libc::S_IFDIR,
-                    ino: buf.stx_ino,
-                }
-            });
-            done(r, &mut Context { io })
-        });
-        // SAFETY: the statx buffer is boxed in the op record until completion; the empty path
-        // is static.
-        unsafe { self.io.submit_op(sqe, rec, true) };
-    }
-
-    /// Reads up to `len` bytes at `offset` into a new buffer (one allocation of `len` bytes);
-    /// `done` gets the bytes read (fewer at end of file).
-    pub fn read_at(
-        &mut self,
-        fd: RawFd,
-        offset: u64,
-        len: usize,
-        done: impl FnOnce(io::Result<IoBuf>, &mut Context<'_>) + 'static,
-    ) {
-        let mut v: Vec<u8> = Vec::with_capacity(len);
-        let sqe =
-            opcode::Read::new(types::Fd(fd), v.as_mut_ptr(), len.min(u32::MAX as usize) as u32).offset(offset).build();
-        let rec: OpDone = Box::new(move |res, io| {
-            let r = result(res).map(|n| {
-                // SAFETY: the kernel initialised the first `n <= capacity` bytes.
-                unsafe { v.set_len(n as usize) };
-                IoBuf::from(v)
-            });
-            done(r, &mut Context { io })
-        });
-        // SAFETY: the vector's heap block is owned by the op record until completion and not
-        // touched before.
-        unsafe { self.io.submit_op(sqe, rec, true) };
-    }
-
-    /// Closes `fd` on the ring (fire and forget).
-    pub fn close(&mut self, fd: OwnedFd) {
-        let raw = fd.as_raw_fd();
-        std::mem::forget(fd); // the ring closes it
-        let sqe = opcode::Close::new(types::Fd(raw)).build();
-        // SAFETY: the close refers to no user memory.
-        unsafe { self.io.submit_op(sqe, Box::new(|_, _| {}), false) };
     }
 }

@@ -63,6 +63,8 @@ pub struct StageCounters {
     pub admission_rate: Counter,
     /// Admission controller: the last window's p90 response time, µs (gauge).
     pub admission_p90_us: Counter,
+    /// Handler panics caught ([`PanicPolicy::Isolate`](crate::stage::PanicPolicy::Isolate)).
+    pub panics: Counter,
 }
 
 /// One worker's counters.
@@ -192,6 +194,8 @@ pub struct StageSnapshot {
     pub admission_rate: u64,
     /// Largest last-window p90 response time seen by the replicas' controllers, µs.
     pub admission_p90_us: u64,
+    /// Handler panics caught.
+    pub panics: u64,
     /// Handler time per event, µs.
     pub service_us: HistSnapshot,
     /// Queue wait per event, µs.
@@ -298,6 +302,7 @@ impl Snapshot {
                     s.batch_size = s.batch_size.max(c.batch_size.get());
                     s.admission_rate += c.admission_rate.get();
                     s.admission_p90_us = s.admission_p90_us.max(c.admission_p90_us.get());
+                    s.panics += c.panics.get();
                     s.service_us.merge(&c.service_us.snapshot());
                     s.wait_us.merge(&c.wait_us.snapshot());
                 }
@@ -361,7 +366,8 @@ impl Snapshot {
     pub fn prometheus(&self) -> String {
         use std::fmt::Write;
         let mut o = String::with_capacity(4096);
-        let stage_metrics: [Metric<StageSnapshot>; 8] = [
+        let stage_metrics: [Metric<StageSnapshot>; 9] = [
+            ("ringstage_stage_panics_total", "Handler panics caught (the event dropped).", |s| s.panics),
             ("ringstage_stage_enqueued_total", "Events accepted into the stage's queues.", |s| s.enqueued),
             ("ringstage_stage_refused_total", "Events refused by a full queue or admission control.", |s| s.refused),
             ("ringstage_stage_processed_total", "Events handled.", |s| s.processed),

@@ -32,11 +32,14 @@
 //!   memory, not the answers to everything it sent. A proxy turns that off and pauses the
 //!   *other* side of the pair instead ([`NetCmd::PauseReads`] / [`NetCmd::ResumeReads`]).
 
+mod conn;
 mod conn_map;
 mod driver;
 mod pipe;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 pub use conn_map::ConnMap;
@@ -63,6 +66,52 @@ impl Conn {
     /// A number unique among this worker's open connections (the slot index).
     pub fn slot(&self) -> usize {
         self.idx as usize
+    }
+
+    /// The id as one number (for layers that cannot name a `Conn`).
+    pub(crate) fn pack(self) -> u128 {
+        u128::from(self.worker) << 64 | u128::from(self.idx) << 32 | u128::from(self.gen)
+    }
+
+    pub(crate) fn unpack(v: u128) -> Conn {
+        Conn { worker: (v >> 64) as u16, idx: (v >> 32) as u32, gen: v as u32 }
+    }
+}
+
+/// An event that names the connection it came from, so that a handler panic on it aborts that
+/// connection ([`PanicPolicy::Isolate`](crate::stage::PanicPolicy::Isolate)). Declared for a
+/// stage with [`Builder::conn_events`](crate::runtime::Builder::conn_events); stages that
+/// listeners and connectors deliver [`NetEvent`]s to have it already.
+///
+/// # Examples
+///
+/// ```
+/// use ringstage::net::{Conn, ConnEvent};
+///
+/// enum Job {
+///     Request { conn: Conn, line: Vec<u8> },
+///     Flush,
+/// }
+///
+/// impl ConnEvent for Job {
+///     fn conn(&self) -> Option<Conn> {
+///         match self {
+///             Job::Request { conn, .. } => Some(*conn),
+///             Job::Flush => None,
+///         }
+///     }
+/// }
+/// ```
+pub trait ConnEvent {
+    /// The connection the event came from, if any. Called on every event of the stage before
+    /// it is handled: keep it a field read (it is, for [`NetEvent`]: one match).
+    fn conn(&self) -> Option<Conn>;
+}
+
+impl ConnEvent for NetEvent {
+    #[inline]
+    fn conn(&self) -> Option<Conn> {
+        NetEvent::conn(self)
     }
 }
 
@@ -196,6 +245,14 @@ pub enum NetCmd {
         /// The connection.
         conn: Conn,
     },
+    /// Close at once with a reset (RST): queued output is dropped and sends in flight are
+    /// cancelled, so the peer sees an error rather than an end of stream it could take for a
+    /// complete answer. What a handler does with a connection that sent garbage; what a panic
+    /// in a handler does to the connection its event came from.
+    Abort {
+        /// The connection.
+        conn: Conn,
+    },
     /// Finish queued sends, then send a FIN (`shutdown(SHUT_WR)`); keep receiving. Sends after
     /// it are dropped. What a proxy does when one side of a pair finished sending.
     Shutdown {
@@ -242,6 +299,7 @@ impl NetCmd {
             | NetCmd::SendChain { conn, .. }
             | NetCmd::SendFile { conn, .. }
             | NetCmd::Close { conn }
+            | NetCmd::Abort { conn }
             | NetCmd::Shutdown { conn }
             | NetCmd::PauseReads { conn }
             | NetCmd::ResumeReads { conn } => Some(*conn),
@@ -270,6 +328,7 @@ pub struct ListenConfig {
     pub(crate) zc_min: Option<usize>,
     pub(crate) output_limit: usize,
     pub(crate) backpressure: bool,
+    pub(crate) coalesce_below: usize,
 }
 
 impl ListenConfig {
@@ -287,7 +346,19 @@ impl ListenConfig {
             zc_min: None,
             output_limit: 1 << 20,
             backpressure: true,
+            coalesce_below: 512,
         }
+    }
+
+    /// Views shorter than `bytes` that follow one another in a connection's output are copied
+    /// into one buffer before they are sent (default 512; 0 turns it off): a gather of many
+    /// tiny views costs the kernel more than copying them, since each iovec is imported and
+    /// copied on its own, while a large view is cheaper sent as it is. Views that are
+    /// neighbours in one block (pieces of a [`BufWriter`](crate::buf::BufWriter), parts of one
+    /// received buffer) are joined without a copy whatever their size.
+    pub fn coalesce_below(mut self, bytes: usize) -> Self {
+        self.coalesce_below = bytes;
+        self
     }
 
     /// `listen(2)` backlog (default 1024).
@@ -442,16 +513,18 @@ impl ConnectConfig {
 }
 
 /// The network I/O stage's handler: executes commands on the worker owning the connection.
-pub(crate) struct NetStage;
+pub(crate) struct NetStage {
+    pub(crate) net: Rc<RefCell<Net>>,
+}
 
 impl Handler for NetStage {
     type Event = NetCmd;
     fn handle(&mut self, cmd: NetCmd, cx: &mut Context<'_>) {
-        cx.io.net_command(cmd);
+        self.net.borrow_mut().command(cx.reactor(), cmd);
     }
 
     fn batch_done(&mut self, _n: usize, cx: &mut Context<'_>) {
-        cx.io.net_flush_sends();
+        self.net.borrow_mut().flush_sends(cx.reactor());
     }
 }
 

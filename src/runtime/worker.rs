@@ -7,7 +7,7 @@
 //! a doorbell or the tick.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 use ringstage_sys::{Doorbell, RingConfig};
 
-use super::io::{token, Io};
+use super::builder::FilesDecl;
 use super::{Factory, Setup, Shared, StageMeta};
 use crate::buf::BufPool;
-use crate::metrics::WorkerCounters;
-use crate::net::{Endpoint, ListenConfig, Net, NetEvent};
-use crate::queue::{mpsc, spsc};
-use crate::stage::{Context, Handler, LocalQueue, StageId, Stamped, TimerTable};
+use crate::fs::FsDriver;
+use crate::net::{Endpoint, ListenConfig, Net, NetCmd, NetEvent};
+use crate::reactor::{OpKind, Reactor, Token};
+use crate::stage::{panic_message, ReplicaDyn, StageId, StagePanic};
+use crate::Error;
 
 /// Everything a worker thread needs to set itself up.
 pub(crate) struct Plan {
@@ -35,6 +36,10 @@ pub(crate) struct Plan {
     pub(crate) tick: Duration,
     pub(crate) spin: Duration,
     pub(crate) file_timeout: Option<Duration>,
+    /// The network stage, if any (for aborts after a panic).
+    pub(crate) net_stage: Option<StageId<NetCmd>>,
+    /// The file stage's users.
+    pub(crate) files: Vec<FilesDecl>,
     pub(crate) meta: Arc<Vec<StageMeta>>,
     pub(crate) factories: Arc<Vec<Factory>>,
     pub(crate) parts: Vec<Option<Box<dyn Any + Send>>>,
@@ -52,147 +57,6 @@ pub(crate) struct EndpointPlan {
     pub(crate) connect_timeout: Option<Duration>,
 }
 
-/// A stage replica with its event type erased.
-pub(crate) trait ReplicaDyn {
-    /// Runs the `woken` hook if a wake-up is pending, then handles up to one batch of queued
-    /// events; returns how many (a wake-up counts as one).
-    fn run(&mut self, io: &mut Io) -> usize;
-    /// Whether any event is queued, or a wake-up pending.
-    fn has_work(&mut self) -> bool;
-    /// Runs the handler's periodic hook.
-    fn tick(&mut self, io: &mut Io);
-    /// The earliest deadline in the replica's timer table.
-    fn next_deadline(&self) -> Option<Instant>;
-}
-
-pub(crate) struct Replica<H: Handler> {
-    pub(crate) stage: usize,
-    pub(crate) handler: H,
-    pub(crate) local: Rc<LocalQueue<H::Event>>,
-    pub(crate) timers: Rc<TimerTable<H::Event>>,
-    /// Set by the replica's `Waker`: run `Handler::woken` at the start of the next visit.
-    pub(crate) woken: Rc<Cell<bool>>,
-    pub(crate) remote: Vec<spsc::Consumer<Stamped<H::Event>>>,
-    pub(crate) inject: Arc<mpsc::Queue<Stamped<H::Event>>>,
-    pub(crate) batch: usize,
-    /// Source to start from next run, rotated so no inbound edge starves the others.
-    pub(crate) next: usize,
-    pub(crate) counters: Arc<WorkerCounters>,
-    /// Adaptive admission control, fed with each event's response time.
-    pub(crate) admission: Option<Rc<std::cell::RefCell<crate::control::OverloadController>>>,
-    /// Per-event service time of the last batch (the estimate for this batch's responses).
-    pub(crate) last_service_us: u64,
-    /// Adaptive batching.
-    pub(crate) batcher: Option<crate::control::BatchController>,
-}
-
-/// Takes one event from inbound source `source` of a replica: 0 the local queue, 1 the
-/// injection queue, then the cross-core rings. Borrows only the queues, so the caller can hold
-/// its counters across the call.
-fn pop<E>(
-    local: &LocalQueue<E>,
-    inject: &mpsc::Queue<Stamped<E>>,
-    remote: &mut [spsc::Consumer<Stamped<E>>],
-    source: usize,
-) -> Option<Stamped<E>> {
-    match source {
-        0 => local.pop(),
-        // SAFETY: the owning replica is the only consumer of its injection queue.
-        1 => unsafe { inject.pop() },
-        s => remote[s - 2].pop(),
-    }
-}
-
-impl<H: Handler> ReplicaDyn for Replica<H> {
-    fn run(&mut self, io: &mut Io) -> usize {
-        // Most visits to most replicas find nothing (every stage is visited every loop
-        // iteration): a few loads then, not the batch bookkeeping below. The queue gauge needs
-        // no update: it was set when this replica last took events, and only it takes them.
-        if self.timers.len() == 0 && !self.has_work() {
-            return 0;
-        }
-        let sources = 2 + self.remote.len();
-        let mut n = 0;
-        let now_us = io.now_us;
-        let c = &self.counters.stages[self.stage];
-        let mut cx = Context { io };
-        let mut t0 = None;
-        let woke = self.woken.replace(false);
-        if woke {
-            self.handler.woken(&mut cx);
-        }
-        // Due timers first: they were admitted when scheduled, and are late already.
-        while n < self.batch {
-            let Some((ev, late)) = self.timers.pop_due(cx.io.now) else { break };
-            t0.get_or_insert_with(Instant::now);
-            c.enqueued.add(1);
-            c.wait_us.record(late.as_micros() as u64, 1);
-            self.handler.handle(ev, &mut cx);
-            n += 1;
-        }
-        for k in 0..sources {
-            let s = (self.next + k) % sources;
-            while n < self.batch {
-                let Some(st) = pop(&self.local, &self.inject, &mut self.remote, s) else { break };
-                t0.get_or_insert_with(Instant::now);
-                // Clocks of different workers may differ by an iteration: clamp at zero.
-                let wait = (now_us.wrapping_sub(st.at) as i32).max(0) as u64;
-                c.wait_us.record(wait, 1);
-                if let Some(ctl) = &self.admission {
-                    let mut ctl = ctl.borrow_mut();
-                    if !ctl.config().external_samples {
-                        let resp = std::time::Duration::from_micros(wait + self.last_service_us);
-                        ctl.observe(resp, cx.io.now);
-                    }
-                }
-                self.handler.handle(st.ev, &mut cx);
-                n += 1;
-            }
-        }
-        self.next = (self.next + 1) % sources;
-        if n > 0 {
-            self.handler.batch_done(n, &mut cx);
-            if let Some(b) = &mut self.batcher {
-                b.record(n, cx.io.now);
-                self.batch = b.batch();
-            }
-        }
-        if let Some(t0) = t0 {
-            // One clock read per batch: the batch's time is spread over its events.
-            let per = t0.elapsed().as_micros() as u64 / n as u64;
-            c.service_us.record(per, n as u64);
-            self.last_service_us = per;
-            // Counted after the handlers ran (and counted what they enqueued): see
-            // `Shared::quiescent`.
-            c.processed.add(n as u64);
-            c.batches.add(1);
-            c.batch_size.set(n as u64);
-        }
-        let queued = self.local.len() + self.inject.len() + self.remote.iter().map(|r| r.len()).sum::<usize>();
-        c.queued.set(queued as u64);
-        n + usize::from(woke)
-    }
-
-    fn tick(&mut self, io: &mut Io) {
-        if let Some(ctl) = &self.admission {
-            let mut ctl = ctl.borrow_mut();
-            ctl.tick(io.now);
-            let c = &self.counters.stages[self.stage];
-            c.admission_rate.set(ctl.rate() as u64);
-            c.admission_p90_us.set(ctl.last_p90().as_micros() as u64);
-        }
-        self.handler.tick(&mut Context { io });
-    }
-
-    fn has_work(&mut self) -> bool {
-        self.woken.get() || self.local.len() > 0 || !self.inject.is_empty() || self.remote.iter().any(|r| !r.is_empty())
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next_deadline()
-    }
-}
-
 /// How long a worker naps between retries of network events parked behind a full stage.
 const STALL_NAP: Duration = Duration::from_micros(100);
 
@@ -203,7 +67,10 @@ const SPIN_MISSES: u32 = 4;
 const ENTER_GETEVENTS: u32 = 1;
 
 struct Worker {
-    io: Io,
+    r: Reactor,
+    /// This worker's network and file drivers (shared with the built-in stages' handlers).
+    net: Rc<RefCell<Net>>,
+    fs: Rc<RefCell<FsDriver>>,
     replicas: Vec<Box<dyn ReplicaDyn>>,
     bell: Arc<Doorbell>,
     bell_buf: Box<u64>,
@@ -228,12 +95,12 @@ struct Worker {
 }
 
 /// Thread body: set up, report readiness, run.
-pub(crate) fn main(plan: Plan, ready: std_mpsc::Sender<io::Result<()>>) -> io::Result<()> {
+pub(crate) fn main(plan: Plan, ready: std_mpsc::Sender<Result<(), Error>>) -> Result<(), Error> {
     let id = plan.id;
     // A handler factory that panics (a misconfigured graph) fails `start` with its message;
     // unwinding past here would leave `start` waiting for this worker.
     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Worker::new(plan)))
-        .unwrap_or_else(|p| Err(io::Error::other(format!("panicked: {}", panic_message(&*p)))));
+        .unwrap_or_else(|p| Err(Error::Panicked { stage: None, message: panic_message(&*p).into() }));
     match made {
         Ok(mut w) => {
             let _ = ready.send(Ok(()));
@@ -241,39 +108,48 @@ pub(crate) fn main(plan: Plan, ready: std_mpsc::Sender<io::Result<()>>) -> io::R
             // worker that died without answering.
             drop(ready);
             let shared = w.shared.clone();
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run()))
-                .unwrap_or_else(|p| Err(io::Error::other(format!("a handler panicked: {}", panic_message(&*p)))));
+            // A handler's panic reaches here only under `PanicPolicy::Fatal`.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).unwrap_or_else(|p| {
+                Err(match p.downcast::<StagePanic>() {
+                    Ok(sp) => Error::Panicked { stage: Some(sp.stage), message: sp.message },
+                    Err(p) => Error::Panicked { stage: None, message: panic_message(&*p).into() },
+                })
+            });
             w.teardown();
-            if let Err(e) = &r {
-                eprintln!("ringstage: worker {id} stopped: {e}");
-                shared.worker_failed(id, e);
+            match r {
+                Err(e) => {
+                    log::error!("ringstage: worker {id} stopped: {e}");
+                    let copy = Error::Io(std::io::Error::new(e.kind(), e.to_string()));
+                    shared.worker_failed(id, e);
+                    Err(copy)
+                }
+                ok => ok,
             }
-            r
         }
         Err(e) => {
-            let msg = format!("worker {id} setup: {e}");
-            let _ = ready.send(Err(io::Error::new(e.kind(), msg)));
-            Err(e)
+            let e = Error::WorkerSetup { worker: id, cause: Box::new(e) };
+            let copy = Error::Io(std::io::Error::new(e.kind(), e.to_string()));
+            let _ = ready.send(Err(e));
+            Err(copy)
         }
     }
 }
 
-/// The message a panic carried (`panic!("...")` gives a `&str` or a `String`).
-pub(crate) fn panic_message(p: &(dyn Any + Send)) -> &str {
-    p.downcast_ref::<&str>().copied().or(p.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
-}
-
 impl Worker {
-    fn new(mut plan: Plan) -> io::Result<Worker> {
+    fn new(mut plan: Plan) -> Result<Worker, Error> {
         if let Some(cpu) = plan.cpu {
             ringstage_sys::cpu::pin_current(cpu)?;
         }
         // Ring and pool are made on this thread: SINGLE_ISSUER binds the ring to it, and the
         // pool recognises its home thread.
-        let (ring, features) = ringstage_sys::ring::setup(&plan.ring)?;
+        let needed = ringstage_sys::ring::ring_bytes(&plan.ring);
+        let (ring, features) =
+            ringstage_sys::ring::setup(&plan.ring).map_err(|e| Error::ring(e.call, e.error, needed))?;
         let pool = BufPool::new(plan.pool.0, plan.pool.1, 0)?;
-        // SAFETY: `Io` drops the ring before the pool (field order), ending the registration.
-        unsafe { pool.register(&ring.submitter()) }?;
+        // SAFETY: `Reactor` drops the ring before the pool (field order), ending the
+        // registration.
+        unsafe { pool.register(&ring.submitter()) }
+            .map_err(|e| Error::ring("io_uring_register (IORING_REGISTER_PBUF_RING)", e, needed))?;
         let bell = plan.shared.bells[plan.id].clone();
         pool.set_waker(bell.clone());
         let counters = plan.shared.counters[plan.id].clone();
@@ -281,6 +157,10 @@ impl Worker {
         let clock = Rc::new(Cell::new(0u32));
         let now_cell = Rc::new(Cell::new(Instant::now()));
         let nstages = plan.meta.len();
+        // The drivers come first (the built-in stages' handlers hold them), their endpoints
+        // and deliveries once the sinks can be made.
+        let net = Rc::new(RefCell::new(Net::new(Vec::new(), plan.ring.fixed_files)));
+        let fs = Rc::new(RefCell::new(FsDriver::new(Vec::new(), plan.file_timeout)));
         let mut setup = Setup {
             worker: plan.id,
             workers: plan.shared.bells.len(),
@@ -296,6 +176,9 @@ impl Worker {
             now: now_cell.clone(),
             controllers: (0..nstages).map(|_| None).collect(),
             shared: plan.shared.clone(),
+            net: net.clone(),
+            fs: fs.clone(),
+            net_stage: plan.net_stage,
         };
         let mut replicas = Vec::new();
         for (idx, m) in plan.meta.iter().enumerate() {
@@ -311,14 +194,14 @@ impl Worker {
                 Endpoint::new(e.id, e.fd, e.cfg, sink, e.connect_timeout)
             })
             .collect();
-        let io = Io {
+        *net.borrow_mut() = Net::new(endpoints, plan.ring.fixed_files);
+        let deliver = plan.files.iter().map(|make| make(&mut setup)).collect();
+        *fs.borrow_mut() = FsDriver::new(deliver, plan.file_timeout);
+        let r = Reactor {
             worker: plan.id,
             ring,
             features,
             pool,
-            net: Net::new(endpoints, plan.ring.fixed_files),
-            ops: slab::Slab::new(),
-            op_timeout: plan.file_timeout.map(|d| Box::new(types::Timespec::from(d))),
             counters,
             draining: false,
             stop: plan.shared.shutdown.clone(),
@@ -326,7 +209,9 @@ impl Worker {
             now_us: 0,
         };
         let mut w = Worker {
-            io,
+            r,
+            net,
+            fs,
             replicas,
             bell,
             bell_buf: Box::new(0),
@@ -354,43 +239,46 @@ impl Worker {
             deadline: None,
         };
         w.arm_doorbell()?;
-        w.io.net_start()?;
+        w.net.borrow_mut().start(&mut w.r)?;
         Ok(w)
     }
 
     fn arm_doorbell(&mut self) -> io::Result<()> {
         let sqe = opcode::Read::new(types::Fd(self.bell.fd()), (&mut *self.bell_buf as *mut u64).cast(), 8)
             .build()
-            .user_data(token::make(token::DOORBELL, 0, 0));
+            .user_data(Token::new(OpKind::Doorbell, 0, 0).encode());
         // SAFETY: `bell_buf` is boxed in the worker and outlives the ring (dropped after it in
         // `teardown`); nothing else touches it while the read is armed.
-        unsafe { self.io.push(&[sqe]) }
+        unsafe { self.r.push(&[sqe]) }
     }
 
-    fn run(&mut self) -> io::Result<()> {
+    fn run(&mut self) -> Result<(), Error> {
         loop {
-            self.io.now = Instant::now();
-            self.io.now_us = self.io.now.duration_since(self.shared.epoch).as_micros() as u32;
-            self.clock.set(self.io.now_us);
-            self.now_cell.set(self.io.now);
-            self.io.counters.loops.add(1);
+            self.r.now = Instant::now();
+            self.r.now_us = self.r.now.duration_since(self.shared.epoch).as_micros() as u32;
+            self.clock.set(self.r.now_us);
+            self.now_cell.set(self.r.now);
+            self.r.counters.loops.add(1);
             let reaped = self.reap()?;
-            let returned = self.io.pool.drain_returns();
-            self.io.net_rearm_starved();
-            let unstalled = self.io.net_flush_stalled();
+            let returned = self.r.pool.drain_returns();
+            let unstalled = {
+                let mut net = self.net.borrow_mut();
+                net.rearm_starved(&mut self.r);
+                net.flush_stalled(&mut self.r) + self.fs.borrow_mut().flush_kept(&mut self.r)
+            };
             let mut handled = 0;
-            for r in &mut self.replicas {
-                handled += r.run(&mut self.io);
+            for rep in &mut self.replicas {
+                handled += rep.run(&mut self.r);
             }
-            if self.io.now.duration_since(self.last_tick) >= self.tick {
-                self.last_tick = self.io.now;
-                for r in &mut self.replicas {
-                    r.tick(&mut self.io);
+            if self.r.now.duration_since(self.last_tick) >= self.tick {
+                self.last_tick = self.r.now;
+                for rep in &mut self.replicas {
+                    rep.tick(&mut self.r);
                 }
-                let pool = self.io.pool.stats();
-                self.io.counters.buffers_out.set(pool.outstanding as u64);
-                self.io.counters.buffers_returned.set(pool.returned_home + pool.returned_remote);
-                self.io.counters.buffer_window.set(pool.window as u64);
+                let pool = self.r.pool.stats();
+                self.r.counters.buffers_out.set(pool.outstanding as u64);
+                self.r.counters.buffers_returned.set(pool.returned_home + pool.returned_remote);
+                self.r.counters.buffer_window.set(pool.window as u64);
                 for (stage, ctl, mask) in &mut self.elastic {
                     let queued: u64 = self.shared.counters.iter().map(|c| c.stages[*stage].queued.get()).sum();
                     let active = ctl.update(queued);
@@ -398,9 +286,9 @@ impl Worker {
                 }
             }
             self.flush_wakes();
-            self.io.net_tick();
+            self.net.borrow_mut().tick(&mut self.r);
             // Published before the worker may sleep, so an idle worker's count is current.
-            self.io.counters.allocations.set(crate::metrics::thread_allocations());
+            self.r.counters.allocations.set(crate::metrics::thread_allocations());
             if self.check_shutdown() {
                 return Ok(());
             }
@@ -415,32 +303,31 @@ impl Worker {
     /// Reaps completions in batches of up to 64 without allocating. The batch is copied out of
     /// the ring (handling a completion needs the ring) into an uninitialised array: zeroing
     /// its 1 KiB every loop iteration showed up as a `memset` in profiles.
-    fn reap(&mut self) -> io::Result<usize> {
+    fn reap(&mut self) -> Result<usize, Error> {
         let mut total = 0;
         let mut slots = [const { std::mem::MaybeUninit::<cqueue::Entry>::uninit() }; 64];
-        if self.io.ring.submission().cq_overflow() {
+        if self.r.ring.submission().cq_overflow() {
             // Completions wait in the kernel's overflow list: the CQ was full. They are flushed
             // by the next enter (`ring_pending` asks for one).
-            self.io.counters.cq_overflow.add(1);
+            self.r.counters.cq_overflow.add(1);
         }
         loop {
             let batch = {
-                let mut cq = self.io.ring.completion();
-                self.io.counters.cq_dropped.set(cq.overflow() as u64);
+                let mut cq = self.r.ring.completion();
+                self.r.counters.cq_dropped.set(cq.overflow() as u64);
                 cq.fill(&mut slots)
             };
             let n = batch.len();
             for cqe in batch.iter() {
-                let (ud, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
-                let (kind, idx, gen) = token::parse(ud);
-                if kind == token::DOORBELL {
-                    self.arm_doorbell()?;
-                } else if kind == token::OP {
-                    self.io.complete_op(idx, res);
-                } else if kind == token::OP_TIMEOUT {
-                    // The op's own completion carries the outcome (ECANCELED if this fired).
-                } else {
-                    self.io.net_complete(kind, idx, gen, res, flags);
+                let (res, flags) = (cqe.result(), cqe.flags());
+                let Some(t) = Token::decode(cqe.user_data()) else { continue };
+                match t.kind {
+                    OpKind::Doorbell => self.arm_doorbell()?,
+                    OpKind::File => self.fs.borrow_mut().complete(&mut self.r, t, res),
+                    // Cancels and linked timeouts: the operation they target reports its own
+                    // outcome.
+                    OpKind::Ignore => {}
+                    _ => self.net.borrow_mut().complete(&mut self.r, t, res, flags),
                 }
             }
             total += n;
@@ -448,7 +335,7 @@ impl Worker {
                 break;
             }
         }
-        self.io.counters.cqes.add(total as u64);
+        self.r.counters.cqes.add(total as u64);
         Ok(total)
     }
 
@@ -467,16 +354,16 @@ impl Worker {
         if self.shared.abort.load(Ordering::Acquire) {
             return true; // another worker failed: stop now
         }
-        if !self.io.draining {
+        if !self.r.draining {
             if !self.shared.shutdown.load(Ordering::Acquire) {
                 return false;
             }
-            self.io.draining = true;
-            self.io.net_begin_drain();
-            self.deadline = Some(self.io.now + self.shared.drain_timeout);
+            self.r.draining = true;
+            self.net.borrow_mut().begin_drain(&mut self.r);
+            self.deadline = Some(self.r.now + self.shared.drain_timeout);
             return false;
         }
-        let done = self.shared.quiescent() || self.deadline.is_some_and(|d| self.io.now >= d);
+        let done = self.shared.quiescent() || self.deadline.is_some_and(|d| self.r.now >= d);
         if done {
             for b in &self.shared.bells {
                 b.ring_always(); // let sleeping peers re-check promptly
@@ -488,16 +375,16 @@ impl Worker {
     /// Whether anything can make progress now. Parked network events do not count: they wait
     /// for another worker's stage, and `sleep` naps briefly instead of spinning on them.
     fn has_work(&mut self) -> bool {
-        !self.io.ring.completion().is_empty()
-            || (self.io.pool.has_returns() && self.io.net.has_starved())
-            || (!self.io.draining && self.shared.shutdown.load(Ordering::Acquire))
+        !self.r.ring.completion().is_empty()
+            || (self.r.pool.has_returns() && self.net.borrow().has_starved())
+            || (!self.r.draining && self.shared.shutdown.load(Ordering::Acquire))
             || self.replicas.iter_mut().any(|r| r.has_work())
     }
 
     /// SQEs queued for submission, and whether the kernel flags work for an enter: deferred
     /// completion work (IORING_SQ_TASKRUN) or completions held back by a CQ overflow.
     fn ring_pending(&mut self) -> (usize, bool) {
-        let sq = self.io.ring.submission();
+        let sq = self.r.ring.submission();
         (sq.len(), sq.taskrun() || sq.cq_overflow())
     }
 
@@ -507,20 +394,20 @@ impl Worker {
     }
 
     /// Submits queued SQEs and runs deferred completion work without waiting.
-    fn enter_nowait(&mut self) -> io::Result<()> {
+    fn enter_nowait(&mut self) -> Result<(), Error> {
         let (pending, needs) = self.ring_pending();
         // With IORING_SETUP_TASKRUN_FLAG the kernel flags pending deferred work in the SQ ring;
         // without it we cannot know, so always enter.
-        if pending == 0 && !needs && self.io.features.coop_taskrun {
+        if pending == 0 && !needs && self.r.features.coop_taskrun {
             return Ok(());
         }
-        self.io.counters.enters.add(1);
+        self.r.counters.enters.add(1);
         // SAFETY: plain io_uring_enter on our own ring with no argument struct.
-        let r = unsafe { self.io.ring.submitter().enter::<libc::sigset_t>(pending as u32, 0, ENTER_GETEVENTS, None) };
+        let r = unsafe { self.r.ring.submitter().enter::<libc::sigset_t>(pending as u32, 0, ENTER_GETEVENTS, None) };
         match r {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => Ok(()),
-            Err(e) => Err(ringstage_sys::ring::explain("io_uring_enter", e)),
+            Err(e) => Err(Error::ring("io_uring_enter", e, 0)),
         }
     }
 
@@ -547,14 +434,14 @@ impl Worker {
             }
             std::hint::spin_loop();
         };
-        self.io.counters.spin_ns.add(t0.elapsed().as_nanos() as u64);
-        self.io.counters.spins.add(1);
-        self.io.counters.spin_hits.add(u64::from(found));
+        self.r.counters.spin_ns.add(t0.elapsed().as_nanos() as u64);
+        self.r.counters.spins.add(1);
+        self.r.counters.spin_hits.add(u64::from(found));
         self.spin_misses = if found { 0 } else { self.spin_misses + 1 };
         found
     }
 
-    fn sleep(&mut self) -> io::Result<()> {
+    fn sleep(&mut self) -> Result<(), Error> {
         if self.spin_for_work() {
             return self.enter_nowait();
         }
@@ -564,7 +451,7 @@ impl Worker {
             return self.enter_nowait();
         }
         let t0 = Instant::now();
-        let stalled = self.io.net.has_stalled();
+        let stalled = self.net.borrow().has_stalled();
         let nap = if stalled { STALL_NAP.min(self.tick) } else { self.tick };
         let mut ts: &types::Timespec = if stalled { &self.stall_ts } else { &self.tick_ts };
         // Wake for the earliest timer if it comes before the tick (or the stall nap).
@@ -580,12 +467,12 @@ impl Worker {
                 ts = &timer_ts;
             }
         }
-        self.io.counters.enters.add(1);
+        self.r.counters.enters.add(1);
         let args = types::SubmitArgs::new().timespec(ts);
-        let r = self.io.ring.submitter().submit_with_args(1, &args);
+        let r = self.r.ring.submitter().submit_with_args(1, &args);
         self.bell.awake();
         let slept = t0.elapsed();
-        self.io.counters.idle_ns.add(slept.as_nanos() as u64);
+        self.r.counters.idle_ns.add(slept.as_nanos() as u64);
         if r.is_ok() && slept < self.spin {
             // Woken by work (not the tick or a timer: ETIME) within the spin: work comes at
             // short gaps again, so spin before the next sleep.
@@ -596,17 +483,15 @@ impl Worker {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
                 Ok(())
             }
-            Err(e) => Err(ringstage_sys::ring::explain("io_uring_enter", e)),
+            Err(e) => Err(Error::ring("io_uring_enter", e, 0)),
         }
     }
 
     fn teardown(&mut self) {
         // Handlers may hold buffers: drop them while the pool's home is still this thread.
         self.replicas.clear();
-        self.io.net_teardown();
-        // File ops still in flight (only after a forced drain) may be written by the kernel
-        // until the ring's asynchronous teardown ends: leak their buffers rather than free them.
-        std::mem::forget(std::mem::take(&mut self.io.ops));
-        let _ = self.io.pool.unregister(&self.io.ring.submitter());
+        self.net.borrow_mut().teardown(&mut self.r);
+        self.fs.borrow_mut().teardown();
+        let _ = self.r.pool.unregister(&self.r.ring.submitter());
     }
 }

@@ -16,6 +16,7 @@
 
 pub(crate) mod injector;
 mod outbox;
+mod replica;
 mod sink;
 mod timer;
 mod waker;
@@ -24,13 +25,14 @@ use std::marker::PhantomData;
 
 pub use injector::Injector;
 pub use outbox::Outbox;
+pub(crate) use replica::{OnPanic, PanicKey, Replica, ReplicaDyn, StagePanic};
 pub use sink::Sink;
 pub(crate) use sink::{LocalQueue, SinkInner};
 pub(crate) use timer::TimerTable;
 pub use timer::{Timer, TimerKey};
 pub use waker::Waker;
 
-use crate::runtime::io::Io;
+use crate::reactor::Reactor;
 
 /// The replicas of a stage taking new events: an elastic stage's mask, or all of them.
 pub(crate) fn active_mask(active: &Option<std::sync::Arc<std::sync::atomic::AtomicU64>>) -> u64 {
@@ -152,34 +154,68 @@ impl StageConfig {
     }
 }
 
-/// What a handler can reach while it runs: its worker and that worker's I/O core.
+/// What a handler can reach while it runs: which worker runs it, and that worker's loop
+/// clock. I/O is asked of the network and file stages with commands ([`NetCmd`],
+/// [`FsCmd`]), whose results come back as events.
+///
+/// [`NetCmd`]: crate::net::NetCmd
+/// [`FsCmd`]: crate::fs::FsCmd
 pub struct Context<'a> {
-    pub(crate) io: &'a mut Io,
+    pub(crate) reactor: &'a mut Reactor,
 }
 
 impl Context<'_> {
     /// Index of the worker running the handler.
     pub fn worker(&self) -> usize {
-        self.io.worker
+        self.reactor.worker
     }
 
     /// The time at the start of this loop iteration (one clock read per iteration).
     pub fn now(&self) -> std::time::Instant {
-        self.io.now
+        self.reactor.now
     }
 
     /// Whether the runtime was asked to shut down (it then drains: no new connections or reads,
     /// queued work finishes). True from the moment shutdown is asked, even within the loop
     /// iteration in progress: a response made now can already say it is the last.
     pub fn is_shutting_down(&self) -> bool {
-        self.io.draining || self.io.stop.load(std::sync::atomic::Ordering::Relaxed)
+        self.reactor.stopping()
+    }
+
+    /// The worker's ring, for the built-in stages' drivers.
+    pub(crate) fn reactor(&mut self) -> &mut Reactor {
+        self.reactor
     }
 }
 
 impl std::fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("worker", &self.io.worker).finish()
+        f.debug_struct("Context").field("worker", &self.reactor.worker).finish()
     }
+}
+
+/// What a panic in a handler does (see [`Builder::panic_policy`]).
+///
+/// [`Builder::panic_policy`]: crate::runtime::Builder::panic_policy
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PanicPolicy {
+    /// The panic is caught: the event is dropped, the stage's `panics` counter counts it, and
+    /// the connection the event came from (a network event's, or what
+    /// a [`ConnEvent`](crate::net::ConnEvent)'s) is aborted; the rest of
+    /// the batch, the other connections and the other stages go on. The handler keeps the
+    /// state the panic left it in: where a half-done update must not be served, use `Fatal`.
+    #[default]
+    Isolate,
+    /// The panic stops the runtime: its worker fails, the others stop at once, and
+    /// [`Runtime::run_until_signal`](crate::runtime::Runtime::run_until_signal) returns
+    /// [`Error::Panicked`](crate::Error::Panicked) with the message, for the process to exit
+    /// non-zero.
+    Fatal,
+}
+
+/// The message a panic carried (`panic!("...")` gives a `&str` or a `String`).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>().copied().or(p.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
 }
 
 /// A stage's code. One instance runs per replica, on that replica's worker only, so a handler

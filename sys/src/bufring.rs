@@ -65,12 +65,6 @@ impl BufRing {
         // SAFETY: the mapping is page-aligned, sized for `entries` slots, and outlives the
         // registration per this function's contract.
         unsafe { submitter.register_buf_ring_with_flags(self.base.as_ptr() as u64, self.entries(), self.bgid, 0) }
-            .map_err(|e| {
-                crate::ring::explain(
-                    "io_uring_register (IORING_REGISTER_PBUF_RING)",
-                    io::Error::new(e.kind(), format!("registering provided buffer ring (needs Linux 5.19+): {e}")),
-                )
-            })
     }
 
     /// Unregisters the ring from `submitter`'s ring.

@@ -66,6 +66,6 @@ impl Doorbell {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live local; an eventfd write only fails with EAGAIN when
         // the counter would overflow, in which case the owner is already woken.
-        let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        let _ = unsafe { syscall!(write(fd, (&one as *const u64).cast(), 8)) };
     }
 }

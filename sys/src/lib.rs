@@ -26,6 +26,7 @@ macro_rules! syscall {
 pub mod bufring;
 pub mod cpu;
 pub mod doorbell;
+pub mod fd;
 pub mod pipe;
 pub mod ring;
 pub mod signal;

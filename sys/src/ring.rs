@@ -43,11 +43,39 @@ pub struct Features {
     pub splice: bool,
 }
 
+/// A refused ring setup: the system call that failed, and its error as the kernel gave it
+/// (`Display` explains it: see [`explain`]).
+#[derive(Debug)]
+pub struct SetupError {
+    /// `io_uring_setup`, or the `io_uring_register` operation that failed.
+    pub call: &'static str,
+    /// The OS error (or, for a kernel too old, an `Unsupported` error saying what is missing).
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.error.raw_os_error() {
+            Some(code) => write!(f, "{}", explain(self.call, io::Error::from_raw_os_error(code))),
+            None => write!(f, "{}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// The ring memory `cfg` asks for, roughly (SQEs, CQEs, the SQ index array), in bytes.
+pub fn ring_bytes(cfg: &RingConfig) -> u64 {
+    let cq = if cfg.cq_entries == 0 { cfg.entries * 4 } else { cfg.cq_entries };
+    u64::from(cfg.entries) * (64 + 4) + u64::from(cq) * 16 + 4096
+}
+
 /// Creates a ring per `cfg`, probing the features ringstage depends on.
 ///
-/// Errors name the cause: `kernel.io_uring_disabled`, seccomp, a missing kernel feature, or
-/// `RLIMIT_MEMLOCK`.
-pub fn setup(cfg: &RingConfig) -> io::Result<(IoUring, Features)> {
+/// Errors name the refused call; their message the cause: `kernel.io_uring_disabled`,
+/// seccomp, a missing kernel feature, or `RLIMIT_MEMLOCK`.
+pub fn setup(cfg: &RingConfig) -> Result<(IoUring, Features), SetupError> {
+    let err = |call, error| SetupError { call, error };
     let cq = if cfg.cq_entries == 0 { cfg.entries * 4 } else { cfg.cq_entries };
     let mut feats = Features::default();
     let mut attempts: Vec<(bool, bool)> = Vec::new();
@@ -75,35 +103,30 @@ pub fn setup(cfg: &RingConfig) -> io::Result<(IoUring, Features)> {
             }
             // EINVAL: this kernel does not know a flag; try the next, smaller set.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
-            Err(e) => return Err(explain("io_uring_setup", e)),
+            Err(e) => return Err(err("io_uring_setup", e)),
         }
     }
     let ring = match ring {
         Some(r) => r,
-        None => {
-            let e = last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL));
-            return Err(explain("io_uring_setup", e));
-        }
+        None => return Err(err("io_uring_setup", last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))),
     };
     let p = ring.params();
+    let too_old = |what: &str| {
+        let msg = format!("io_uring lacks {what}: ringstage needs Linux 6.0 or newer");
+        err("io_uring_setup", io::Error::new(io::ErrorKind::Unsupported, msg))
+    };
     if !p.is_feature_ext_arg() || !p.is_feature_nodrop() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "io_uring lacks IORING_FEAT_EXT_ARG/NODROP: ringstage needs Linux 6.0 or newer",
-        ));
+        return Err(too_old("IORING_FEAT_EXT_ARG/NODROP"));
     }
     let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(|e| explain("io_uring_register (IORING_REGISTER_PROBE)", e))?;
+    ring.submitter().register_probe(&mut probe).map_err(|e| err("io_uring_register (IORING_REGISTER_PROBE)", e))?;
     feats.send_zc = probe.is_supported(opcode::SendZc::CODE);
     feats.openat2 = probe.is_supported(opcode::OpenAt2::CODE);
     feats.statx = probe.is_supported(opcode::Statx::CODE);
     feats.splice = probe.is_supported(opcode::Splice::CODE);
     // SEND_ZC arrived in 6.0 together with multishot recv, which the probe cannot see.
     if !feats.send_zc {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "io_uring lacks SEND_ZC, so multishot recv (Linux 6.0) is missing: ringstage needs Linux 6.0 or newer",
-        ));
+        return Err(too_old("SEND_ZC (and so multishot recv, which the probe cannot see)"));
     }
     Ok((ring, feats))
 }
@@ -133,10 +156,7 @@ pub fn explain(call: &str, e: io::Error) -> io::Error {
              filter answering ENOSYS"
         ),
         libc::ENOMEM => {
-            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit writes into the live local `lim`.
-            let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
-            let cur = if ok { format!("{} KiB", lim.rlim_cur / 1024) } else { "unknown".into() };
+            let cur = crate::fd::memlock_limit().map_or("unknown".into(), |l| format!("{} KiB", l / 1024));
             format!(
                 "io_uring could not allocate ring memory (ENOMEM): RLIMIT_MEMLOCK is {cur}; raise it \
                  (ulimit -l, LimitMEMLOCK=) or the memory cgroup limit, or use fewer ring entries"

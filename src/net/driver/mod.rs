@@ -1,0 +1,286 @@
+//! The network driver: one worker's listeners, connectors and connections, and the ring
+//! operations on them. One file per operation, as monoio's `driver/op`: [`accept`],
+//! [`connect`], [`recv`], [`send`] (gather, coalescing, zero copy), [`splice`] (files), and
+//! [`close`] (close, shutdown, abort).
+//!
+//! The network stage's handler runs commands against it ([`Net::command`]); the worker hands
+//! it the completions whose [`Token`] names one of its operations ([`Net::complete`]).
+
+mod accept;
+mod close;
+mod connect;
+mod recv;
+mod send;
+mod splice;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use io_uring::cqueue;
+use slab::Slab;
+
+pub(crate) use accept::Endpoint;
+use connect::Connecting;
+
+use super::conn::{ConnState, Life, RecvSide, SendSide};
+use super::{Conn, NetCmd, NetEvent};
+use crate::buf::{BufWriter, IoBufChain};
+use crate::reactor::{OpKind, Reactor, Target, Token};
+
+/// This worker's listeners, connectors and connections.
+pub(crate) struct Net {
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// Per `ConnectorId`: its index in `endpoints`.
+    connectors: Vec<usize>,
+    /// Outbound connects in flight (cancelled when the runtime drains).
+    connecting: Slab<Connecting>,
+    conns: Slab<ConnState>,
+    next_gen: u32,
+    /// Events the target stage refused; retried in order each loop iteration. Bounded by the
+    /// pool size (data) plus open connections (open/close).
+    stalled: VecDeque<(usize, u16, NetEvent)>,
+    /// Connections whose receive ran out of buffers, in the order they did: re-armed as
+    /// buffers come back, no more at once than there are buffers to take.
+    starved: VecDeque<usize>,
+    /// Connections given output during the current net batch, sent at its end.
+    dirty: Vec<(usize, u32)>,
+    last_sweep: Instant,
+    /// Accepted connections live in the ring's file table (registered at start when wanted
+    /// and granted; fixed from then on). Outbound ones are plain descriptors.
+    fixed: bool,
+    fixed_wanted: bool,
+    /// Views of closed connections that SEND_ZC notifications are still due for, by the
+    /// send's token. A closed socket frees its queued data, so they come soon.
+    zc_orphans: HashMap<u64, VecDeque<IoBufChain>>,
+    /// Where small views of a send are copied together (see [`send`]).
+    coalesce: BufWriter,
+}
+
+impl Net {
+    pub(crate) fn new(endpoints: Vec<Endpoint>, fixed_files: bool) -> Net {
+        let connectors = (0..endpoints.len()).filter(|&i| endpoints[i].is_connector()).collect();
+        Net {
+            fixed: false,
+            fixed_wanted: fixed_files,
+            endpoints,
+            connectors,
+            connecting: Slab::new(),
+            conns: Slab::new(),
+            next_gen: 0,
+            stalled: VecDeque::new(),
+            starved: VecDeque::new(),
+            dirty: Vec::new(),
+            last_sweep: Instant::now(),
+            zc_orphans: HashMap::new(),
+            coalesce: BufWriter::new(64 << 10),
+        }
+    }
+
+    /// Events waiting for their stage to accept them.
+    pub(crate) fn has_stalled(&self) -> bool {
+        !self.stalled.is_empty()
+    }
+
+    /// Connections waiting for buffers.
+    pub(crate) fn has_starved(&self) -> bool {
+        !self.starved.is_empty()
+    }
+
+    fn conn_id(r: &Reactor, idx: usize, gen: u32) -> Conn {
+        Conn { worker: r.worker as u16, idx: idx as u32, gen }
+    }
+
+    /// The live connection of slot `idx` that `t` is for (not a reused slot's newer tenant).
+    fn conn_for(&mut self, idx: usize, t: Token) -> Option<&mut ConnState> {
+        self.conns.get_mut(idx).filter(|c| t.is_for(c.gen))
+    }
+
+    /// Takes a new connection of endpoint `ei` (already counted in its `open`) into the table,
+    /// gives the endpoint's stage its first event (`first` makes it from the connection's id and
+    /// the endpoint's), choosing the replica all its events will go to, and starts receiving.
+    fn open_conn(&mut self, r: &mut Reactor, ei: usize, target: Target, first: impl FnOnce(Conn, usize) -> NetEvent) {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let cfg = self.endpoints[ei].cfg.clone();
+        let idx = self.conns.insert(ConnState {
+            target,
+            gen,
+            endpoint: ei,
+            replica: 0,
+            life: Life::Open,
+            rx: RecvSide::default(),
+            tx: SendSide::new(cfg.output_limit as u64, cfg.backpressure, r.now),
+            last_active: r.now,
+        });
+        let e = &self.endpoints[ei];
+        let first = first(Self::conn_id(r, idx, gen), e.id);
+        let replica = e.sink.pick(&first) as u16;
+        self.conns[idx].replica = replica;
+        self.emit(r, ei, replica, first);
+        if self.arm_recv(r, idx).is_err() {
+            self.begin_close(r, idx, false);
+        }
+    }
+
+    /// Routes a network completion.
+    pub(crate) fn complete(&mut self, r: &mut Reactor, t: Token, res: i32, flags: u32) {
+        let idx = t.key as usize;
+        let done = match t.kind {
+            OpKind::Accept => self.on_accept(r, idx, res, flags),
+            OpKind::Backoff => self.on_backoff(r, idx),
+            OpKind::Recv => self.on_recv(r, idx, t, res, flags),
+            OpKind::Send => self.on_send(r, idx, t, res, flags),
+            OpKind::SpliceIn | OpKind::SpliceOut => {
+                self.on_splice(r, idx, t, res);
+                Ok(())
+            }
+            OpKind::Close => {
+                self.on_closed(r, idx, t);
+                Ok(())
+            }
+            OpKind::Shutdown => {
+                self.on_shutdown(r, idx, t, res);
+                Ok(())
+            }
+            OpKind::Connect => {
+                self.on_connect(r, idx, res);
+                Ok(())
+            }
+            OpKind::Doorbell | OpKind::Ignore | OpKind::File => Ok(()),
+        };
+        if let Err(e) = done {
+            // Only a persistently full SQ lands here; the op stays un-armed and the tick retries
+            // the listener, while the connection is closed.
+            log::warn!("ringstage: worker {}: {e}", r.worker);
+        }
+    }
+
+    /// Executes a command from a handler stage.
+    #[inline]
+    pub(crate) fn command(&mut self, r: &mut Reactor, cmd: NetCmd) {
+        if let NetCmd::Connect { connector, addr, tag, .. } = cmd {
+            return self.connect(r, connector, addr, tag);
+        }
+        let Some(conn) = cmd.conn() else { return }; // every other command names a connection
+        let idx = conn.idx as usize;
+        let live =
+            self.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !matches!(c.life, Life::Closed) && !c.aborting());
+        if !live || conn.worker() != r.worker {
+            return; // stale id or already aborted: the bytes are dropped with the command
+        }
+        let c = &mut self.conns[idx];
+        match cmd {
+            NetCmd::Close { .. } => self.begin_close(r, idx, true),
+            NetCmd::Abort { .. } => self.begin_close_with(r, idx, false, true),
+            NetCmd::PauseReads { .. } => {
+                c.rx.paused = true;
+                self.hold_reads(r, idx);
+            }
+            NetCmd::ResumeReads { .. } => {
+                c.rx.paused = false;
+                self.release_reads(r, idx);
+            }
+            cmd => self.queue_output(r, idx, cmd),
+        }
+    }
+
+    /// Delivers an event to the connection's replica of the listener's stage, or parks it (in
+    /// order) if refused.
+    fn emit(&mut self, r: &mut Reactor, ei: usize, replica: u16, ev: NetEvent) {
+        // Behind parked events, a new one parks too, so the stage sees them in order.
+        let ev = if self.stalled.is_empty() {
+            match self.endpoints[ei].sink.try_enqueue_to(replica.into(), ev) {
+                Ok(()) => return,
+                Err(ev) => ev,
+            }
+        } else {
+            ev
+        };
+        self.stalled.push_back((ei, replica, ev));
+        r.counters.io_started.add(1);
+        r.counters.parked.add(1);
+    }
+
+    /// Retries parked events in order; stops at the first refusal. Returns how many went in.
+    pub(crate) fn flush_stalled(&mut self, r: &mut Reactor) -> usize {
+        let mut n = 0;
+        while let Some((ei, replica, ev)) = self.stalled.pop_front() {
+            if let Err(ev) = self.endpoints[ei].sink.try_enqueue_to(replica.into(), ev) {
+                self.stalled.push_front((ei, replica, ev));
+                break;
+            }
+            r.counters.io_finished.add(1);
+            n += 1;
+        }
+        n
+    }
+
+    /// Every 100 ms: idle and send timeouts, and listeners whose re-arm failed. A connection is
+    /// idle when nothing completed on it for the idle timeout; its output is stuck when one
+    /// send or splice has been in flight (no progress: each completes on partial progress) for
+    /// the send timeout. Either way it is aborted, which cancels what is in flight.
+    pub(crate) fn tick(&mut self, r: &mut Reactor) {
+        let now = r.now;
+        if now.duration_since(self.last_sweep) < Duration::from_millis(100) {
+            return;
+        }
+        self.last_sweep = now;
+        self.rearm_listeners(r);
+        if self.endpoints.iter().all(|l| l.cfg.idle_timeout.is_none() && l.cfg.send_timeout.is_none()) {
+            return;
+        }
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                let cfg = &self.endpoints[c.endpoint].cfg;
+                let idle = !c.closing() && cfg.idle_timeout.is_some_and(|d| now.duration_since(c.last_active) >= d);
+                let stuck = c.tx.busy()
+                    && !c.aborting()
+                    && cfg.send_timeout.is_some_and(|d| now.duration_since(c.tx.since) >= d);
+                idle || stuck
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for idx in expired {
+            self.begin_close(r, idx, false);
+        }
+    }
+
+    /// Shutdown, phase one: stop accepting, connecting and reading; queued sends still finish.
+    pub(crate) fn begin_drain(&mut self, r: &mut Reactor) {
+        self.stop_listeners(r);
+        self.cancel_connects(r);
+        let recvs: Vec<(usize, u32)> = self.conns.iter().filter(|(_, c)| c.rx.armed).map(|(i, c)| (i, c.gen)).collect();
+        for (idx, gen) in recvs {
+            let _ = r.cancel(Token::new(OpKind::Recv, idx, gen));
+        }
+        self.starved.clear();
+    }
+
+    /// Shutdown, last phase: close every remaining socket synchronously.
+    pub(crate) fn teardown(&mut self, r: &mut Reactor) {
+        for (_, c) in self.conns.iter() {
+            if !matches!(c.life, Life::Closed) {
+                // The connection owns its socket; the ring is about to be torn down.
+                r.close_now(c.target);
+            }
+        }
+        for (_, c) in self.conns.iter_mut() {
+            // Views a SEND_ZC may still be reading (no notification yet): leaked, not freed,
+            // so their memory cannot be reused under the kernel.
+            std::mem::forget(std::mem::take(&mut c.tx.zc_held));
+        }
+        std::mem::forget(std::mem::take(&mut self.zc_orphans));
+        self.conns.clear();
+        self.stalled.clear();
+        for l in &mut self.endpoints {
+            l.fd = None;
+        }
+    }
+}
+
+/// Whether a completion's flags say more completions of the same (multishot) operation follow.
+fn more(flags: u32) -> bool {
+    cqueue::more(flags)
+}
