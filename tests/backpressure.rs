@@ -29,7 +29,7 @@ impl Handler for Amplifier {
         let cmd = match ev {
             NetEvent::Data { conn, data } => {
                 self.received.fetch_add(data.len(), Ordering::Relaxed);
-                let answer: Vec<u8> = data.iter().flat_map(|&b| std::iter::repeat(b).take(GAIN)).collect();
+                let answer: Vec<u8> = data.iter().flat_map(|&b| std::iter::repeat_n(b, GAIN)).collect();
                 NetCmd::Send { conn, data: IoBuf::from(answer) }
             }
             NetEvent::Backlogged { .. } => return self.heard.lock().unwrap().push('b'),

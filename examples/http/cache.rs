@@ -363,7 +363,7 @@ impl Cache {
         // (its in-memory body is empty then).
         // If-Range (RFC 9110 §13.1.5): the range only while the client's copy is this version.
         // A Range is for GET only (RFC 9110 §14.2): a HEAD is answered as if it had none.
-        let range = req.range().filter(|_| !req.head && req.if_range().map_or(true, |v| if_range_holds(v, e)));
+        let range = req.range().filter(|_| !req.head && req.if_range().is_none_or(|v| if_range_holds(v, e)));
         let (status, chain, file_part) = match range.map_or(Range::Full, |r| proto::parse_range(r, len)) {
             Range::Full => {
                 let chain = self.chain(req, e.head200.clone(), Some(e.body.clone()));

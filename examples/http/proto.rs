@@ -260,7 +260,7 @@ impl DateLine {
 
     /// The current line (`Date: ...\r\n`) at `now`, the stage's loop clock.
     pub fn get(&mut self, now: Instant) -> IoBuf {
-        if self.next.map_or(true, |n| now >= n) {
+        if self.next.is_none_or(|n| now >= n) {
             let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             // Wall-clock steps move the line by at most a second, never freeze it: the next
             // look is at most a second away.

@@ -446,7 +446,7 @@ impl Shard {
                             self.serve(&data[args[1].clone()], now);
                         }
                     }
-                    if self.conns.get_mut(conn).map_or(true, |st| st.done) {
+                    if self.conns.get_mut(conn).is_none_or(|st| st.done) {
                         pos = buf.len();
                         break;
                     }

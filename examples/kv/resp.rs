@@ -447,13 +447,13 @@ mod tests {
                     for cut in 0..consumed {
                         let f = parse(&data[..cut], &lim, &mut scratch);
                         assert!(
-                            matches!(f, Frame::Partial { need } if need.map_or(true, |n| n > cut && n <= consumed)),
+                            matches!(f, Frame::Partial { need } if need.is_none_or(|n| n > cut && n <= consumed)),
                             "{:?} cut at {cut}: {f:?}",
                             String::from_utf8_lossy(&data)
                         );
                     }
                 }
-                Frame::Partial { need } => assert!(need.map_or(true, |n| n > data.len())),
+                Frame::Partial { need } => assert!(need.is_none_or(|n| n > data.len())),
                 Frame::Error(e) => assert!(e.starts_with("Protocol error")),
             }
         }

@@ -223,7 +223,7 @@ impl<E: Send + 'static> Sink<E> {
         };
         // Tokens are taken only when the queue has room for all of them.
         let admitted =
-            free >= n && self.inner.gates.as_ref().map_or(true, |g| g[r].admit_n(u8::MAX, n, self.inner.clock.get()));
+            free >= n && self.inner.gates.as_ref().is_none_or(|g| g[r].admit_n(u8::MAX, n, self.inner.clock.get()));
         if !admitted {
             self.account(false, n as u64, r);
             return Err(events);
