@@ -1142,7 +1142,7 @@ def plot_proxy(rows, cases, names, a):
 
 
 def bench_queue(a):
-    r = subprocess.run(["cargo", "bench", "--quiet", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
+    r = subprocess.run(["cargo", "bench", "--quiet", "--features", "internals", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
     cases = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
     lines = ["queue: push+pop on one thread, best of 30 x 1M items"]
     lines.append(f"{'case':<28}{'ns/item':>10}{'cycles/item':>13}")
@@ -1155,7 +1155,7 @@ def bench_queue(a):
     publish("queue", "\n".join(lines), {"cases": cases})
     if not a.skip_criterion:
         print("criterion (queue, iobuf): reports under target/criterion/", flush=True)
-        subprocess.run(["cargo", "bench", "--quiet", "--bench", "queue", "--bench", "iobuf", "--", "--noplot", "--warm-up-time", "1",
+        subprocess.run(["cargo", "bench", "--quiet", "--features", "internals", "--bench", "queue", "--bench", "iobuf", "--", "--noplot", "--warm-up-time", "1",
                         "--measurement-time", "2"], cwd=ROOT, check=True)
 
 

@@ -48,41 +48,34 @@ impl Handler for Echo {
     }
 }
 
+/// Echo server built from two stages: the network I/O stage and an echo handler stage.
+#[derive(clap::Parser, Debug)]
+#[command(name = "echo", version)]
+struct Opts {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: SocketAddr,
+    /// Put the echo stage on a second worker: buffers cross cores and back, uncopied.
+    #[arg(long)]
+    split: bool,
+    /// First CPU to pin to.
+    #[arg(long, default_value_t = 0)]
+    cpu: usize,
+    /// Send replies of at least this many bytes with SEND_ZC.
+    #[arg(long, value_name = "BYTES")]
+    zero_copy_min: Option<usize>,
+    /// Commands the network stage's queue holds per worker.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    net_capacity: u64,
+    /// Poll this long for work before sleeping.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    spin_us: u64,
+}
+
 fn main() -> std::io::Result<()> {
-    let mut addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
-    let mut split = false;
-    let mut cpu = 0usize;
-    let mut zc_min = None;
-    let mut net_capacity = 4096;
-    let mut spin = std::time::Duration::ZERO;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--addr" => addr = args.next().and_then(|v| v.parse().ok()).expect("--addr HOST:PORT"),
-            "--split" => split = true,
-            "--cpu" => cpu = args.next().and_then(|v| v.parse().ok()).expect("--cpu N"),
-            "--net-capacity" => {
-                net_capacity = args.next().and_then(|v| v.parse().ok()).expect("--net-capacity N");
-            }
-            "--spin-us" => {
-                let us = args.next().and_then(|v| v.parse().ok()).expect("--spin-us US");
-                spin = std::time::Duration::from_micros(us);
-            }
-            "--zero-copy-min" => {
-                zc_min = Some(args.next().and_then(|v| v.parse().ok()).expect("--zero-copy-min BYTES"));
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: echo [--addr HOST:PORT] [--split] [--cpu N] [--zero-copy-min BYTES] [--net-capacity N] [--spin-us US]"
-                );
-                return Ok(());
-            }
-            other => {
-                eprintln!("unknown argument {other:?}; see --help");
-                std::process::exit(2);
-            }
-        }
-    }
+    let o = <Opts as clap::Parser>::parse();
+    let (addr, split, cpu, zc_min) = (o.addr, o.split, o.cpu, o.zero_copy_min);
+    let (net_capacity, spin) = (o.net_capacity as usize, std::time::Duration::from_micros(o.spin_us));
     let workers = if split { 2 } else { 1 };
     let mut b = Runtime::builder(workers)
         .cpus((0..workers).map(|i| cpu + i))

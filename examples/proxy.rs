@@ -181,52 +181,49 @@ impl Handler for Proxy {
     }
 }
 
-const USAGE: &str = "usage: proxy --upstream HOST:PORT [--addr HOST:PORT] [--workers N] [--cpu FIRST] \
-                     [--connect-timeout-ms MS] [--buffer-kib KIB] [--idle-timeout-s S] [--output-kib KIB]";
+/// A TCP proxy on ringstage: each client's upstream connection is dialled from its worker.
+#[derive(clap::Parser, Debug)]
+#[command(name = "proxy", version)]
+struct Opts {
+    /// Where to forward each client's connection.
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    addr: SocketAddr,
+    /// Pinned workers, each accepting on its own SO_REUSEPORT socket.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// First CPU to pin to.
+    #[arg(long, default_value_t = 0)]
+    cpu: usize,
+    /// An upstream connect that takes longer fails the client.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    connect_timeout_ms: u64,
+    /// Receive buffer size.
+    #[arg(long, value_name = "KIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    buffer_kib: u64,
+    /// A pair with a side idle this long is closed (nginx's proxy_timeout).
+    #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_s: u64,
+    /// Output waiting for a slow reader beyond which the other side is paused.
+    #[arg(long, value_name = "KIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    output_kib: u64,
+}
 
 fn main() -> std::io::Result<()> {
-    let mut addr: SocketAddr = "127.0.0.1:7100".parse().unwrap();
-    let mut upstream: Option<SocketAddr> = None;
-    let (mut workers, mut cpu, mut connect_ms, mut buf_kib, mut idle_s) = (1usize, 0usize, 5000u64, 16usize, 600u64);
-    let mut output_kib = 64usize;
-    let mut args = std::env::args().skip(1);
-    let fail = |m: &str| -> ! {
-        eprintln!("{m}\n{USAGE}");
-        std::process::exit(2)
-    };
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().unwrap_or_else(|| fail(&format!("{name} needs a value")));
-        match a.as_str() {
-            "--addr" => addr = value("--addr").parse().unwrap_or_else(|_| fail("--addr HOST:PORT")),
-            "--upstream" => {
-                upstream = Some(value("--upstream").parse().unwrap_or_else(|_| fail("--upstream HOST:PORT")))
-            }
-            "--workers" => workers = value("--workers").parse().unwrap_or_else(|_| fail("--workers N")),
-            "--cpu" => cpu = value("--cpu").parse().unwrap_or_else(|_| fail("--cpu N")),
-            "--idle-timeout-s" => {
-                idle_s = value("--idle-timeout-s").parse().unwrap_or_else(|_| fail("--idle-timeout-s S"))
-            }
-            "--buffer-kib" => buf_kib = value("--buffer-kib").parse().unwrap_or_else(|_| fail("--buffer-kib KIB")),
-            "--output-kib" => output_kib = value("--output-kib").parse().unwrap_or_else(|_| fail("--output-kib KIB")),
-            "--connect-timeout-ms" => {
-                connect_ms = value("--connect-timeout-ms").parse().unwrap_or_else(|_| fail("--connect-timeout-ms MS"))
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => fail(&format!("unknown argument {other:?}")),
-        }
-    }
-    let upstream = upstream.unwrap_or_else(|| fail("--upstream is required"));
-    let workers = workers.max(1);
+    let o = <Opts as clap::Parser>::parse();
+    let (addr, upstream, cpu, connect_ms, buf_kib, idle_s) =
+        (o.addr, o.upstream, o.cpu, o.connect_timeout_ms, o.buffer_kib as usize, o.idle_timeout_s);
+    let output_kib = o.output_kib as usize;
+    let workers = usize::from(o.workers);
     let all: Vec<usize> = (0..workers).collect();
     let mut b =
-        Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).buffers(1024, buf_kib.max(1) << 10).signals(true);
+        Runtime::builder(workers).cpus((0..workers).map(|i| cpu + i)).buffers(1024, buf_kib << 10).signals(true);
     let proxy = b.stage::<NetEvent>("proxy", StageConfig::on(all.clone()));
-    let idle = Duration::from_secs(idle_s.max(1));
+    let idle = Duration::from_secs(idle_s);
     // Each side is paused for its peer's backlog (the handler), not for its own.
-    let limit = output_kib.max(1) << 10;
+    let limit = output_kib << 10;
     let client_side = ListenConfig::new(addr, all).idle_timeout(idle).output_limit(limit).backpressure(false);
     let (net, listener) = b.listen(client_side, proxy);
     let dial = ConnectConfig::new()

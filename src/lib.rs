@@ -17,7 +17,10 @@ mod error;
 pub mod fs;
 pub mod metrics;
 pub mod net;
+#[cfg(feature = "internals")]
 pub mod queue;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod queue;
 mod reactor;
 pub mod runtime;
 pub mod stage;
@@ -28,7 +31,9 @@ pub use error::{Error, Result};
 pub mod prelude {
     pub use crate::buf::{IoBuf, IoBufChain};
     pub use crate::metrics::{AppCounter, CounterId};
-    pub use crate::net::{Conn, ConnEvent, ConnMap, ListenConfig, ListenerId, NetCmd, NetEvent};
+    pub use crate::net::{
+        Conn, ConnEvent, ConnMap, Decode, Decoder, Flow, Framer, ListenConfig, ListenerId, NetCmd, NetEvent,
+    };
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
     pub use crate::stage::{
         handler_fn, Context, Handler, Injector, Outbox, PanicPolicy, Sink, StageConfig, StageId, Timer, TimerKey, Waker,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringstage::net::ConnOutbox;
 use ringstage::prelude::*;
 
 /// Each byte received goes back 16 times: a client that writes without reading makes the
@@ -334,4 +335,72 @@ fn pauses_resumes_and_backlogs_racing_lose_nothing() {
     resumer.join().unwrap();
     assert!(rt.metrics().total(|w| w.backlogged) > 0, "the output limit was reached too");
     rt.shutdown();
+}
+
+/// Forwards each connection's data, through a `ConnOutbox`, to a slow stage on another worker.
+struct Front {
+    work: ConnOutbox<NetEvent>,
+    most_waiting: Arc<AtomicUsize>,
+    paused: Arc<AtomicUsize>,
+}
+
+impl Handler for Front {
+    type Event = NetEvent;
+    fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
+        self.work.send(ev);
+        self.most_waiting.fetch_max(self.work.len(), Ordering::Relaxed);
+        self.paused.fetch_max(self.work.paused().len(), Ordering::Relaxed);
+    }
+    fn woken(&mut self, _cx: &mut Context<'_>) {
+        self.work.flush();
+    }
+}
+
+#[test]
+fn a_conn_outbox_pauses_the_connections_that_fill_it_and_loses_nothing() {
+    const LIMIT: usize = 16;
+    let (received, most_waiting, paused) =
+        (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut b = Runtime::builder(2);
+    let front = b.stage::<NetEvent>("front", StageConfig::on([0]));
+    // A slow stage with a small queue: the front's outbox fills at once.
+    let work = b.stage::<NetEvent>("work", StageConfig::on([1]).capacity(4).batch(1));
+    let (net, listener) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), front);
+    let (m, p) = (most_waiting.clone(), paused.clone());
+    b.handler(front, move |s| Front {
+        work: ConnOutbox::new(s.sink(work), s.sink(net), s.waker(front), LIMIT),
+        most_waiting: m.clone(),
+        paused: p.clone(),
+    });
+    let r = received.clone();
+    b.handler(work, move |_| {
+        let r = r.clone();
+        handler_fn(move |ev: NetEvent, _cx: &mut Context<'_>| {
+            if let NetEvent::Data { data, .. } = ev {
+                std::thread::sleep(Duration::from_micros(200)); // slow work, on its own worker
+                r.lock().unwrap().extend_from_slice(&data);
+            }
+        })
+    });
+    let rt = b.start().unwrap();
+    let addr = rt.local_addr(listener);
+    let msg = pattern(7, 4 << 20);
+    let mut c = connect(addr);
+    for chunk in msg.chunks(4096) {
+        c.write_all(chunk).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.lock().unwrap().len() < msg.len() {
+        assert!(Instant::now() < deadline, "{} of {} bytes", received.lock().unwrap().len(), msg.len());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(*received.lock().unwrap() == msg, "every byte, in order");
+    assert_eq!(paused.load(Ordering::Relaxed), 1, "the feeding connection was paused");
+    // Receives the kernel completed before the pause took effect (up to the buffer ring's
+    // window) still arrive; nothing more. Unpaused, the outbox would hold every receive
+    // buffer of the worker's pool (2048).
+    let most = most_waiting.load(Ordering::Relaxed);
+    assert!(most <= LIMIT + 256, "at most {most} events waited (limit {LIMIT})");
+    rt.shutdown();
+    rt.join().unwrap();
 }

@@ -191,9 +191,10 @@ fn header_fields_are_found_anywhere_in_a_head_up_to_the_largest_limit() {
 #[test]
 fn bad_options_are_refused_at_start_with_a_clear_error() {
     for (args, says) in [
-        (["--max-head", "70000"], "--max-head: 1 to 65535 bytes"),
-        (["--max-head", "0"], "--max-head: 1 to 65535 bytes"),
-        (["--max-line", "many"], "--max-line: not a number"),
+        (["--max-head", "70000"], "invalid value '70000' for '--max-head <BYTES>': 70000 is not in 1..=65535"),
+        (["--max-head", "0"], "invalid value '0' for '--max-head <BYTES>': 0 is not in 1..=65535"),
+        (["--max-line", "many"], "invalid value 'many' for '--max-line <BYTES>'"),
+        (["--no-such-option", "1"], "unexpected argument '--no-such-option'"),
     ] {
         let (code, err) = example::refused("http", &args);
         assert_eq!(code, Some(2), "{args:?}");

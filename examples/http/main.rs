@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example http -- [--addr 127.0.0.1:8080] [--root DIR] [--workers N]
+//! cargo run --release --example http -- --help     # every limit and option
 //! ```
 //!
 //! Stages, with one replica per worker (a connection's requests stay on its worker):
@@ -37,100 +38,87 @@ static ALLOC: ringstage::metrics::CountingAlloc = ringstage::metrics::CountingAl
 
 const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/http/www");
 
+/// Staged HTTP/1.1 static-file server (Haboob, rebuilt on ringstage).
+#[derive(clap::Parser, Debug)]
+#[command(name = "http", version)]
 struct Opts {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Directory to serve (nothing outside it is reachable).
+    #[arg(long, default_value = BUNDLED)]
     root: String,
-    workers: usize,
+    /// Pinned workers, one replica of every stage each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// First CPU to pin to (worker i on CPU cpu + i).
+    #[arg(long, default_value_t = 0)]
     cpu: usize,
-    limits: Limits,
-    capacity: usize,
-    cache_bytes: usize,
-    cache_file: usize,
-    ttl: Duration,
-    idle: Duration,
-    send_timeout: Duration,
-    file_timeout: Duration,
-    work: Duration,
-    overload_target: Option<Duration>,
-    spin: Duration,
+    /// Longest request line in bytes (414 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_line)]
+    max_line: usize,
+    /// Largest request head in bytes (431 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_head as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_HEAD))]
+    max_head: u64,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_body)]
+    max_body: u64,
+    /// The whole request head must arrive within this (408 after).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Requests per connection; the last response closes it (nginx's keepalive_requests).
+    #[arg(long, value_name = "N", default_value_t = KEEPALIVE_REQUESTS, value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive_requests: u64,
+    /// Events each stage's queue holds per replica.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    stage_capacity: u64,
+    /// Page cache size.
+    #[arg(long, value_name = "MB", default_value_t = 64)]
+    cache_mb: usize,
+    /// Files up to this size are cached; larger ones are spliced from the page cache.
+    #[arg(long, value_name = "KB", default_value_t = 4096)]
+    cache_file_kb: usize,
+    /// How long a cached file is served before it is checked again.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    cache_ttl_ms: u64,
+    /// Idle keep-alive connections are closed after this.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    idle_timeout_s: u64,
+    /// A send or splice with no progress for this long aborts its connection.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    send_timeout_ms: u64,
+    /// File operations are cancelled after this (503 with Retry-After).
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    file_timeout_ms: u64,
+    /// CPU time each /dynamic page burns.
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    dynamic_us: u64,
+    /// p90 target of /dynamic's admission control (0: no admission control).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    overload_target_ms: u64,
+    /// Poll this long for work before sleeping.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    spin_us: u64,
 }
 
-const USAGE: &str = "usage: http [--addr HOST:PORT] [--root DIR] [--workers N] [--cpu FIRST]
-  [--max-line BYTES] [--max-head BYTES] [--max-body BYTES] [--header-timeout-ms MS]
-  [--keepalive-requests N (requests per connection, the last one closes it; default 1000)]
-  [--stage-capacity N] [--cache-mb MB] [--cache-file-kb KB] [--cache-ttl-ms MS] [--idle-timeout-s S]
-  [--send-timeout-ms MS] [--file-timeout-ms MS]
-  [--dynamic-us US] [--overload-target-ms MS (0: no admission control)]
-  [--spin-us US (poll this long for work before sleeping; default 0)]";
+/// `--keepalive-requests`' default, as nginx's `keepalive_requests`.
+const KEEPALIVE_REQUESTS: u64 = 1000;
 
-fn opts() -> Result<Opts, String> {
-    let mut o = Opts {
-        addr: "127.0.0.1:8080".parse().unwrap(),
-        root: BUNDLED.into(),
-        workers: 1,
-        cpu: 0,
-        limits: Limits::default(),
-        capacity: 4096,
-        cache_bytes: 64 << 20,
-        cache_file: 4 << 20,
-        ttl: Duration::from_secs(5),
-        idle: Duration::from_secs(60),
-        send_timeout: Duration::from_secs(30),
-        file_timeout: Duration::from_secs(10),
-        work: Duration::from_micros(200),
-        overload_target: None,
-        spin: Duration::ZERO,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        if k == "-h" || k == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let v = it.next().ok_or_else(|| format!("{k} needs a value\n{USAGE}"))?;
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v:?}"));
-        match k.as_str() {
-            "--addr" => o.addr = v.parse().map_err(|_| format!("--addr: not HOST:PORT: {v:?}"))?,
-            "--root" => o.root = v,
-            "--workers" => o.workers = num(&v)?.max(1) as usize,
-            "--cpu" => o.cpu = num(&v)? as usize,
-            "--max-line" => o.limits.max_line = num(&v)? as usize,
-            "--max-head" => {
-                o.limits.max_head = match num(&v)? {
-                    n @ 1..=MAX_HEAD => n as usize,
-                    _ => return Err(format!("--max-head: 1 to {MAX_HEAD} bytes, not {v:?}")),
-                }
-            }
-            "--max-body" => o.limits.max_body = num(&v)?,
-            "--header-timeout-ms" => o.limits.header_timeout = Duration::from_millis(num(&v)?),
-            "--keepalive-requests" => o.limits.max_requests = num(&v)?.max(1),
-            "--stage-capacity" => o.capacity = num(&v)?.max(1) as usize,
-            "--cache-mb" => o.cache_bytes = (num(&v)? as usize) << 20,
-            "--cache-file-kb" => o.cache_file = (num(&v)? as usize) << 10,
-            "--cache-ttl-ms" => o.ttl = Duration::from_millis(num(&v)?),
-            "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?),
-            "--send-timeout-ms" => o.send_timeout = Duration::from_millis(num(&v)?.max(1)),
-            "--file-timeout-ms" => o.file_timeout = Duration::from_millis(num(&v)?.max(1)),
-            "--dynamic-us" => o.work = Duration::from_micros(num(&v)?),
-            "--spin-us" => o.spin = Duration::from_micros(num(&v)?),
-            "--overload-target-ms" => {
-                let ms = num(&v)?;
-                o.overload_target = (ms > 0).then(|| Duration::from_millis(ms));
-            }
-            _ => return Err(format!("unknown option {k}\n{USAGE}")),
+impl Opts {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_line: self.max_line,
+            max_head: self.max_head as usize,
+            max_body: self.max_body,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_requests: self.keepalive_requests,
         }
     }
-    Ok(o)
 }
 
 fn main() {
-    let o = match opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let o = <Opts as clap::Parser>::parse();
     if let Err(e) = run(o) {
         eprintln!("http: {e}");
         std::process::exit(1);
@@ -139,19 +127,22 @@ fn main() {
 
 fn run(o: Opts) -> std::io::Result<()> {
     let root = Arc::new(Root::open(&o.root)?);
-    let shared = Arc::new(SharedCache::new(o.cache_bytes, o.cache_file, o.ttl));
-    let all: Vec<usize> = (0..o.workers).collect();
-    let mut b = Runtime::builder(o.workers)
-        .cpus((0..o.workers).map(|i| o.cpu + i))
-        .file_timeout(Some(o.file_timeout))
-        .spin_before_sleep(o.spin)
+    let ttl = Duration::from_millis(o.cache_ttl_ms);
+    let shared = Arc::new(SharedCache::new(o.cache_mb << 20, o.cache_file_kb << 10, ttl));
+    let workers = usize::from(o.workers);
+    let all: Vec<usize> = (0..workers).collect();
+    let mut b = Runtime::builder(workers)
+        .cpus((0..workers).map(|i| o.cpu + i))
+        .file_timeout(Some(Duration::from_millis(o.file_timeout_ms)))
+        .spin_before_sleep(Duration::from_micros(o.spin_us))
         .signals(true);
-    let cap = o.capacity;
+    let cap = o.stage_capacity as usize;
     // One page per visit: the cheap stages on the same core run between pages. Declared first
     // (replicas run in declaration order), so a rendered page passes cache and net and leaves
     // in the same loop iteration instead of waiting behind the next page.
     let mut dyn_cfg = StageConfig::on(all.clone()).capacity(cap).batch(1);
-    if let Some(target) = o.overload_target {
+    if o.overload_target_ms > 0 {
+        let target = Duration::from_millis(o.overload_target_ms);
         // Samples come from the cache stage: from request parse to response (end to end).
         dyn_cfg = dyn_cfg.overload(OverloadConfig { external_samples: true, ..OverloadConfig::new(target) });
     }
@@ -160,18 +151,20 @@ fn run(o: Opts) -> std::io::Result<()> {
     let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
     let files = b.stage::<FilesEvent>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
     let (fs, files_id) = b.files(files);
-    let listen = ListenConfig::new(o.addr, all).idle_timeout(o.idle).send_timeout(o.send_timeout);
+    let listen = ListenConfig::new(o.addr, all)
+        .idle_timeout(Duration::from_secs(o.idle_timeout_s))
+        .send_timeout(Duration::from_millis(o.send_timeout_ms));
     let (net, listener) = b.listen(listen, parse);
     let classes = Responses::CLASSES
         .map(|c| b.counter(&format!("http_responses_total{{class=\"{c}\"}}"), "Responses sent, by status class."));
-    let limits = o.limits.clone();
+    let limits = o.limits();
     b.handler(parse, move |s| Parse::new(s.sink(net), s.sink(cache), s.waker(parse), limits.clone()));
     let sh = shared.clone();
     b.handler(cache, move |s| {
         let responses = Responses(classes.map(|id| s.counter(id)));
         Cache::new(s.sink(net), s.sink(files), s.sink(dynamic), s.handle(), sh.clone(), s.waker(cache), responses)
     });
-    let work = o.work;
+    let work = Duration::from_micros(o.dynamic_us);
     b.handler(dynamic, move |s| dynamic::Dynamic { cache: s.sink(cache), net: s.sink(net), work, rendered: 0 });
     b.handler(files, move |s| Files {
         cache: s.sink(cache),

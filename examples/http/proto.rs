@@ -244,6 +244,8 @@ pub fn unix_secs(t: SystemTime) -> i64 {
 /// Reads the wall clock only when the stage's loop clock has passed the next wall-clock second
 /// boundary, so the hot path neither allocates nor calls `clock_gettime`.
 pub struct DateLine {
+    /// The wall clock, as time since the Unix epoch (a seam for tests).
+    wall: fn() -> Duration,
     secs: i64,
     /// When (loop clock) to look at the wall clock again.
     next: Option<Instant>,
@@ -253,7 +255,12 @@ pub struct DateLine {
 
 impl DateLine {
     pub fn new() -> DateLine {
-        let mut d = DateLine { secs: -1, next: None, line: Rewritten::new() };
+        DateLine::with_clock(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+    }
+
+    /// A line that reads the wall clock from `wall` (time since the Unix epoch).
+    pub fn with_clock(wall: fn() -> Duration) -> DateLine {
+        let mut d = DateLine { wall, secs: -1, next: None, line: Rewritten::new() };
         d.get(Instant::now());
         d
     }
@@ -261,7 +268,7 @@ impl DateLine {
     /// The current line (`Date: ...\r\n`) at `now`, the stage's loop clock.
     pub fn get(&mut self, now: Instant) -> IoBuf {
         if self.next.is_none_or(|n| now >= n) {
-            let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let wall = (self.wall)();
             // Wall-clock steps move the line by at most a second, never freeze it: the next
             // look is at most a second away.
             self.next = Some(now + Duration::from_nanos(1_000_000_000 - u64::from(wall.subsec_nanos())));
@@ -502,29 +509,45 @@ mod tests {
         assert!(!refill(&mut IoBuf::from_static(b"static"), &[b"123456"]));
     }
 
+    thread_local! {
+        /// The test's wall clock, ms since the epoch (each test runs on its own thread).
+        static WALL_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(1_700_000_000_000) };
+    }
+
+    fn test_wall() -> Duration {
+        Duration::from_millis(WALL_MS.with(|w| w.get()))
+    }
+
+    /// Moves the test's wall clock on by `ms`.
+    fn wall_passes(ms: u64) {
+        WALL_MS.with(|w| w.set(w.get() + ms));
+    }
+
     #[test]
     fn the_date_line_reuses_the_buffer_of_the_line_before_unless_it_is_held() {
-        let mut d = DateLine::new();
-        let line = |d: &mut DateLine| d.get(Instant::now());
+        let mut d = DateLine::with_clock(test_wall);
+        let t0 = Instant::now();
+        // The loop clock moves with the test's wall clock, a second per step.
+        let mut step = 0u32;
+        let mut line = |d: &mut DateLine| {
+            step += 1;
+            wall_passes(1000);
+            d.get(t0 + Duration::from_secs(step.into()))
+        };
         let first = line(&mut d);
         let a = first.as_ptr();
         drop(first);
-        std::thread::sleep(Duration::from_millis(1050));
         let second = line(&mut d);
         assert_ne!(second.as_ptr(), a, "a new second, a new line");
         drop(second);
-        std::thread::sleep(Duration::from_millis(1050));
         let third = line(&mut d);
         assert_eq!(third.as_ptr(), a, "rewritten in place: nobody held the line of two seconds ago");
         let text = std::str::from_utf8(&third).unwrap();
         assert!(text.starts_with("Date: ") && text.ends_with(" GMT\r\n") && text.len() == 37, "{text:?}");
-        let (shown, now) = (parse_http_date(&third[6..35]).unwrap(), unix_secs(SystemTime::now()));
-        assert!(now - 1 <= shown && shown <= now, "the current second: {text:?}");
+        assert_eq!(parse_http_date(&third[6..35]), Some(test_wall().as_secs() as i64), "the current second: {text:?}");
         // A response still holding the spare (e.g. in a slow client's send queue) keeps it.
         let _held = third;
-        std::thread::sleep(Duration::from_millis(1050));
         let _ = line(&mut d);
-        std::thread::sleep(Duration::from_millis(1050));
         assert_ne!(line(&mut d).as_ptr(), a, "the held line is not overwritten");
     }
 
@@ -580,21 +603,19 @@ mod tests {
 
     #[test]
     fn date_line_reads_the_wall_clock_only_past_a_second_boundary() {
+        wall_passes(250); // a quarter into a second: the next boundary is 750 ms away
         let t0 = Instant::now();
-        let mut d = DateLine::new();
+        let mut d = DateLine::with_clock(test_wall);
         let first = d.get(t0);
         assert!(first.starts_with(b"Date: ") && first.ends_with(b" GMT\r\n"));
-        // Let the wall clock's second change.
-        std::thread::sleep(Duration::from_millis(1100));
-        // The same loop clock: no look at the wall clock, the same shared line.
-        assert_eq!(d.get(t0).as_ptr(), first.as_ptr());
-        // The loop clock moved past the boundary: the line follows the wall clock.
-        let before = unix_secs(SystemTime::now());
-        let now = d.get(Instant::now());
-        let after = unix_secs(SystemTime::now());
+        // The wall clock's second changes...
+        wall_passes(1100);
+        // ...but the loop clock has not reached the boundary: no look, the same shared line.
+        assert_eq!(d.get(t0 + Duration::from_millis(700)).as_ptr(), first.as_ptr());
+        // The loop clock passed the boundary: the line follows the wall clock.
+        let now = d.get(t0 + Duration::from_millis(800));
         assert_ne!(&now[..], &first[..]);
-        let shown = &now[6..now.len() - 2];
-        assert!(shown == http_date(before).as_bytes() || shown == http_date(after).as_bytes());
+        assert_eq!(&now[6..now.len() - 2], http_date(test_wall().as_secs() as i64).as_bytes());
     }
 
     #[test]

@@ -22,8 +22,9 @@
 //! INFO QUIT DEBUG SLEEP, plus empty answers to the CONFIG GET and COMMAND queries clients make
 //! on connect.
 
-mod command;
+mod cmd;
 mod resp;
+mod shard;
 mod slow;
 mod store;
 
@@ -33,76 +34,49 @@ use std::time::Duration;
 
 use ringstage::prelude::*;
 
-use command::{shard_here, BlockTimeout, Command, Resume, Shard, Unblock};
 use resp::Limits;
+use shard::{shard_here, BlockTimeout, Command, Resume, Shard, Unblock};
 use slow::{Slow, SlowDone, SlowReq};
 
+/// A Redis-protocol (RESP2) key-value server on ringstage.
+#[derive(clap::Parser, Debug)]
+#[command(name = "kv", version)]
 struct Opts {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6380")]
     addr: SocketAddr,
+    /// CPU of the keyspace's worker.
+    #[arg(long, default_value_t = 0)]
     cpu: usize,
+    /// CPU of the slow stage's worker (default: the next one).
+    #[arg(long)]
     slow_cpu: Option<usize>,
-    capacity: usize,
-    slow_capacity: usize,
-    max_blocked: usize,
-    limits: Limits,
-    idle: Duration,
-    spin: Duration,
-    /// Total memory of the connections' unparsed input (`maxmemory-clients`).
-    max_input: usize,
-}
-
-const USAGE: &str = "usage: kv [--addr HOST:PORT] [--cpu N] [--slow-cpu M] [--stage-capacity N]
-  [--slow-capacity N] [--max-blocked N] [--max-bulk-mb MB] [--idle-timeout-s S]
-  [--spin-us US (poll this long for work before sleeping; default 0)]
-  [--max-clients-input-mb MB (all connections' input not yet run; the largest holder is closed
-    beyond it; default 256)]";
-
-fn opts() -> Result<Opts, String> {
-    let mut o = Opts {
-        addr: "127.0.0.1:6380".parse().unwrap(),
-        cpu: 0,
-        slow_cpu: None,
-        capacity: 4096,
-        slow_capacity: 64,
-        max_blocked: 16384,
-        limits: Limits::default(),
-        idle: Duration::from_secs(300),
-        spin: Duration::ZERO,
-        max_input: 256 << 20,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        if k == "-h" || k == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let v = it.next().ok_or_else(|| format!("{k} needs a value\n{USAGE}"))?;
-        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v:?}"));
-        match k.as_str() {
-            "--addr" => o.addr = v.parse().map_err(|_| format!("--addr: not HOST:PORT: {v:?}"))?,
-            "--cpu" => o.cpu = num(&v)? as usize,
-            "--slow-cpu" => o.slow_cpu = Some(num(&v)? as usize),
-            "--stage-capacity" => o.capacity = num(&v)?.max(1) as usize,
-            "--slow-capacity" => o.slow_capacity = num(&v)?.max(1) as usize,
-            "--max-blocked" => o.max_blocked = num(&v)?.clamp(1, 1 << 24) as usize,
-            "--max-bulk-mb" => o.limits.max_bulk = (num(&v)?.clamp(1, 4096) as usize) << 20,
-            "--idle-timeout-s" => o.idle = Duration::from_secs(num(&v)?.max(1)),
-            "--spin-us" => o.spin = Duration::from_micros(num(&v)?),
-            "--max-clients-input-mb" => o.max_input = (num(&v)?.clamp(1, 1 << 20) as usize) << 20,
-            _ => return Err(format!("unknown option {k}\n{USAGE}")),
-        }
-    }
-    Ok(o)
+    /// Events each stage's queue holds.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    stage_capacity: u64,
+    /// Slow commands that may wait; beyond it they are answered -BUSY at once.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    slow_capacity: u64,
+    /// Blocking pops that may wait with a time limit; beyond it they are answered -BUSY.
+    #[arg(long, value_name = "N", default_value_t = 16384, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+    max_blocked: u64,
+    /// Largest bulk string.
+    #[arg(long, value_name = "MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_bulk_mb: u64,
+    /// Connections idle this long are closed.
+    #[arg(long, value_name = "S", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_s: u64,
+    /// Poll this long for work before sleeping.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    spin_us: u64,
+    /// All connections' input not yet run; beyond it the largest holder is closed (Redis's
+    /// maxmemory-clients).
+    #[arg(long, value_name = "MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_clients_input_mb: u64,
 }
 
 fn main() {
-    let o = match opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let o = <Opts as clap::Parser>::parse();
     if let Err(e) = run(o) {
         eprintln!("kv: {e}");
         std::process::exit(1);
@@ -112,18 +86,22 @@ fn main() {
 fn run(o: Opts) -> std::io::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let slow_cpu = o.slow_cpu.unwrap_or((o.cpu + 1) % cores);
-    let mut b = Runtime::builder(2).cpus([o.cpu, slow_cpu]).spin_before_sleep(o.spin).signals(true);
-    let command = b.stage::<NetEvent>("command", StageConfig::on([0]).capacity(o.capacity));
-    let resume = b.stage::<SlowDone>("resume", StageConfig::on([0]).capacity(o.capacity));
+    let spin = Duration::from_micros(o.spin_us);
+    let mut b = Runtime::builder(2).cpus([o.cpu, slow_cpu]).spin_before_sleep(spin).signals(true);
+    let capacity = o.stage_capacity as usize;
+    let command = b.stage::<NetEvent>("command", StageConfig::on([0]).capacity(capacity));
+    let resume = b.stage::<SlowDone>("resume", StageConfig::on([0]).capacity(capacity));
     // Blocking pops' time limits: the shard's timer hands them to this stage on worker 0.
-    let unblock = b.stage::<BlockTimeout>("unblock", StageConfig::on([0]).timers(o.max_blocked));
+    let unblock = b.stage::<BlockTimeout>("unblock", StageConfig::on([0]).timers(o.max_blocked as usize));
     // One command per visit: the worker checks for new work between slow commands.
-    let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).capacity(o.slow_capacity).batch(1));
-    let listen = ListenConfig::new(o.addr, [0]).idle_timeout(o.idle);
+    let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).capacity(o.slow_capacity as usize).batch(1));
+    let listen = ListenConfig::new(o.addr, [0]).idle_timeout(Duration::from_secs(o.idle_timeout_s));
     let (net, listener) = b.listen(listen, command);
-    let limits = o.limits.clone();
-    let (max_input, evicted) =
-        (o.max_input, b.counter("kv_clients_evicted_total", "Connections closed for the total input limit."));
+    let limits = Limits { max_bulk: (o.max_bulk_mb as usize) << 20, ..Limits::default() };
+    let (max_input, evicted) = (
+        (o.max_clients_input_mb as usize) << 20,
+        b.counter("kv_clients_evicted_total", "Connections closed for the total input limit."),
+    );
     // Both stages of worker 0 get the same shard: the first to be set up creates it (and
     // takes its sinks).
     let make_shard = move |s: &mut Setup<'_>| {

@@ -62,6 +62,29 @@ impl Args {
     }
 }
 
+/// RESP framing for a [`Framer`](ringstage::net::Framer): a frame is one command's bytes (a
+/// view of the receive buffer when the command came whole), and the decoder's `args` hold its
+/// words until the next frame is decoded.
+#[derive(Debug, Default)]
+pub struct Resp {
+    pub limits: Limits,
+    pub args: Args,
+}
+
+impl ringstage::net::Decoder for Resp {
+    type Frame = ringstage::buf::IoBuf;
+    type Error = String;
+
+    fn decode(&mut self, input: &ringstage::buf::IoBuf) -> Result<ringstage::net::Decode<Self::Frame>, String> {
+        use ringstage::net::Decode;
+        match parse(input, &self.limits, &mut self.args) {
+            Frame::Command { consumed } => Ok(Decode::Frame { frame: input.slice(..consumed), len: consumed }),
+            Frame::Partial { need } => Ok(Decode::Need(need)),
+            Frame::Error(msg) => Err(msg),
+        }
+    }
+}
+
 /// Parses one command at the start of `data` into `args` (cleared first). Hot path: no
 /// allocation once `args` has grown.
 pub fn parse(data: &[u8], lim: &Limits, args: &mut Args) -> Frame {

@@ -12,6 +12,22 @@ use super::IoBuf;
 /// The chain does not store its byte count (`len` adds the views' lengths): without it, a
 /// network command carrying a chain stays within 128 bytes with its queue stamp, which the
 /// compiler moves with a few vector stores instead of a `memcpy` call.
+///
+/// # Examples
+///
+/// ```
+/// use ringstage::buf::{IoBuf, IoBufChain};
+///
+/// let body = IoBuf::from(vec![b'x'; 1000]);
+/// let mut reply = IoBufChain::new();
+/// reply.push(IoBuf::from_static(b"$1000\r\n"));
+/// reply.push(body.clone()); // shared, not copied
+/// reply.push(IoBuf::from_static(b"\r\n"));
+/// assert_eq!(reply.len(), 1009);
+/// assert_eq!(reply.segments(), 3);
+/// reply.advance(7); // the kernel took the first 7 bytes
+/// assert_eq!(reply.segments(), 2);
+/// ```
 #[derive(Default, Debug)]
 pub struct IoBufChain {
     /// Never holds an empty view.

@@ -114,6 +114,34 @@ impl IoBuf {
         self.header().is_some_and(|h| matches!(h.owner, Owner::Pool { .. }))
     }
 
+    /// A view to keep: the same view when its bytes are not in a receive pool, else a copy of
+    /// them into a new heap block, so the pool buffer can go back to the kernel when the
+    /// received view drops.
+    ///
+    /// A received view pins its whole pool buffer (often 4-16 KiB for a few bytes of it), and a
+    /// worker has a fixed number of them: a handler that stores received views (a cache's
+    /// values, a session's name) runs its worker out of receive buffers. Store
+    /// `data.to_unpooled()` instead. Cost: one allocation and a copy of `len` bytes when
+    /// pooled; one reference count increment otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringstage::buf::IoBuf;
+    ///
+    /// let static_view = IoBuf::from_static(b"kept as is");
+    /// let kept = static_view.to_unpooled();
+    /// assert!(!kept.is_pooled());
+    /// assert_eq!(&kept[..], b"kept as is");
+    /// ```
+    pub fn to_unpooled(&self) -> IoBuf {
+        if self.is_pooled() {
+            IoBuf::copy_from_slice(self)
+        } else {
+            self.clone()
+        }
+    }
+
     /// Free bytes in the block before this view.
     pub fn headroom(&self) -> usize {
         self.header().map_or(0, |h| self.ptr as usize - h.base as usize)
@@ -142,7 +170,17 @@ impl IoBuf {
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, n) })
     }
 
-    /// A new view of `range` of this one. O(1), no copy.
+    /// A new view of `range` of this one. O(1), no copy: one reference count increment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringstage::buf::IoBuf;
+    ///
+    /// let line = IoBuf::from(b"GET /index.html HTTP/1.1".to_vec());
+    /// let target = line.slice(4..15);
+    /// assert_eq!(&target[..], b"/index.html");
+    /// ```
     ///
     /// # Panics
     /// If the range is out of bounds.
@@ -165,7 +203,24 @@ impl IoBuf {
         v
     }
 
-    /// Splits off and returns the first `at` bytes; `self` keeps the rest. O(1).
+    /// Splits off and returns the first `at` bytes; `self` keeps the rest. O(1), one reference
+    /// count increment.
+    ///
+    /// # Examples
+    ///
+    /// Framing: take whole frames off the front of received bytes, keep the partial rest.
+    ///
+    /// ```
+    /// use ringstage::buf::IoBuf;
+    ///
+    /// let mut input = IoBuf::from(b"ping\npong\npa".to_vec());
+    /// let mut frames = Vec::new();
+    /// while let Some(end) = input.iter().position(|&b| b == b'\n') {
+    ///     frames.push(input.split_to(end + 1));
+    /// }
+    /// assert_eq!(frames.len(), 2);
+    /// assert_eq!(&input[..], b"pa"); // waits for the rest of its frame
+    /// ```
     ///
     /// # Panics
     /// If `at > len`.
@@ -201,6 +256,18 @@ impl IoBuf {
     /// block (pieces a [`BufWriter`](super::BufWriter) handed out one after another, parts of
     /// one received buffer): one view instead of two, no copy. Returns whether it did.
     /// O(1), no atomic operation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringstage::buf::IoBuf;
+    ///
+    /// let mut b = IoBuf::from(b"hello world".to_vec());
+    /// let rest = b.split_off(5);
+    /// assert!(b.join(&rest)); // adjacent in one block: one view again
+    /// assert_eq!(&b[..], b"hello world");
+    /// assert!(!b.join(&IoBuf::from_static(b"!")));
+    /// ```
     pub fn join(&mut self, next: &IoBuf) -> bool {
         let adjacent = self.hdr.is_some() && self.hdr == next.hdr && self.ptr.wrapping_add(self.len) == next.ptr;
         if adjacent {

@@ -1,16 +1,16 @@
 //! Zero-copy buffers.
 //!
 //! - [`IoBuf`]: a refcounted, immutable view into a block of bytes: a receive buffer from a
-//!   [`BufPool`], a heap block, or static bytes. `clone`, `slice`, `split_to` and `split_off` make
+//!   receive pool, a heap block, or static bytes. `clone`, `slice`, `split_to` and `split_off` make
 //!   new views of the same block in O(1) without copying; the block is released when the last
 //!   view drops.
 //! - [`IoBufChain`]: an ordered list of views sent with one gather write.
 //! - [`BufWriter`]: small output (reply lines, short values) copied into shared blocks and
 //!   handed out as views: one allocation per block, not per piece.
-//! - [`BufPool`]: one worker's provided buffer ring. A multishot recv fills a pool buffer
-//!   once; the bytes then travel to handlers, other stages and the send path as `IoBuf` views.
-//!   The last drop hands the buffer back to its home ring, directly on the home worker or over
-//!   a lock-free return queue from any other thread.
+//! - `BufPool` (public with the `internals` feature): one worker's provided buffer ring. A
+//!   multishot recv fills a pool buffer once; the bytes then travel to handlers, other stages
+//!   and the send path as `IoBuf` views. The last drop hands the buffer back to its home ring,
+//!   directly on the home worker or over a lock-free return queue from any other thread.
 //!
 //! Costs: a clone is one atomic increment; a drop one atomic decrement, except the last view's
 //! drop, which sees the count at 1 and needs no read-modify-write (as in folly's IOBuf). For the
@@ -31,5 +31,8 @@ mod writer;
 
 pub use chain::IoBufChain;
 pub use iobuf::IoBuf;
+#[cfg(not(feature = "internals"))]
+pub(crate) use pool::BufPool;
+#[cfg(feature = "internals")]
 pub use pool::{BufPool, PoolStats};
 pub use writer::BufWriter;

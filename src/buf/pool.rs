@@ -323,6 +323,7 @@ impl BufPool {
     }
 
     /// Size of each buffer.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn buf_size(&self) -> usize {
         self.shared.buf_size
     }
@@ -495,6 +496,19 @@ mod tests {
         // The same buffer can be taken again.
         let again = recv(&pool, 0, b"x");
         assert_eq!(&again[..], b"x");
+    }
+
+    #[test]
+    fn an_unpooled_copy_lets_the_receive_buffer_go_home() {
+        let pool = BufPool::new(2, 64, 1).unwrap();
+        let b = recv(&pool, 0, b"value to store");
+        let kept = b.slice(9..).to_unpooled();
+        assert!(!kept.is_pooled());
+        drop(b);
+        assert_eq!(pool.available(), 2, "the stored copy does not pin the pool buffer");
+        assert_eq!(&kept[..], b"store");
+        let again = kept.to_unpooled();
+        assert_eq!(again.as_ptr(), kept.as_ptr(), "an unpooled view is shared, not copied again");
     }
 
     #[test]

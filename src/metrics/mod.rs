@@ -14,11 +14,12 @@ use crossbeam_utils::CachePadded;
 pub use alloc::{thread_allocations, CountingAlloc};
 pub(crate) use app::valid_name;
 pub use app::{AppCounter, CounterId};
-pub use histogram::{HistSnapshot, Histogram};
+pub use histogram::HistSnapshot;
+pub(crate) use histogram::Histogram;
 
 /// A single-writer monotone counter (or gauge) readable from any thread.
 #[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
     /// Adds `n`. Only the owning worker may call this. Hot path: two plain memory operations.
@@ -42,7 +43,7 @@ impl Counter {
 
 /// One stage's counters as kept by one worker.
 #[derive(Debug, Default)]
-pub struct StageCounters {
+pub(crate) struct StageCounters {
     /// Events this worker's sinks put into the stage's queues.
     pub enqueued: Counter,
     /// Events this worker's sinks offered and the stage refused.
@@ -69,7 +70,7 @@ pub struct StageCounters {
 
 /// One worker's counters.
 #[derive(Debug)]
-pub struct WorkerCounters {
+pub(crate) struct WorkerCounters {
     /// Per stage, indexed by stage id.
     pub stages: Box<[CachePadded<StageCounters>]>,
     /// Event-loop iterations.

@@ -17,6 +17,29 @@ use super::Conn;
 /// [`remove`](ConnMap::remove) are two indexings and a compare: no hashing, no allocation, no
 /// lock. [`insert`](ConnMap::insert) allocates only when a worker's table grows (amortized, per
 /// new highest slot). Iteration visits every slot of every table.
+///
+/// # Examples
+///
+/// ```
+/// use ringstage::net::{ConnMap, NetEvent};
+///
+/// #[derive(Default)]
+/// struct Session { requests: u32 }
+///
+/// fn on_event(sessions: &mut ConnMap<Session>, ev: &NetEvent) {
+///     match ev {
+///         NetEvent::Opened { conn, .. } => { sessions.insert(*conn, Session::default()); }
+///         NetEvent::Data { conn, .. } => {
+///             if let Some(s) = sessions.get_mut(*conn) { s.requests += 1; }
+///         }
+///         NetEvent::Closed { conn, .. } => { sessions.remove(*conn); }
+///         _ => {}
+///     }
+/// }
+/// let sessions = ConnMap::<Session>::new();
+/// assert!(sessions.is_empty());
+/// # let _ = on_event;
+/// ```
 pub struct ConnMap<T> {
     tables: Vec<Vec<Option<(Conn, T)>>>,
     len: usize,

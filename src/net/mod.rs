@@ -34,7 +34,9 @@
 
 mod conn;
 mod conn_map;
+mod conn_outbox;
 mod driver;
+mod framing;
 mod pipe;
 
 use std::cell::RefCell;
@@ -43,7 +45,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub use conn_map::ConnMap;
+pub use conn_outbox::ConnOutbox;
 pub(crate) use driver::{Endpoint, Net};
+pub use framing::{Decode, Decoder, Flow, FrameError, Framer};
 pub use pipe::SplicePipe;
 
 use crate::buf::{IoBuf, IoBufChain};
@@ -126,6 +130,31 @@ pub struct ListenerId(pub(crate) usize);
 pub struct ConnectorId(pub(crate) usize);
 
 /// What the network stage tells a handler stage.
+///
+/// A connection's events reach one replica in order: `Opened` (or `Connected`), any number of
+/// `Data`, then `Eof` when the peer has finished sending, and `Closed` last. `Backlogged` and
+/// `Drained` come between as its unsent output crosses the listener's limit.
+///
+/// # Examples
+///
+/// The skeleton of a handler's `handle`:
+///
+/// ```
+/// use ringstage::prelude::*;
+///
+/// fn handle(ev: NetEvent, net: &mut Outbox<NetCmd>) {
+///     match ev {
+///         NetEvent::Opened { .. } | NetEvent::Connected { .. } => {} // set up per-connection state
+///         NetEvent::Data { conn, data } => {
+///             // `data` pins its pool buffer: answer from it, or copy out what you keep.
+///             net.send(NetCmd::Send { conn, data });
+///         }
+///         NetEvent::Eof { conn } => { net.send(NetCmd::Close { conn }); }
+///         NetEvent::Closed { .. } => {} // drop per-connection state
+///         _ => {}
+///     }
+/// }
+/// ```
 #[derive(Debug)]
 pub enum NetEvent {
     /// A connection was accepted.
@@ -208,6 +237,26 @@ impl NetEvent {
 }
 
 /// What a handler stage asks of the network stage.
+///
+/// Commands of one connection are carried out in the order sent: output is queued and sent
+/// in order (views, chains and file transfers alike), and `Close` / `Shutdown` wait for it.
+/// `Abort` does not wait: it resets the connection (RST).
+///
+/// # Examples
+///
+/// A response of a small head and a shared body, gathered into one send without copying the
+/// body:
+///
+/// ```
+/// use ringstage::prelude::*;
+///
+/// fn respond(conn: Conn, body: &IoBuf) -> NetCmd {
+///     let mut data = IoBufChain::new();
+///     data.push(IoBuf::from(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes()));
+///     data.push(body.clone()); // one reference count increment, no copy
+///     NetCmd::SendChain { conn, data }
+/// }
+/// ```
 #[derive(Debug)]
 pub enum NetCmd {
     /// Queue `data` for sending.

@@ -1,4 +1,5 @@
-//! Bounded lock-free ring queues.
+//! Bounded lock-free ring queues. Public with the `internals` feature (for the benches); the
+//! runtime's stages and sinks are the way to use them.
 //!
 //! - [`spsc`]: one producer, one consumer; the edge between two pinned workers. Each side keeps
 //!   its own index in a private field and a cached copy of the other side's, so the shared
@@ -9,6 +10,10 @@
 //!
 //! Refusal returns the value: `push` gives `Err(value)` when the ring is full. Nothing blocks,
 //! nothing allocates after construction.
+
+// Without `internals` the runtime uses part of the queues' API; the rest is what the benches
+// and the unit and Miri tests exercise.
+#![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
 pub mod mpsc;
 pub mod spsc;

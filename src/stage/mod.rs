@@ -220,6 +220,49 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
 
 /// A stage's code. One instance runs per replica, on that replica's worker only, so a handler
 /// needs no locks and need not be `Send`.
+///
+/// # Examples
+///
+/// A line counter: it keeps per-connection state in a [`ConnMap`](crate::net::ConnMap),
+/// answers each `Data` with the running count, and keeps what the network stage refuses in an
+/// [`Outbox`] that its [`woken`](Handler::woken) hook flushes.
+///
+/// ```no_run
+/// use ringstage::prelude::*;
+///
+/// struct Lines { seen: ConnMap<u64>, net: Outbox<NetCmd> }
+///
+/// impl Handler for Lines {
+///     type Event = NetEvent;
+///     fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
+///         match ev {
+///             NetEvent::Opened { conn, .. } => { self.seen.insert(conn, 0); }
+///             NetEvent::Data { conn, data } => {
+///                 let Some(n) = self.seen.get_mut(conn) else { return };
+///                 *n += data.iter().filter(|&&b| b == b'\n').count() as u64;
+///                 let reply = IoBuf::from(format!("{n}\n").into_bytes());
+///                 self.net.send(NetCmd::Send { conn, data: reply });
+///             }
+///             NetEvent::Eof { conn } => { self.net.send(NetCmd::Close { conn }); }
+///             NetEvent::Closed { conn, .. } => { self.seen.remove(conn); }
+///             _ => {}
+///         }
+///     }
+///     fn woken(&mut self, _cx: &mut Context<'_>) {
+///         self.net.flush();
+///     }
+/// }
+///
+/// let mut b = Runtime::builder(1);
+/// let lines = b.stage::<NetEvent>("lines", StageConfig::on([0]));
+/// let (net, _) = b.listen(ListenConfig::new("127.0.0.1:7001".parse().unwrap(), [0]), lines);
+/// b.handler(lines, move |s| Lines {
+///     seen: ConnMap::new(),
+///     net: Outbox::with_waker(s.sink(net), s.waker(lines)),
+/// });
+/// b.start()?.run_until_signal()?;
+/// # Ok::<(), ringstage::Error>(())
+/// ```
 pub trait Handler: 'static {
     /// The events this stage consumes.
     type Event: Send + 'static;

@@ -21,6 +21,32 @@ use super::{Sink, Waker};
 ///
 /// Cost: while nothing waits, `send` is one `is_empty` check and the sink's `try_enqueue`; no
 /// allocation, no lock. The overflow's storage is allocated the first time an event waits.
+///
+/// # Examples
+///
+/// The pattern for a stage that must not lose or reorder its output: send through the outbox,
+/// flush it when woken.
+///
+/// ```no_run
+/// use ringstage::prelude::*;
+///
+/// struct Echo { net: Outbox<NetCmd> }
+/// impl Handler for Echo {
+///     type Event = NetEvent;
+///     fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
+///         if let NetEvent::Data { conn, data } = ev {
+///             self.net.send(NetCmd::Send { conn, data }); // waits in order if refused
+///         }
+///     }
+///     fn woken(&mut self, _cx: &mut Context<'_>) {
+///         self.net.flush();
+///     }
+/// }
+/// let mut b = Runtime::builder(1);
+/// let echo = b.stage::<NetEvent>("echo", StageConfig::on([0]));
+/// let (net, _) = b.listen(ListenConfig::new("127.0.0.1:7002".parse().unwrap(), [0]), echo);
+/// b.handler(echo, move |s| Echo { net: Outbox::with_waker(s.sink(net), s.waker(echo)) });
+/// ```
 pub struct Outbox<E> {
     sink: Sink<E>,
     waiting: VecDeque<E>,

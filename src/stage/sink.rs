@@ -98,8 +98,39 @@ pub(crate) struct SinkInner<E> {
 
 /// A handle for putting events into a stage, bound to the worker it was made on (`!Send`).
 ///
-/// Get one during setup with [`crate::runtime::Setup::sink`]. Cloning is cheap and clones share
-/// the same queues.
+/// Get one during setup with [`crate::runtime::Setup::sink`]. Cloning is cheap (one reference
+/// count increment) and clones share the same queues.
+///
+/// # Examples
+///
+/// A stage that forwards to another and, when the next queue is full, answers the event
+/// itself instead of waiting (SEDA's refusal: the caller learns at once).
+///
+/// ```
+/// use ringstage::prelude::*;
+///
+/// let mut b = Runtime::builder(1);
+/// let work = b.stage::<u32>("work", StageConfig::on([0]).capacity(4));
+/// let front = b.stage::<u32>("front", StageConfig::on([0]));
+/// b.handler(work, |_| handler_fn(|_n: u32, _cx: &mut Context<'_>| {}));
+/// b.handler(front, move |s| {
+///     let work = s.sink(work);
+///     handler_fn(move |n: u32, _cx: &mut Context<'_>| {
+///         if let Err(n) = work.try_enqueue(n) {
+///             // `work` is full: the event is back in our hands, answer it as refused.
+///             let _ = n;
+///         }
+///     })
+/// });
+/// let rt = b.start()?;
+/// let inject = rt.injector(front);
+/// for n in 0..16 {
+///     let _ = inject.try_enqueue(n);
+/// }
+/// rt.shutdown();
+/// rt.join()?;
+/// # Ok::<(), ringstage::Error>(())
+/// ```
 pub struct Sink<E> {
     pub(crate) inner: Rc<SinkInner<E>>,
 }

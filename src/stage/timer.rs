@@ -199,6 +199,10 @@ pub struct TimerKey {
 /// usually does not fire (a request deadline) is [`Timer::cancel`]led when its work completes,
 /// which frees its slot at once.
 ///
+/// # Examples
+///
+/// Retries with exponential back-off:
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use ringstage::prelude::*;
