@@ -27,6 +27,11 @@ proxy: the TCP proxy example (connectors) vs nginx's stream proxy and HAProxy (o
        thread each, all pinned to CPU 0) in front of the C io_uring echo server; the load client
        and that upstream share CPU 1. 64 B x 64 connections and 16 KiB x 16 connections, closed
        loop, interleaved rounds: messages/s, p99, and each proxy's CPU per message. No target.
+cache: a cache server written the way docs/guide.md teaches (examples/cache.rs: a session
+       stage and a store stage, replies as views, no hand coalescing) vs the same server on
+       tokio (benches/peers/src/bin/tokio_cache.rs), both pinned to CPU 0, redis-benchmark
+       -c 32 -d 100 on CPU 1: SET and GET one at a time and pipelined 16 deep; req/s and each
+       server's CPU per request. Target (issue 20): pipelined GET >= 1.0x tokio.
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -984,6 +989,74 @@ def bench_kv(a):
     plot_kv(rows, iso_rows, a)
 
 
+def start_cache(name):
+    """The guide-style cache example or its tokio twin, on CPU 0."""
+    if name == "ringstage":
+        port = 6510
+        argv = [os.path.join(ROOT, "target/release/examples/cache"), "--addr", f"127.0.0.1:{port}", "--cpu", "0"]
+    else:
+        port = 6511
+        argv = [os.path.join(PEERS, "tokio_cache"), f"127.0.0.1:{port}"]
+    wait_port_free(port)
+    proc = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
+def bench_cache(a):
+    sh(["cargo", "build", "--release", "--quiet", "--example", "cache"])
+    sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
+    names = ["ringstage", "tokio"]
+    cases = [("SET", "set", 1), ("GET", "get", 1), ("SET -P 16", "set", 16), ("GET -P 16", "get", 16)]
+    per_sec = {1: 150_000, 16: 1_500_000}
+    runs = {(n, c[0]): [] for n in names for c in cases}
+    for r in range(a.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        servers = {n: start_cache(n) for n in names}
+        try:
+            for label, test, depth in cases:
+                for n in order:
+                    proc, port = servers[n]
+                    c0 = cpu_ns(proc.pid)
+                    n_req = int(per_sec[depth] * a.secs)
+                    out = subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
+                                          "-c", "32", "-d", "100", "-n", str(n_req), "-P", str(depth), "-t", test, "--csv"],
+                                         capture_output=True, text=True, timeout=300)
+                    cpu = cpu_ns(proc.pid) - c0
+                    rows = [l.replace('"', "").split(",") for l in out.stdout.splitlines()]
+                    head = next((x for x in rows if x and x[0] == "test"), None)
+                    row = next((x for x in rows if x and x[0] == test.upper()), None)
+                    if head is None or row is None:
+                        raise RuntimeError(f"redis-benchmark {test} against {n}: {out.stdout[-300:]} {out.stderr[-300:]}")
+                    d = dict(zip(head, row))
+                    res = {"rate": float(d["rps"]), "p99_us": float(d.get("p99_latency_ms", "nan")) * 1000,
+                           "cpu_us_per_req": cpu / 1000 / n_req}
+                    runs[(n, label)].append(res)
+                    print(f"round {r + 1} {n:<10} {label:<10} {res['rate']:>11.0f} req/s  p99 {res['p99_us']:>8.0f} us  "
+                          f"server cpu {res['cpu_us_per_req']:.2f} us/req", flush=True)
+        finally:
+            for proc, _ in servers.values():
+                stop_server(proc)
+    lines = ["cache: the guide-style cache server (examples/cache.rs) vs its tokio twin, one core each (CPU 0),",
+             f"redis-benchmark -c 32 -d 100 on CPU 1; {a.rounds} rounds of about {a.secs}s; req/s, p99 and us/req are medians,",
+             "ratio and capacity medians of the per-round ratios; 'capacity' is tokio's server CPU per request over ringstage's.",
+             f"{'case':<12}{'ringstage req/s':>16}{'tokio req/s':>13}{'ratio':>8}{'capacity':>10}{'target':>8}"
+             f"{'rs us/req':>11}{'tokio us/req':>13}{'rs p99 us':>11}{'tokio p99':>11}"]
+    rows = []
+    for label, _, _ in cases:
+        A, B = runs[("ringstage", label)], runs[("tokio", label)]
+        row = {"case": label, "ringstage": median([x["rate"] for x in A]), "tokio": median([x["rate"] for x in B]),
+               "ratio": median([x["rate"] / y["rate"] for x, y in zip(A, B) if y["rate"]]),
+               "capacity": median([y["cpu_us_per_req"] / x["cpu_us_per_req"] for x, y in zip(A, B) if x["cpu_us_per_req"]]),
+               "rs_us": median([x["cpu_us_per_req"] for x in A]), "tokio_us": median([x["cpu_us_per_req"] for x in B]),
+               "rs_p99": median([x["p99_us"] for x in A]), "tokio_p99": median([x["p99_us"] for x in B])}
+        rows.append(row)
+        target = ">=1.0" if label == "GET -P 16" else "-"
+        lines.append(f"{label:<12}{row['ringstage']:>16.0f}{row['tokio']:>13.0f}{row['ratio']:>8.3f}{row['capacity']:>10.3f}"
+                     f"{target:>8}{row['rs_us']:>11.2f}{row['tokio_us']:>13.2f}{row['rs_p99']:>11.0f}{row['tokio_p99']:>11.0f}")
+    publish("cache", "\n".join(lines), {"cases": rows, "runs": {f"{k[0]} {k[1]}": v for k, v in runs.items()}})
+
+
 def plot_kv(rows, iso_rows, a):
     plt = pyplot()
     if plt is None:
@@ -1161,7 +1234,7 @@ def bench_queue(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "overload", "proxy", "queue", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "cache", "overload", "proxy", "queue", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
@@ -1177,6 +1250,8 @@ def main():
         bench_http(a)
     if a.what in ("kv", "all"):
         bench_kv(a)
+    if a.what in ("cache", "all"):
+        bench_cache(a)
     if a.what in ("overload", "all"):
         bench_overload(a)
     if a.what in ("proxy", "all"):

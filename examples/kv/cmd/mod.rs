@@ -239,15 +239,33 @@ fn count_arg(data: &[u8], args: &[Range<usize>], i: usize) -> Result<Option<usiz
     }
 }
 
-/// An array reply of the given framed elements, each a view (of a stored block, or of a
-/// short reply written into the shard's `BufWriter`). The network stage copies runs of small
-/// views into one send buffer and sends long ones as they are
-/// (`ListenConfig::coalesce_below`), so this needs no copying of its own.
+/// Elements at least this long go into an array reply as views of their stored blocks;
+/// shorter ones are copied into one buffer as the reply is built. The network stage would
+/// coalesce them too (`ListenConfig::coalesce_below`), but a chain of a view per element costs
+/// more: `LRANGE_100` pipelined took 15-20% more server CPU per request that way (`ci/bench
+/// kv`, 2026-12-04: capacity against redis-server 1.23x instead of 1.52x).
+const VIEW_MIN: usize = 512;
+
+/// An array reply of the given framed elements: runs of short elements copied into one
+/// buffer, long ones as views (so a reply of small elements is a single segment).
 fn array(items: impl ExactSizeIterator<Item = IoBuf>) -> Outcome {
+    let mut flat = format!("*{}\r\n", items.len()).into_bytes();
     let mut chain = IoBufChain::new();
-    chain.push(resp::array_header(items.len()));
     for it in items {
-        chain.push(it);
+        if it.len() < VIEW_MIN {
+            flat.extend_from_slice(&it);
+        } else {
+            if !flat.is_empty() {
+                chain.push(IoBuf::from(std::mem::take(&mut flat)));
+            }
+            chain.push(it);
+        }
+    }
+    if chain.is_empty() {
+        return Outcome::Reply(IoBuf::from(flat));
+    }
+    if !flat.is_empty() {
+        chain.push(IoBuf::from(flat));
     }
     Outcome::Chain(chain)
 }
