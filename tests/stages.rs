@@ -433,3 +433,74 @@ fn a_waker_runs_the_hook_once_per_wake_and_keeps_a_sleeping_worker_up() {
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "once per wake-up: three in all");
     rt.shutdown();
 }
+
+#[test]
+fn a_blocking_stage_sharing_a_worker_is_refused_at_start() {
+    let mut b = Runtime::builder(2).cpus([]);
+    let fast = b.stage::<u32>("fast", StageConfig::on([0, 1]));
+    let slow = b.stage::<u32>("slow", StageConfig::on([1]).blocking());
+    b.handler(fast, |_| handler_fn(|_: u32, _: &mut Context<'_>| {}));
+    b.handler(slow, |_| handler_fn(|_: u32, _: &mut Context<'_>| {}));
+    let Err(err) = b.start() else { panic!("a blocking stage beside another one started") };
+    assert!(matches!(err, ringstage::Error::InvalidConfig(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("'slow' may block") && text.contains("'fast' is on worker 1"), "{text}");
+}
+
+#[test]
+fn a_blocked_handler_delays_nothing_but_its_own_queue() {
+    // Worker 0: an echo. Worker 1: a stage whose handler blocks 50 ms per event.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut b = Runtime::builder(2).cpus([]);
+    let echo = b.stage::<NetEvent>("echo", StageConfig::on([0]));
+    let slow = b.stage::<u32>("slow", StageConfig::on([1]).blocking().capacity(16));
+    let (net, l) = b.listen(ListenConfig::new("127.0.0.1:0".parse().unwrap(), [0]), echo);
+    b.handler(echo, move |s| {
+        let net = s.sink(net);
+        handler_fn(move |ev: NetEvent, _: &mut Context<'_>| {
+            if let NetEvent::Data { conn, data } = ev {
+                net.try_enqueue(NetCmd::Send { conn, data }).expect("room in the net stage");
+            }
+        })
+    });
+    let d = done.clone();
+    b.handler(slow, move |_| {
+        let d = d.clone();
+        handler_fn(move |_: u32, _: &mut Context<'_>| {
+            std::thread::sleep(Duration::from_millis(50));
+            d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    let rt = b.start().unwrap();
+    let addr = rt.local_addr(l);
+    let inject = rt.injector(slow);
+    for i in 0..10 {
+        inject.try_enqueue(i).expect("room in the blocking stage's queue");
+    }
+    // A hundred echo round trips while the blocking stage works through half a second.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..100u8 {
+        std::io::Write::write_all(&mut c, &[i; 32]).unwrap();
+        let mut back = [0u8; 32];
+        std::io::Read::read_exact(&mut c, &mut back).unwrap();
+        assert_eq!(back, [i; 32]);
+    }
+    let during = done.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(during < 10, "the echoes waited for the blocking stage ({during} of 10 done)");
+    // One event per visit: the queue gauge shows what still waits (a batch would have hidden
+    // it until the whole batch was done).
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let m = rt.metrics();
+    let s = m.stages.iter().find(|s| s.name == "slow").unwrap();
+    assert!(s.queued >= 1 && s.batch_size == 1, "queued {} batch {}", s.queued, s.batch_size);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+        assert!(Instant::now() < deadline, "the blocking stage finishes its queue");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rt.shutdown();
+    rt.join().unwrap();
+}

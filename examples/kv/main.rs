@@ -93,8 +93,8 @@ fn run(o: Opts) -> std::io::Result<()> {
     let resume = b.stage::<SlowDone>("resume", StageConfig::on([0]).capacity(capacity));
     // Blocking pops' time limits: the shard's timer hands them to this stage on worker 0.
     let unblock = b.stage::<BlockTimeout>("unblock", StageConfig::on([0]).timers(o.max_blocked as usize));
-    // One command per visit: the worker checks for new work between slow commands.
-    let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).capacity(o.slow_capacity as usize).batch(1));
+    // A blocking stage (SEDA's thread-pool stage): alone on its worker, one command per visit.
+    let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).blocking().capacity(o.slow_capacity as usize));
     let listen = ListenConfig::new(o.addr, [0]).idle_timeout(Duration::from_secs(o.idle_timeout_s));
     let (net, listener) = b.listen(listen, command);
     let limits = Limits { max_bulk: (o.max_bulk_mb as usize) << 20, ..Limits::default() };

@@ -415,6 +415,35 @@ impl Builder {
                 ));
             }
         }
+        // A blocking stage runs alone on its workers (the runtime's own network and file
+        // stages aside: they have nothing to do where no socket or file lives).
+        let infrastructure = |i: usize| self.net.is_some_and(|n| n.idx == i) || self.fs.is_some_and(|f| f.idx == i);
+        for (i, d) in self.decls.iter().enumerate().filter(|(_, d)| d.cfg.blocking) {
+            for &w in &d.cfg.workers {
+                let other = self
+                    .decls
+                    .iter()
+                    .enumerate()
+                    .find(|&(j, o)| j != i && !infrastructure(j) && o.cfg.workers.contains(&w));
+                if let Some((_, o)) = other {
+                    return bad(format!(
+                        "stage '{}' may block, so it runs alone on its workers, but stage '{}' is on worker {w} too",
+                        d.name, o.name
+                    ));
+                }
+                if let Some(l) = self.listeners.iter().find(|l| l.cfg.workers.contains(&w)) {
+                    return bad(format!(
+                        "stage '{}' may block, so it runs alone on its workers, but listener {} is on worker {w} too",
+                        d.name, l.cfg.addr
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Whether worker `w` hosts a blocking stage (and, by [`Builder::validate`], nothing else).
+    pub(super) fn blocking_worker(&self, w: usize) -> bool {
+        self.decls.iter().any(|d| d.cfg.blocking && d.cfg.workers.contains(&w))
     }
 }

@@ -135,9 +135,12 @@ impl Builder {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
         for (w, (parts, endpoints)) in parts.into_iter().zip(per_worker_endpoints).enumerate() {
+            let blocking = self.blocking_worker(w);
             let cpu = match &self.cpus {
                 Some(c) if c.is_empty() => None,
+                Some(c) if blocking && w >= c.len() => None,
                 Some(c) => Some(c[w % c.len()]),
+                None if blocking => None, // the scheduler places a thread that may block
                 None => Some(w % ncpu),
             };
             let plan = worker::Plan {
@@ -146,7 +149,7 @@ impl Builder {
                 ring: self.ring.clone(),
                 pool: (self.pool_buffers, self.buf_size),
                 tick: self.tick,
-                spin: self.spin,
+                spin: if blocking { std::time::Duration::ZERO } else { self.spin },
                 file_timeout: self.file_timeout,
                 net_stage: self.net,
                 files: self.files.clone(),

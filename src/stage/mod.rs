@@ -91,6 +91,7 @@ pub struct StageConfig {
     pub(crate) batching: Option<crate::control::BatchConfig>,
     pub(crate) elastic: Option<crate::control::CoreConfig>,
     pub(crate) timers: usize,
+    pub(crate) blocking: bool,
 }
 
 impl StageConfig {
@@ -104,7 +105,40 @@ impl StageConfig {
             batching: None,
             elastic: None,
             timers: 1024,
+            blocking: false,
         }
+    }
+
+    /// The stage's handler may block: a blocking library call (a database driver, DNS), a
+    /// CPU-heavy call, file writes. SEDA's thread-pool stage: each replica runs alone on its
+    /// worker's thread, so a blocked handler delays nothing but its own queue.
+    /// [`Builder::start`](crate::runtime::Builder::start) refuses a blocking stage that shares
+    /// a worker with another stage of the application or with a listener. Events reach it and
+    /// leave it through the same bounded queues (a full one refuses), and its controllers
+    /// (admission control, [`StageConfig::overload`]) apply. Each replica takes one event per
+    /// visit (`batch(1)`; a later [`StageConfig::batch`] changes it), so that its queue length
+    /// shows the work waiting. Its workers do not spin before sleeping
+    /// ([`Builder::spin_before_sleep`](crate::runtime::Builder::spin_before_sleep)) and are
+    /// pinned to a CPU only if [`Builder::cpus`](crate::runtime::Builder::cpus) names one for
+    /// them: otherwise the scheduler runs them where there is room.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use ringstage::prelude::*;
+    ///
+    /// let mut b = Runtime::builder(3); // workers 1 and 2: a pool of two blocking threads
+    /// let lookups = b.stage::<String>("lookup", StageConfig::on([1, 2]).blocking().capacity(256));
+    /// b.handler(lookups, |_| {
+    ///     handler_fn(|host: String, _cx: &mut Context<'_>| {
+    ///         let _ = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 80)); // blocks
+    ///     })
+    /// });
+    /// ```
+    pub fn blocking(mut self) -> StageConfig {
+        self.blocking = true;
+        self.batch = 1;
+        self
     }
 
     /// Bound of each inbound queue of each replica, rounded up to a power of two (default 1024).
