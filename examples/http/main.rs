@@ -151,7 +151,13 @@ fn run(o: Opts) -> std::io::Result<()> {
     let cache = b.stage::<CacheEvent>("cache", StageConfig::on(all.clone()).capacity(cap));
     let files = b.stage::<FilesEvent>("files", StageConfig::on(all.clone()).capacity(cap.min(1024)));
     let (fs, files_id) = b.files(files);
-    let listen = ListenConfig::new(o.addr, all)
+    // Under systemd's socket activation (`LISTEN_FDS`, e.g. `systemd-socket-activate -l 8080
+    // http`), serve the socket it passed instead of binding `--addr`.
+    let listen = match ringstage::runtime::systemd::listen_fds()?.into_iter().next() {
+        Some((fd, _name)) => ListenConfig::inherited(fd, all)?,
+        None => ListenConfig::new(o.addr, all),
+    };
+    let listen = listen
         .idle_timeout(Duration::from_secs(o.idle_timeout_s))
         .send_timeout(Duration::from_millis(o.send_timeout_ms));
     let (net, listener) = b.listen(listen, parse);

@@ -378,9 +378,45 @@ pub struct ListenConfig {
     pub(crate) output_limit: usize,
     pub(crate) backpressure: bool,
     pub(crate) coalesce_below: usize,
+    /// A listening socket made elsewhere (socket activation), instead of binding `addr`.
+    pub(crate) inherited: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl ListenConfig {
+    /// Accept on a listening socket this process was given (systemd's socket activation: see
+    /// [`runtime::systemd`](crate::runtime::systemd)) instead of binding one, on each of
+    /// `workers` (all of them accept from its one queue). Fails with a clear error when `fd`
+    /// is not a listening TCP socket (a datagram socket, a Unix socket, one not listening).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use ringstage::prelude::*;
+    /// use ringstage::runtime::systemd;
+    ///
+    /// let mut b = Runtime::builder(1);
+    /// let app = b.stage::<NetEvent>("app", StageConfig::on([0]));
+    /// let cfg = match systemd::listen_fds()?.pop() {
+    ///     Some((fd, _name)) => ListenConfig::inherited(fd, [0])?,
+    ///     None => ListenConfig::new("127.0.0.1:8080".parse().unwrap(), [0]),
+    /// };
+    /// let (_net, _listener) = b.listen(cfg, app);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn inherited(
+        fd: std::os::fd::OwnedFd,
+        workers: impl IntoIterator<Item = usize>,
+    ) -> std::io::Result<ListenConfig> {
+        use std::os::fd::AsRawFd;
+        ringstage_sys::systemd::check_listening_stream(&fd)?;
+        let addr = ringstage_sys::socket::local_addr(fd.as_raw_fd()).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("descriptor {} is not a TCP socket: {e}", fd.as_raw_fd()))
+        })?;
+        let mut cfg = ListenConfig::new(addr, workers);
+        cfg.inherited = Some(std::sync::Arc::new(fd));
+        Ok(cfg)
+    }
+
     /// Listen on `addr` (port 0 picks a free port) on each of `workers`, each with its own
     /// `SO_REUSEPORT` socket.
     pub fn new(addr: SocketAddr, workers: impl IntoIterator<Item = usize>) -> ListenConfig {
@@ -396,6 +432,7 @@ impl ListenConfig {
             output_limit: 1 << 20,
             backpressure: true,
             coalesce_below: 512,
+            inherited: None,
         }
     }
 

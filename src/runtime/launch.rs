@@ -26,6 +26,24 @@ impl Builder {
         let mut addrs = Vec::new();
         for (id, l) in self.listeners.iter().enumerate() {
             let in_use = |addr, cause: std::io::Error| Error::Bind { addr, cause };
+            if let Some(inherited) = &l.cfg.inherited {
+                // Socket activation: every worker accepts from the one socket it was given.
+                for &w in &l.cfg.workers {
+                    let fd = ringstage_sys::systemd::duplicate(inherited)?;
+                    if l.cfg.nodelay {
+                        ringstage_sys::socket::set_nodelay(fd.as_raw_fd())?;
+                    }
+                    per_worker_endpoints[w].push(worker::EndpointPlan {
+                        id,
+                        fd: Some(fd),
+                        cfg: l.cfg.clone(),
+                        deliver: l.deliver,
+                        connect_timeout: None,
+                    });
+                }
+                addrs.push(l.cfg.addr);
+                continue;
+            }
             // Bind exclusively first, so that an address held by another process (even one using
             // SO_REUSEPORT) is an error rather than a silent split of the incoming connections.
             let first =
@@ -182,6 +200,7 @@ impl Builder {
             let _ = rt.join();
             return Err(e);
         }
+        super::systemd::tell("READY=1");
         Ok(rt)
     }
 }

@@ -14,6 +14,7 @@ mod handle;
 mod launch;
 mod plumbing;
 mod setup;
+pub mod systemd;
 mod worker;
 
 use std::any::Any;
@@ -113,7 +114,9 @@ impl Shared {
     }
 
     pub(crate) fn begin_shutdown(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
+        if !self.shutdown.swap(true, Ordering::SeqCst) {
+            systemd::tell("STOPPING=1");
+        }
         for b in &self.bells {
             b.ring_always();
         }

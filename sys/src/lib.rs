@@ -31,6 +31,7 @@ pub mod pipe;
 pub mod ring;
 pub mod signal;
 pub mod socket;
+pub mod systemd;
 
 pub use bufring::BufRing;
 pub use doorbell::Doorbell;
