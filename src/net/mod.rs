@@ -378,11 +378,41 @@ pub struct ListenConfig {
     pub(crate) output_limit: usize,
     pub(crate) backpressure: bool,
     pub(crate) coalesce_below: usize,
-    /// A listening socket made elsewhere (socket activation), instead of binding `addr`.
+    /// A listening socket made elsewhere (socket activation, a Unix socket), instead of
+    /// binding `addr`.
     pub(crate) inherited: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl ListenConfig {
+    /// Listen on a Unix domain stream socket at `path` (or, for `@name`, the abstract socket
+    /// `name`), on each of `workers` (all accept from its one queue), its file given `mode`
+    /// when set (`0o660`: owner and group may connect). The socket is bound here, so a bad
+    /// path fails at once; a socket file left by a server that died is replaced, one a live
+    /// server listens on is an `AddrInUse` error naming the path. Connections behave as TCP
+    /// ones (`Data`, `Send`, `Close`); [`Runtime::local_addr`](crate::runtime::Runtime::local_addr)
+    /// of such a listener is `0.0.0.0:0`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use ringstage::prelude::*;
+    ///
+    /// let cfg = ListenConfig::unix("/run/myapp/api.sock", Some(0o660), [0])?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn unix(
+        path: impl AsRef<std::path::Path>,
+        mode: Option<u32>,
+        workers: impl IntoIterator<Item = usize>,
+    ) -> std::io::Result<ListenConfig> {
+        let fd = ringstage_sys::unix::listen_unix(path.as_ref(), mode)?;
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut cfg = ListenConfig::new(unspecified, workers);
+        cfg.nodelay = false; // a TCP option
+        cfg.inherited = Some(std::sync::Arc::new(fd));
+        Ok(cfg)
+    }
+
     /// Accept on a listening socket this process was given (systemd's socket activation: see
     /// [`runtime::systemd`](crate::runtime::systemd)) instead of binding one, on each of
     /// `workers` (all of them accept from its one queue). Fails with a clear error when `fd`

@@ -32,6 +32,7 @@ pub mod ring;
 pub mod signal;
 pub mod socket;
 pub mod systemd;
+pub mod unix;
 
 pub use bufring::BufRing;
 pub use doorbell::Doorbell;

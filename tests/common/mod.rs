@@ -27,6 +27,7 @@ impl Handler for Echo {
 
 /// A server on loopback: the net stage on worker 0 delivering to stage `name` (placed by
 /// `stage`), whose handler `make` builds from the net stage's sink.
+#[allow(dead_code)] // not every test binary uses it
 pub fn serve<H: Handler<Event = NetEvent>>(
     b: Builder,
     name: &str,
@@ -44,6 +45,7 @@ pub fn serve<H: Handler<Event = NetEvent>>(
 }
 
 /// An echo server: the net stage on worker 0 and the echo stage on `echo_worker`.
+#[allow(dead_code)] // not every test binary uses it
 pub fn echo_server(
     b: Builder,
     echo_worker: usize,
