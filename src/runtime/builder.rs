@@ -134,8 +134,8 @@ impl Builder {
     pub fn conn_events<E: ConnEvent + Send + 'static>(&mut self, id: StageId<E>) {
         // A plain function pointer (to a function, not a closure's shim): it is called on every
         // event.
-        fn key<E: ConnEvent>(ev: &E) -> Option<u128> {
-            ev.conn().map(Conn::pack)
+        fn key<E: ConnEvent>(ev: &E) -> u128 {
+            ev.conn().map_or(crate::stage::NO_KEY, Conn::pack)
         }
         self.decls[id.idx].conn_of = Some(Arc::new(key::<E> as PanicKey<E>));
     }

@@ -25,7 +25,7 @@ use std::marker::PhantomData;
 
 pub use injector::Injector;
 pub use outbox::Outbox;
-pub(crate) use replica::{OnPanic, PanicKey, Replica, ReplicaDyn, StagePanic};
+pub(crate) use replica::{OnPanic, PanicKey, Replica, ReplicaDyn, StagePanic, NO_KEY};
 pub use sink::Sink;
 pub(crate) use sink::{LocalQueue, SinkInner};
 pub(crate) use timer::TimerTable;

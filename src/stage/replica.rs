@@ -34,7 +34,12 @@ pub(crate) trait ReplicaDyn {
 
 /// Reads an event's [`OnPanic`] key (a connection id, packed: this layer cannot name it). A
 /// function pointer, as it is called on every event.
-pub(crate) type PanicKey<E> = fn(&E) -> Option<u128>;
+/// Returns [`NO_KEY`] for an event from no connection: a plain `u128` comes back in two
+/// registers, where an `Option<u128>` would go through memory on every event.
+pub(crate) type PanicKey<E> = fn(&E) -> u128;
+
+/// The [`PanicKey`] of an event that names no connection.
+pub(crate) const NO_KEY: u128 = u128::MAX;
 
 /// What to do when a handler panics on an event (typically: abort the connection the event
 /// came from): `key` reads what `act` needs from each event before it is handled (the event
@@ -92,7 +97,7 @@ impl<H: Handler> Replica<H> {
     /// the handler unwinds out of here, leaving `n` counting the event it panicked on, and
     /// `current` holding that event's [`OnPanic`] key.
     #[inline(always)] // one caller; keeps `n` and `current` in registers there
-    fn batch(&mut self, cx: &mut Context<'_>, n: &mut usize, t0: &mut Option<Instant>, current: &mut Option<u128>) {
+    fn batch(&mut self, cx: &mut Context<'_>, n: &mut usize, t0: &mut Option<Instant>, current: &mut u128) {
         let now_us = cx.reactor.now_us;
         let sources = 2 + self.remote.len();
         let c = &self.counters.stages[self.stage];
@@ -151,7 +156,7 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
         // One unwinding guard per batch, not per event: on a panic the batch goes on after the
         // event (see `PanicPolicy`).
         loop {
-            let mut current = None;
+            let mut current = NO_KEY;
             let before = n;
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.batch(&mut cx, &mut n, &mut t0, &mut current);
@@ -168,8 +173,8 @@ impl<H: Handler> ReplicaDyn for Replica<H> {
                 cx.reactor.worker,
                 crate::stage::panic_message(&*p)
             );
-            if let (Some(key), Some(p)) = (current, &self.on_panic) {
-                (p.act)(key);
+            if let Some(p) = self.on_panic.as_ref().filter(|_| current != NO_KEY) {
+                (p.act)(current);
             }
             if n == before {
                 break; // nothing was handled: do not spin on a handler that panics at once
