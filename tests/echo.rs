@@ -770,3 +770,72 @@ fn small_views_are_coalesced_into_one_send() {
     assert!(plain >= 10 * rounds as u64, "uncoalesced: {plain} sends for {rounds} rounds");
     assert!(coalesced <= 2 * rounds as u64, "coalesced: {coalesced} sends for {rounds} rounds");
 }
+
+/// Keeps every view it receives on connections that say `HOARD` first; echoes the others.
+struct Hoarder {
+    net: Sink<NetCmd>,
+    hoarding: ConnMap<bool>,
+    kept: Vec<IoBuf>,
+    kept_count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Handler for Hoarder {
+    type Event = NetEvent;
+    fn handle(&mut self, ev: NetEvent, _cx: &mut Context<'_>) {
+        if let NetEvent::Data { conn, data } = ev {
+            let hoard = *self.hoarding.get(conn).unwrap_or(&false) || data.starts_with(b"HOARD");
+            if hoard {
+                self.hoarding.insert(conn, true);
+                self.kept.push(data); // the mistake the pool must survive: a received view kept
+                self.kept_count.store(self.kept.len(), std::sync::atomic::Ordering::Relaxed);
+            } else {
+                let _ = self.net.try_enqueue(NetCmd::Send { conn, data });
+            }
+        }
+    }
+}
+
+#[test]
+fn a_handler_keeping_ten_times_the_pool_of_views_does_not_stall_other_connections() {
+    use std::sync::atomic::Ordering;
+    const POOL: u16 = 64;
+    let kept = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let k = kept.clone();
+    let b = Runtime::builder(1).buffers(POOL, 4096).max_buffers(32 * POOL as usize);
+    let (rt, addr) = serve(
+        b,
+        "hoard",
+        StageConfig::on([0]),
+        |c| c,
+        move |net| Hoarder { net, hoarding: ConnMap::new(), kept: Vec::new(), kept_count: k.clone() },
+    );
+    // One connection sends 3 MiB that the handler keeps, view by view (~800 receive buffers,
+    // more than ten times the pool's first 64).
+    let mut hoard = connect(addr);
+    hoard.write_all(b"HOARD").unwrap();
+    for chunk in pattern(1, 3 << 20).chunks(4096) {
+        hoard.write_all(chunk).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kept.load(Ordering::Relaxed) < 10 * POOL as usize {
+        assert!(Instant::now() < deadline, "kept {} views", kept.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // With all those views still kept, another connection is echoed as ever.
+    let mut other = connect(addr);
+    for i in 0..200u32 {
+        let msg = pattern(u64::from(i), 512);
+        other.write_all(&msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        other.read_exact(&mut back).expect("echoed while the other connection's views are kept");
+        assert!(back == msg);
+    }
+    // The gauge is published at the worker's tick.
+    let out = || rt.metrics().workers.iter().map(|w| w.buffers_out).sum::<u64>();
+    while out() < 10 * u64::from(POOL) {
+        assert!(Instant::now() < deadline, "the pool grew past its first {POOL} buffers: {} out", out());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rt.shutdown();
+    rt.join().unwrap();
+}

@@ -333,7 +333,7 @@ impl Drop for IoBuf {
             }
             // SAFETY: last reference to pool buffer `bid`; the pool is kept alive by the
             // reference this buffer holds on it, which `release` gives up.
-            Owner::Pool { pool, bid } => unsafe { PoolShared::release(pool, bid) },
+            Owner::Pool { pool, bid } => unsafe { PoolShared::release(pool, bid, hdr.base) },
         }
     }
 }

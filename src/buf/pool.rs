@@ -19,6 +19,12 @@ use crate::queue::mpsc;
 /// pages become resident only once the kernel writes into them, so idle connections cost no
 /// buffer memory.
 ///
+/// **Growth.** A handler that keeps received views keeps their buffers out of the ring. When
+/// every buffer is out and receives wait for one, a pool made [`BufPool::with_growth`] adds
+/// another region of `count` buffers (fresh memory, resident as it is written), up to its
+/// maximum; past it, the connections that need a buffer wait until one comes back, while
+/// those that do not go on. A view's buffer and header never move: regions are only added.
+///
 /// **Hot reuse.** The kernel takes buffers from the ring in order, so a ring holding every free
 /// buffer would cycle through all of them: each receive would land in the buffer used longest
 /// ago, out of cache (with 1024 buffers of 16 KiB, 16 MiB go round). The ring is instead kept at
@@ -51,12 +57,24 @@ pub struct PoolStats {
     pub returned_remote: u64,
 }
 
+/// `count` buffers and their headers; a pool's regions are made as it grows, never moved.
+struct Region {
+    base: NonNull<u8>,
+    layout: Layout,
+    headers: Box<[Header]>,
+}
+
 pub(crate) struct PoolShared {
     owner: usize,
-    region: NonNull<u8>,
-    layout: Layout,
+    /// The first region, made at once: its buffers are found without the lookup below.
+    first: Region,
+    /// The regions after the first (up to `max / count - 1`), made as the pool grows (only on
+    /// the home thread; read anywhere once set).
+    more: Box<[OnceLock<Region>]>,
+    /// log2 of the buffers per region: buffer `bid` is number `bid & (count - 1)` of region
+    /// `bid >> shift`.
+    shift: u32,
     buf_size: usize,
-    headers: Box<[Header]>,
     /// Touched only on the owner thread (checked by `thread_token`).
     home: UnsafeCell<Home>,
     returns: mpsc::Queue<u16>,
@@ -84,6 +102,10 @@ const START_WINDOW: usize = 256;
 
 struct Home {
     ring: BufRing,
+    /// Buffers made so far (regions times their size).
+    total: usize,
+    /// Entries of the ring (the first region's count): the window's ceiling.
+    ring_entries: usize,
     /// Buffers pushed into the ring and not yet taken by a completion.
     in_ring: usize,
     /// Free buffers outside the ring, the most recently released last (capacity `count`,
@@ -163,9 +185,10 @@ impl PoolShared {
     /// a queue push and one atomic subtraction (`handover`).
     ///
     /// # Safety
-    /// `pool` must point to the pool that handed out buffer `bid` (in [`BufPool::take`]), and
-    /// `bid` must have no remaining views: the pool is live until this buffer's release.
-    pub(crate) unsafe fn release(pool: *const PoolShared, bid: u16) {
+    /// `pool` must point to the pool that handed out buffer `bid` (in [`BufPool::take`]),
+    /// `base` be that buffer's address (its header's), and `bid` must have no remaining views:
+    /// the pool is live until this buffer's release.
+    pub(crate) unsafe fn release(pool: *const PoolShared, bid: u16, base: *mut u8) {
         // SAFETY: a buffer out keeps its pool alive (see `handover`) until the end of this call.
         let p = unsafe { &*pool };
         if thread_token() == p.owner {
@@ -174,7 +197,7 @@ impl PoolShared {
             if !home.orphaned {
                 // SAFETY: the buffer is in no ring slot (it was taken) and its memory lives as
                 // long as the pool, which outlives the ring registration.
-                if unsafe { home.put(p.buf_ptr(bid), p.buf_size as u32, bid) } {
+                if unsafe { home.put(base, p.buf_size as u32, bid) } {
                     home.ring.publish();
                     home.unpublished = false;
                 }
@@ -211,17 +234,61 @@ impl PoolShared {
         }
     }
 
-    fn buf_ptr(&self, bid: u16) -> *mut u8 {
-        // SAFETY: `bid < count`, so the offset stays inside the region.
-        unsafe { self.region.as_ptr().add(bid as usize * self.buf_size) }
+    /// Buffer `bid`'s region, and its number in it. The first region's buffers (all of a pool
+    /// that did not grow) take one compare.
+    #[inline(always)]
+    fn locate(&self, bid: u16) -> (&Region, usize) {
+        let (i, per) = (bid as usize, 1usize << self.shift);
+        if i < per {
+            (&self.first, i)
+        } else {
+            let r = self.more[(i >> self.shift) - 1].get().expect("a buffer of a region that was made");
+            (r, i & (per - 1))
+        }
     }
+
+    #[inline(always)]
+    fn header(&self, bid: u16) -> &Header {
+        let (r, i) = self.locate(bid);
+        &r.headers[i]
+    }
+
+    #[inline(always)]
+    fn buf_ptr(&self, bid: u16) -> *mut u8 {
+        let (r, i) = self.locate(bid);
+        // SAFETY: `i < count`, the region's buffer count, so the offset stays inside it.
+        unsafe { r.base.as_ptr().add(i * self.buf_size) }
+    }
+}
+
+/// Allocates region `index` of `count` buffers of `buf_size` bytes, the headers naming `pool`.
+fn make_region(pool: *const PoolShared, index: usize, count: usize, buf_size: usize) -> io::Result<Region> {
+    let size = buf_size
+        .checked_mul(count)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pool size overflows"))?;
+    let layout = Layout::from_size_align(size, 4096).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `size > 0` (count and buf_size are non-zero).
+    let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, format!("buffer pool region of {size} bytes")))?;
+    let headers = (0..count)
+        .map(|i| Header {
+            refs: AtomicUsize::new(0),
+            // SAFETY: `i < count`: inside the region.
+            base: unsafe { base.as_ptr().add(i * buf_size) },
+            cap: buf_size,
+            owner: Owner::Pool { pool, bid: (index * count + i) as u16 },
+        })
+        .collect();
+    Ok(Region { base, layout, headers })
 }
 
 impl Drop for PoolShared {
     fn drop(&mut self) {
-        // SAFETY: `region` was allocated with `layout` in `BufPool::new`, and no view is left
-        // (the last handle or release drops the pool).
-        unsafe { std::alloc::dealloc(self.region.as_ptr(), self.layout) };
+        for r in std::iter::once(&self.first).chain(self.more.iter().filter_map(OnceLock::get)) {
+            // SAFETY: the region was allocated with its `layout` in `make_region`, and no view
+            // is left (the last handle or release drops the pool).
+            unsafe { std::alloc::dealloc(r.base.as_ptr(), r.layout) };
+        }
         #[cfg(test)]
         if let Some(f) = self.freed.get() {
             f.fetch_add(1, Ordering::Relaxed);
@@ -232,40 +299,45 @@ impl Drop for PoolShared {
 impl BufPool {
     /// `count` (a power of two, at most 32768) buffers of `buf_size` bytes as buffer group
     /// `bgid`, all placed in the ring. Call [`BufPool::register`] to hand it to a ring.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn new(count: u16, buf_size: usize, bgid: u16) -> io::Result<BufPool> {
+        BufPool::with_growth(count, count as usize, buf_size, bgid)
+    }
+
+    /// Like [`BufPool::new`], growing by `count` buffers at a time while every buffer is out
+    /// and receives wait, up to `max` buffers in all (`max` is rounded down to a multiple of
+    /// `count`, at most 32768 and 16 regions).
+    pub fn with_growth(count: u16, max: usize, buf_size: usize, bgid: u16) -> io::Result<BufPool> {
         if buf_size == 0 || buf_size > u32::MAX as usize {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer size must be in 1..=u32::MAX"));
         }
         let ring = BufRing::new(count, bgid)?;
-        let size = buf_size
-            .checked_mul(count as usize)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pool size overflows"))?;
-        let layout = Layout::from_size_align(size, 4096).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: `size > 0` (count and buf_size are non-zero).
-        let region = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, format!("buffer pool of {size} bytes")))?;
+        let per = count as usize;
+        let regions = (max.min(1 << 15) / per).clamp(1, 16);
+        let cap = regions * per;
+        // The first region's headers name the pool, which does not exist yet: made with a
+        // placeholder, then fixed up inside `new_cyclic`, once the pool's address is known.
+        let mut first = Some(make_region(std::ptr::null(), 0, per, buf_size)?);
         let shared = Arc::new_cyclic(|weak| {
-            let pool = weak.as_ptr();
-            let headers = (0..count)
-                .map(|bid| Header {
-                    refs: AtomicUsize::new(0),
-                    // SAFETY: `bid < count`: inside the region.
-                    base: unsafe { region.as_ptr().add(bid as usize * buf_size) },
-                    cap: buf_size,
-                    owner: Owner::Pool { pool, bid },
-                })
-                .collect();
+            let mut first = first.take().expect("made above");
+            for h in first.headers.iter_mut() {
+                if let Owner::Pool { pool, .. } = &mut h.owner {
+                    *pool = weak.as_ptr();
+                }
+            }
             PoolShared {
                 owner: thread_token(),
-                region,
-                layout,
+                first,
+                more: (1..regions).map(|_| OnceLock::new()).collect(),
+                shift: per.trailing_zeros(),
                 buf_size,
-                headers,
                 home: UnsafeCell::new(Home {
                     ring,
+                    total: per,
+                    ring_entries: per,
                     in_ring: 0,
-                    spare: Vec::with_capacity(count as usize),
-                    window: START_WINDOW.min(count as usize),
+                    spare: Vec::with_capacity(cap),
+                    window: START_WINDOW.min(per),
                     peak: START_WINDOW / 2,
                     taken: 0,
                     unpublished: false,
@@ -276,7 +348,7 @@ impl BufPool {
                     #[cfg(test)]
                     shadow: std::collections::VecDeque::new(),
                 }),
-                returns: mpsc::Queue::new(count as usize),
+                returns: mpsc::Queue::new(cap),
                 returned_remote: AtomicU64::new(0),
                 handover: AtomicIsize::new(0),
                 starved: AtomicBool::new(false),
@@ -293,6 +365,30 @@ impl BufPool {
         }
         pool.refill();
         Ok(pool)
+    }
+
+    /// Adds a region of buffers if every buffer is out and the pool is below its maximum.
+    /// Returns whether it grew. Allocates the region: not on the hot path (only when receives
+    /// wait for buffers).
+    fn grow(&self) -> bool {
+        let home = self.home();
+        let next = home.total >> self.shared.shift;
+        if next > self.shared.more.len() || !home.spare.is_empty() || home.in_ring > 0 || self.has_returns() {
+            return false;
+        }
+        let per = 1usize << self.shared.shift;
+        let Ok(region) = make_region(Arc::as_ptr(&self.shared), next, per, self.shared.buf_size) else {
+            return false; // out of memory: the receives wait for buffers to come back
+        };
+        if self.shared.more[next - 1].set(region).is_err() {
+            return false;
+        }
+        for bid in (next * per..(next + 1) * per).rev() {
+            home.spare.push(bid as u16);
+        }
+        home.total += per;
+        log::info!("ringstage: receive buffers all held; the pool grew to {} buffers", home.total);
+        true
     }
 
     #[allow(clippy::mut_from_ref)]
@@ -339,7 +435,7 @@ impl BufPool {
     /// If `bid` or `len` is out of range, or the buffer is already out (a kernel or caller bug).
     #[inline]
     pub unsafe fn take(&self, bid: u16, len: usize) -> IoBuf {
-        let h = &self.shared.headers[bid as usize];
+        let h = self.shared.header(bid);
         assert!(len <= self.shared.buf_size, "completion length {len} exceeds buffer size");
         // No view of a free buffer exists to change its count meanwhile: a load and a store
         // do, without a read-modify-write. The load synchronises with its last view's drop.
@@ -385,9 +481,9 @@ impl BufPool {
     /// what `drain_returns` put in the ring).
     fn refill(&self) {
         let home = self.home();
-        let count = self.shared.headers.len();
+        let entries = home.ring_entries;
         home.peak = home.peak.max(home.taken);
-        home.window = (2 * home.peak).clamp(MIN_WINDOW.min(count), count);
+        home.window = (2 * home.peak).clamp(MIN_WINDOW.min(entries), entries);
         home.peak -= home.peak.div_ceil(64);
         home.taken = 0;
         while home.in_ring < home.window {
@@ -412,7 +508,8 @@ impl BufPool {
     pub fn set_starved(&self, starved: bool) {
         if starved {
             let home = self.home();
-            home.peak = home.peak.max(self.shared.headers.len() / 2);
+            home.peak = home.peak.max(home.total / 2);
+            self.grow();
         }
         self.shared.starved.store(starved, Ordering::SeqCst);
     }
@@ -424,14 +521,15 @@ impl BufPool {
 
     /// Free buffers, in the ring or waiting to enter it (counting drained returns only).
     pub fn available(&self) -> usize {
-        self.shared.headers.len() - self.home().outstanding
+        let home = self.home();
+        home.total - home.outstanding
     }
 
     /// Counters.
     pub fn stats(&self) -> PoolStats {
         let home = self.home();
         PoolStats {
-            buffers: self.shared.headers.len(),
+            buffers: home.total,
             outstanding: home.outstanding,
             in_ring: home.in_ring,
             window: home.window,
@@ -496,6 +594,43 @@ mod tests {
         // The same buffer can be taken again.
         let again = recv(&pool, 0, b"x");
         assert_eq!(&again[..], b"x");
+    }
+
+    /// The buffer the kernel would take next.
+    fn next_in_ring(pool: &BufPool) -> u16 {
+        *pool.home().shadow.front().expect("a buffer in the ring")
+    }
+
+    #[test]
+    fn a_pool_grows_while_every_buffer_is_held_and_stops_at_its_maximum() {
+        let pool = BufPool::with_growth(4, 12, 64, 1).unwrap();
+        let mut held = Vec::new();
+        for round in 0..3 {
+            assert_eq!(pool.stats().buffers, 4 * (round + 1));
+            while pool.available() > 0 {
+                let bid = next_in_ring(&pool);
+                held.push(recv(&pool, bid, &[bid as u8; 8]));
+            }
+            // Every buffer is out and a receive waits: the pool adds a region, up to 12.
+            pool.set_starved(true);
+            pool.drain_returns(); // the loop's refill
+        }
+        assert_eq!((pool.stats().buffers, pool.available()), (12, 0), "at its maximum, no more growth");
+        // Views of every region read their own bytes, and come home when dropped.
+        for b in &held {
+            assert!(b.iter().all(|&x| x == b[0]));
+        }
+        let bids: std::collections::HashSet<u8> = held.iter().map(|b| b[0]).collect();
+        assert_eq!(bids.len(), 12, "twelve distinct buffers");
+        drop(held);
+        pool.set_starved(false);
+        assert_eq!(pool.available(), 12);
+        // A pool whose buffers are not all out does not grow.
+        let pool = BufPool::with_growth(4, 16, 64, 1).unwrap();
+        let one = recv(&pool, next_in_ring(&pool), b"x");
+        pool.set_starved(true);
+        assert_eq!(pool.stats().buffers, 4);
+        drop(one);
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub struct Builder {
     pub(super) cpus: Option<Vec<usize>>,
     pub(super) ring: RingConfig,
     pub(super) pool_buffers: u16,
+    pub(super) max_buffers: Option<usize>,
     pub(super) buf_size: usize,
     pub(super) tick: Duration,
     pub(super) spin: Duration,
@@ -102,6 +103,7 @@ impl Builder {
             cpus: None,
             ring: RingConfig::default(),
             pool_buffers: 2048,
+            max_buffers: None,
             buf_size: 4096,
             tick: Duration::from_millis(50),
             spin: Duration::ZERO,
@@ -176,6 +178,16 @@ impl Builder {
     pub fn buffers(mut self, count: u16, size: usize) -> Self {
         self.pool_buffers = count;
         self.buf_size = size;
+        self
+    }
+
+    /// Most receive buffers a worker's pool grows to (default 8 times [`Builder::buffers`]'
+    /// count, at most 32768). A pool grows by its first count of buffers, from fresh memory,
+    /// when every buffer is held (handlers keep received views) and receives wait for one;
+    /// past the maximum, the connections that need a buffer wait until a view is dropped.
+    /// The maximum equal to the count turns growth off.
+    pub fn max_buffers(mut self, n: usize) -> Self {
+        self.max_buffers = Some(n);
         self
     }
 

@@ -165,7 +165,7 @@ impl Builder {
                 id: w,
                 cpu,
                 ring: self.ring.clone(),
-                pool: (self.pool_buffers, self.buf_size),
+                pool: (self.pool_buffers, self.max_buffers.unwrap_or(8 * self.pool_buffers as usize), self.buf_size),
                 tick: self.tick,
                 spin: if blocking { std::time::Duration::ZERO } else { self.spin },
                 file_timeout: self.file_timeout,

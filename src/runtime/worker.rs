@@ -32,7 +32,8 @@ pub(crate) struct Plan {
     pub(crate) id: usize,
     pub(crate) cpu: Option<usize>,
     pub(crate) ring: RingConfig,
-    pub(crate) pool: (u16, usize),
+    /// Buffers per region, most buffers, buffer size.
+    pub(crate) pool: (u16, usize, usize),
     pub(crate) tick: Duration,
     pub(crate) spin: Duration,
     pub(crate) file_timeout: Option<Duration>,
@@ -145,7 +146,7 @@ impl Worker {
         let needed = ringstage_sys::ring::ring_bytes(&plan.ring);
         let (ring, features) =
             ringstage_sys::ring::setup(&plan.ring).map_err(|e| Error::ring(e.call, e.error, needed))?;
-        let pool = BufPool::new(plan.pool.0, plan.pool.1, 0)?;
+        let pool = BufPool::with_growth(plan.pool.0, plan.pool.1, plan.pool.2, 0)?;
         // SAFETY: `Reactor` drops the ring before the pool (field order), ending the
         // registration.
         unsafe { pool.register(&ring.submitter()) }
