@@ -108,8 +108,8 @@ struct Home {
     ring_entries: usize,
     /// Buffers pushed into the ring and not yet taken by a completion.
     in_ring: usize,
-    /// Free buffers outside the ring, the most recently released last (capacity `count`,
-    /// reserved up front: pushing never allocates).
+    /// Free buffers outside the ring, the most recently released last (capacity: the most the
+    /// pool may grow to, reserved up front, so pushing never allocates).
     spare: Vec<u16>,
     /// The number of buffers the ring is topped up to.
     window: usize,
