@@ -34,11 +34,7 @@ fn hset(c: &mut Call<'_>) -> Result<Outcome, WrongType> {
 }
 
 fn hdel(c: &mut Call<'_>) -> Result<Outcome, WrongType> {
-    let (key, data, args) = (c.arg(1), c.data, c.args);
-    let Some(h) = c.store.write::<Hash>(key, c.now)? else { return Ok(Outcome::Reply(resp::ZERO.clone())) };
-    let n = args[2..].iter().filter(|r| h.remove(&data[(*r).clone()]).is_some()).count();
-    c.store.drop_if_empty(key);
-    Ok(Outcome::Reply(resp::integer(n as i64)))
+    super::remove_members(c, |h: &mut Hash, field| h.remove(field).is_some())
 }
 
 fn hget(c: &mut Call<'_>) -> Result<Outcome, WrongType> {

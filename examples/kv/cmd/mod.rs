@@ -22,7 +22,7 @@ use ringstage::buf::BufWriter;
 use ringstage::prelude::*;
 
 use crate::resp;
-use crate::store::{Store, Str, WrongType};
+use crate::store::{Collection, Store, Str, WrongType};
 
 pub use server::section;
 
@@ -226,6 +226,19 @@ fn str_reply(out: &mut BufWriter, s: Str<'_>) -> IoBuf {
             out.take()
         }
     }
+}
+
+/// `SREM` / `HDEL` / `ZREM key member [member ...]`: removes each member with `remove`
+/// (whether it was there) and answers how many were; a collection left empty is deleted.
+fn remove_members<T: Collection>(
+    c: &mut Call<'_>,
+    mut remove: impl FnMut(&mut T, &[u8]) -> bool,
+) -> Result<Outcome, WrongType> {
+    let (key, data, args) = (c.arg(1), c.data, c.args);
+    let Some(coll) = c.store.write::<T>(key, c.now)? else { return Ok(Outcome::Reply(resp::ZERO.clone())) };
+    let n = args[2..].iter().filter(|r| remove(coll, &data[(*r).clone()])).count();
+    c.store.drop_if_empty(key);
+    Ok(Outcome::Reply(resp::integer(n as i64)))
 }
 
 /// An optional count argument (`LPOP key [count]`): `Ok(None)` when absent.

@@ -23,11 +23,7 @@ fn sadd(c: &mut Call<'_>) -> Result<Outcome, WrongType> {
 }
 
 fn srem(c: &mut Call<'_>) -> Result<Outcome, WrongType> {
-    let (key, data, args) = (c.arg(1), c.data, c.args);
-    let Some(m) = c.store.write::<MemberSet>(key, c.now)? else { return Ok(Outcome::Reply(resp::ZERO.clone())) };
-    let n = args[2..].iter().filter(|r| m.remove(&data[(*r).clone()])).count();
-    c.store.drop_if_empty(key);
-    Ok(Outcome::Reply(resp::integer(n as i64)))
+    super::remove_members(c, |m: &mut MemberSet, member| m.remove(member))
 }
 
 fn scard(c: &mut Call<'_>) -> Result<Outcome, WrongType> {

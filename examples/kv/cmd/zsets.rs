@@ -48,11 +48,7 @@ fn zadd(c: &mut Call<'_>) -> Result<Outcome, WrongType> {
 }
 
 fn zrem(c: &mut Call<'_>) -> Result<Outcome, WrongType> {
-    let (key, data, args) = (c.arg(1), c.data, c.args);
-    let Some(z) = c.store.write::<ZSet>(key, c.now)? else { return Ok(Outcome::Reply(resp::ZERO.clone())) };
-    let n = args[2..].iter().filter(|r| z.remove(&data[(*r).clone()])).count();
-    c.store.drop_if_empty(key);
-    Ok(Outcome::Reply(resp::integer(n as i64)))
+    super::remove_members(c, |z: &mut ZSet, member| z.remove(member))
 }
 
 fn zpopmin(c: &mut Call<'_>) -> Result<Outcome, WrongType> {
