@@ -26,20 +26,25 @@ impl Builder {
         let mut addrs = Vec::new();
         for (id, l) in self.listeners.iter().enumerate() {
             let in_use = |addr, cause: std::io::Error| Error::Bind { addr, cause };
+            // One listening socket for worker `w`. Accepted sockets inherit TCP_NODELAY from
+            // the listener: no setsockopt per connection.
+            let mut plan = |w: usize, fd: OwnedFd| -> std::io::Result<()> {
+                if l.cfg.nodelay {
+                    ringstage_sys::socket::set_nodelay(fd.as_raw_fd())?;
+                }
+                per_worker_endpoints[w].push(worker::EndpointPlan {
+                    id,
+                    fd: Some(fd),
+                    cfg: l.cfg.clone(),
+                    deliver: l.deliver,
+                    connect_timeout: None,
+                });
+                Ok(())
+            };
             if let Some(inherited) = &l.cfg.inherited {
-                // Socket activation: every worker accepts from the one socket it was given.
+                // Socket activation or a Unix socket: every worker accepts from the one socket.
                 for &w in &l.cfg.workers {
-                    let fd = ringstage_sys::systemd::duplicate(inherited)?;
-                    if l.cfg.nodelay {
-                        ringstage_sys::socket::set_nodelay(fd.as_raw_fd())?;
-                    }
-                    per_worker_endpoints[w].push(worker::EndpointPlan {
-                        id,
-                        fd: Some(fd),
-                        cfg: l.cfg.clone(),
-                        deliver: l.deliver,
-                        connect_timeout: None,
-                    });
+                    plan(w, ringstage_sys::fd::duplicate(inherited)?)?;
                 }
                 addrs.push(l.cfg.addr);
                 continue;
@@ -49,35 +54,13 @@ impl Builder {
             let first =
                 ringstage_sys::socket::listen(l.cfg.addr, l.cfg.backlog, false).map_err(|e| in_use(l.cfg.addr, e))?;
             let addr = ringstage_sys::socket::local_addr(first.as_raw_fd())?;
-            let nodelay = |fd: &OwnedFd| -> std::io::Result<()> {
-                // Accepted sockets inherit it from the listener: no setsockopt per connection.
-                if l.cfg.nodelay {
-                    ringstage_sys::socket::set_nodelay(fd.as_raw_fd())?;
-                }
-                Ok(())
-            };
-            nodelay(&first)?;
             if let [w] = l.cfg.workers[..] {
-                per_worker_endpoints[w].push(worker::EndpointPlan {
-                    id,
-                    fd: Some(first),
-                    cfg: l.cfg.clone(),
-                    deliver: l.deliver,
-                    connect_timeout: None,
-                });
+                plan(w, first)?;
             } else {
                 // Several workers: one SO_REUSEPORT socket each, on the port just proven free.
                 drop(first);
                 for &w in &l.cfg.workers {
-                    let fd = ringstage_sys::socket::listen(addr, l.cfg.backlog, true).map_err(|e| in_use(addr, e))?;
-                    nodelay(&fd)?;
-                    per_worker_endpoints[w].push(worker::EndpointPlan {
-                        id,
-                        fd: Some(fd),
-                        cfg: l.cfg.clone(),
-                        deliver: l.deliver,
-                        connect_timeout: None,
-                    });
+                    plan(w, ringstage_sys::socket::listen(addr, l.cfg.backlog, true).map_err(|e| in_use(addr, e))?)?;
                 }
             }
             addrs.push(addr);

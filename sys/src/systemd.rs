@@ -75,14 +75,6 @@ pub fn check_listening_stream(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A duplicate of `fd` (close-on-exec): another handle to the same open socket.
-pub fn duplicate(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC takes no pointers; `fd` is open for the borrow.
-    let new = unsafe { syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) }?;
-    // SAFETY: `new` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
 /// Sends `state` (`READY=1`, `STOPPING=1`, `STATUS=...`) to the service manager when
 /// `NOTIFY_SOCKET` names one (a path, or an abstract name starting with `@`). Returns whether
 /// it was sent: `false` when the variable is unset (not run under a service manager).
