@@ -6,15 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn cmd(words: &[&[u8]]) -> Vec<u8> {
-    let mut v = format!("*{}\r\n", words.len()).into_bytes();
-    for w in words {
-        v.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
-        v.extend_from_slice(w);
-        v.extend_from_slice(b"\r\n");
-    }
-    v
-}
+use example::cmd;
 
 /// Reads until `want` bytes have come (or the peer closes).
 fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {

@@ -136,6 +136,18 @@ fn unanswering_peer() -> UnansweringPeer {
     UnansweringPeer { addr, _listener: l, _queued: queued }
 }
 
+/// The next `len` bytes `conn` receives (its echo); any other event first is a failure.
+fn echoed(c: &Client, conn: Conn, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        match c.next() {
+            Seen::Data(d, bytes) if d == conn => got.extend(bytes),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    got
+}
+
 fn connected(c: &Client, tag: u64) -> Conn {
     match c.next() {
         Seen::Connected(conn, t, _) if t == tag => conn,
@@ -159,13 +171,7 @@ fn an_outbound_connection_lives_on_the_asking_worker_and_carries_bytes_both_ways
     // 256 KiB: many receives each way, in order.
     let msg = pattern(7, 256 << 10);
     c.ask(Job::Send(conn, msg.clone()));
-    let mut got = Vec::new();
-    while got.len() < msg.len() {
-        match c.next() {
-            Seen::Data(d, bytes) if d == conn => got.extend(bytes),
-            other => panic!("expected the echo, got {other:?}"),
-        }
-    }
+    let got = echoed(&c, conn, msg.len());
     assert!(got == msg, "the echo came back whole and in order");
     c.ask(Job::Close(conn));
     assert!(matches!(c.next(), Seen::Closed(d) if d == conn));
@@ -267,13 +273,7 @@ fn a_runtime_dials_its_own_listener() {
     c.ask(Job::Connect(server, 4));
     let conn = connected(&c, 4);
     c.ask(Job::Send(conn, b"round trip".to_vec()));
-    let mut got = Vec::new();
-    while got.len() < 10 {
-        match c.next() {
-            Seen::Data(d, bytes) if d == conn => got.extend(bytes),
-            other => panic!("expected the echo, got {other:?}"),
-        }
-    }
+    let got = echoed(&c, conn, 10);
     assert_eq!(got, b"round trip");
     c.ask(Job::Close(conn));
     assert!(matches!(c.next(), Seen::Closed(d) if d == conn));
@@ -332,13 +332,7 @@ fn ipv6_listeners_and_connectors_carry_bytes_both_ways() {
     let conn = connected(&c, 6);
     let msg = pattern(66, 64 << 10);
     c.ask(Job::Send(conn, msg.clone()));
-    let mut got = Vec::new();
-    while got.len() < msg.len() {
-        match c.next() {
-            Seen::Data(d, bytes) if d == conn => got.extend(bytes),
-            other => panic!("expected the echo, got {other:?}"),
-        }
-    }
+    let got = echoed(&c, conn, msg.len());
     assert!(got == msg, "the echo came back whole and in order over IPv6");
     c.stop();
 }

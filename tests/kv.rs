@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use example::Server;
+use example::{cmd, Server};
 
 fn server(args: &[&str]) -> Server {
     example::start("kv", args)
@@ -63,17 +63,6 @@ impl Client {
         let mut b = [0u8; 1];
         matches!(self.0.read(&mut b), Ok(0) | Err(_))
     }
-}
-
-/// A command as a RESP multibulk array.
-fn cmd(words: &[&[u8]]) -> Vec<u8> {
-    let mut m = format!("*{}\r\n", words.len()).into_bytes();
-    for w in words {
-        m.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
-        m.extend_from_slice(w);
-        m.extend_from_slice(b"\r\n");
-    }
-    m
 }
 
 #[test]

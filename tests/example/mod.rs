@@ -98,3 +98,14 @@ pub fn refused(name: &str, args: &[&str]) -> (Option<i32>, String) {
     assert!(!out.status.success(), "{name} {args:?} started; stdout: {}", String::from_utf8_lossy(&out.stdout));
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// A command as a RESP multibulk array, for the Redis-protocol examples.
+pub fn cmd(words: &[&[u8]]) -> Vec<u8> {
+    let mut m = format!("*{}\r\n", words.len()).into_bytes();
+    for w in words {
+        m.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+        m.extend_from_slice(w);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
