@@ -32,6 +32,11 @@ cache: a cache server written the way docs/guide.md teaches (examples/cache.rs: 
        tokio (benches/peers/src/bin/tokio_cache.rs), both pinned to CPU 0, redis-benchmark
        -c 32 -d 100 on CPU 1: SET and GET one at a time and pipelined 16 deep; req/s and each
        server's CPU per request. Target (issue 20): pipelined GET >= 1.0x tokio.
+udp:   the UDP echo example (examples/udp_echo.rs: multishot RECVMSG, one SENDMSG per reply) vs a
+       tokio UDP echo (benches/peers/src/bin/tokio_udp_echo.rs), both pinned to CPU 0, the load
+       client on CPU 1: 32 sockets x 4 datagrams of 64 B in flight; datagrams/s, p99 and server
+       CPU per datagram. Then GSO: each 1200 B datagram answered with 8 copies, as 8 sends or one
+       UDP GSO send (NetCmd::SendSegments): server CPU per datagram sent.
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -1214,6 +1219,83 @@ def plot_proxy(rows, cases, names, a):
     print(f"wrote {path}")
 
 
+UDP_SERVERS = {
+    "ringstage": lambda p, extra: [os.path.join(ROOT, "target/release/examples/udp_echo"), "--addr", f"127.0.0.1:{p}", "--cpu", "0"] + extra,
+    "tokio": lambda p, extra: [os.path.join(PEERS, "tokio_udp_echo"), f"127.0.0.1:{p}"],
+}
+
+
+def bench_udp(a):
+    sh(["cargo", "build", "--release", "--quiet", "--example", "udp_echo"])
+    sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
+
+    def wait_udp_free(port, timeout=15):
+        import socket
+        t0 = time.time()
+        while True:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.time() - t0 > timeout:
+                    raise
+                time.sleep(0.05)
+            finally:
+                s.close()
+
+    def run(name, port, extra, lg):
+        wait_udp_free(port)
+        proc = subprocess.Popen(["taskset", "-c", "0"] + UDP_SERVERS[name](port, extra), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            line = proc.stdout.readline()
+            if "udp echo" not in line:
+                raise RuntimeError(f"{name} did not start: {line!r}")
+            return loadgen(["--udp", "1", "--addr", f"127.0.0.1:{port}", "--warmup", "1", "--secs", str(a.secs),
+                            "--server-pid", str(proc.pid)] + lg)
+        finally:
+            stop_server(proc)
+
+    cases = [
+        ("ringstage", "ringstage", [], ["--conns", "32", "--depth", "4", "--size", "64"]),
+        ("tokio", "tokio", [], ["--conns", "32", "--depth", "4", "--size", "64"]),
+        ("fanout8-sends", "ringstage", ["--fanout", "8"], ["--conns", "32", "--size", "1200", "--replies", "8"]),
+        ("fanout8-gso", "ringstage", ["--fanout", "8", "--gso"], ["--conns", "32", "--size", "1200", "--replies", "8"]),
+    ]
+    names = [c[0] for c in cases]
+    runs = {n: [] for n in names}
+    for r in range(a.rounds):
+        for i, (n, server, extra, lg) in enumerate(cases if r % 2 == 0 else cases[::-1]):
+            res = run(server, 7200 + names.index(n), extra, lg)
+            runs[n].append(res)
+            print(f"round {r + 1} {n:<14} {res['rate']:>10.0f} dgram/s  p99 {res['p99_us']:>8.1f} us  "
+                  f"cpu {res['cpu_ns_per_msg']:>7.0f} ns/dgram  lost {res['errors']}", flush=True)
+
+    def ratio(me, peer, key):
+        return median([x[key] / y[key] for x, y in zip(runs[me], runs[peer]) if y[key]])
+
+    lines = [f"udp: server on CPU 0, client on CPU 1; median of {a.rounds} interleaved rounds of {a.secs}s"]
+    lines.append(f"{'case':<16}{'dgram/s':>12}{'p50 us':>10}{'p99 us':>10}{'cpu ns/dgram':>14}{'lost':>8}")
+    rows = []
+    for n in names:
+        rs = runs[n]
+        row = {"case": n, "rate": median([x["rate"] for x in rs]), "p50_us": median([x["p50_us"] for x in rs]),
+               "p99_us": median([x["p99_us"] for x in rs]), "cpu_ns_per_msg": median([x["cpu_ns_per_msg"] for x in rs]),
+               "lost": sum(x["errors"] for x in rs), "rounds": rs}
+        rows.append(row)
+        lines.append(f"{n:<16}{row['rate']:>12.0f}{row['p50_us']:>10.1f}{row['p99_us']:>10.1f}{row['cpu_ns_per_msg']:>14.0f}{row['lost']:>8}")
+    lines.append("")
+    lines.append("echo 64 B x 32 sockets x 4 in flight, ringstage / tokio:")
+    lines.append(f"  datagrams/s {ratio('ringstage', 'tokio', 'rate'):6.3f}  (the client, one tokio thread, is near its core's limit)")
+    lines.append(f"  capacity (tokio cpu per datagram / ringstage's) {1 / ratio('ringstage', 'tokio', 'cpu_ns_per_msg'):6.3f}  (>= 1.0)")
+    lines.append(f"  p99 {ratio('ringstage', 'tokio', 'p99_us'):6.3f}  (<= 1.0)")
+    lines.append("8 replies of 1200 B per datagram: one GSO send vs 8 sends:")
+    lines.append(f"  server cpu per datagram sent {ratio('fanout8-gso', 'fanout8-sends', 'cpu_ns_per_msg'):6.3f}x  "
+                 f"datagrams/s {ratio('fanout8-gso', 'fanout8-sends', 'rate'):6.3f}x")
+    publish("udp", "\n".join(lines), {"rows": rows})
+
+
 def bench_queue(a):
     r = subprocess.run(["cargo", "bench", "--quiet", "--features", "internals", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
     cases = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -1234,7 +1316,7 @@ def bench_queue(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "cache", "overload", "proxy", "queue", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "cache", "overload", "proxy", "udp", "queue", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
@@ -1256,6 +1338,8 @@ def main():
         bench_overload(a)
     if a.what in ("proxy", "all"):
         bench_proxy(a)
+    if a.what in ("udp", "all"):
+        bench_udp(a)
 
 
 if __name__ == "__main__":

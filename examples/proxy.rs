@@ -3,13 +3,14 @@
 //! side is the memory the send on the other side reads: no copy in user space.
 //!
 //! ```text
-//! cargo run --release --example proxy -- --upstream HOST:PORT [--addr 127.0.0.1:7100]
+//! cargo run --release --example proxy -- --upstream HOST:PORT|unix:PATH [--addr 127.0.0.1:7100]
 //!     [--workers N] [--cpu FIRST] [--connect-timeout-ms MS] [--buffer-kib KIB] [--idle-timeout-s S]
 //!     [--output-kib KIB]
 //! ```
 //!
 //! Every worker accepts (one `SO_REUSEPORT` socket each) and dials the upstream itself
-//! (`NetCmd::Connect` for its own worker), so both connections of a pair live on one core and
+//! (`NetCmd::Connect` for its own worker; `NetCmd::ConnectUnix` for an upstream given as
+//! `unix:PATH` or `unix:@name`, a Unix domain socket), so both connections of a pair live on one core and
 //! their events never cross cores. Bytes a client sends before its upstream is connected wait,
 //! up to 64 KiB. A side that finished sending (its FIN, `NetEvent::Eof`) has the FIN passed on
 //! to the other (`NetCmd::Shutdown`, after what was queued for it), so a client may half-close
@@ -61,7 +62,7 @@ struct Proxy {
     /// dropped and no pair is cut for a burst.
     net: Outbox<NetCmd>,
     connector: ConnectorId,
-    upstream: SocketAddr,
+    upstream: Upstream,
     ends: ConnMap<End>,
     /// Clients whose upstream connect is in flight, by the connect's tag.
     dialing: slab::Slab<Conn>,
@@ -80,7 +81,11 @@ impl Proxy {
     fn opened(&mut self, client: Conn, worker: usize) {
         self.ends.insert(client, End::new(None));
         let tag = self.dialing.insert(client);
-        let dial = NetCmd::Connect { connector: self.connector, addr: self.upstream, worker, tag: tag as u64 };
+        let (connector, tag) = (self.connector, tag as u64);
+        let dial = match &self.upstream {
+            Upstream::Tcp(addr) => NetCmd::Connect { connector, addr: *addr, worker, tag },
+            Upstream::Unix(path) => NetCmd::ConnectUnix { connector, path: path.clone(), worker, tag },
+        };
         self.net.send(dial);
     }
 
@@ -172,6 +177,7 @@ impl Handler for Proxy {
             NetEvent::Closed { conn } => self.closed(conn),
             NetEvent::Backlogged { conn } => self.reads_of_peer(conn, true),
             NetEvent::Drained { conn } => self.reads_of_peer(conn, false),
+            _ => {} // no UDP here
         }
     }
 
@@ -181,13 +187,41 @@ impl Handler for Proxy {
     }
 }
 
+/// Where the proxy connects to.
+#[derive(Clone, Debug)]
+enum Upstream {
+    Tcp(SocketAddr),
+    Unix(std::sync::Arc<std::path::Path>),
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Upstream, String> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(Upstream::Unix(std::path::Path::new(path).into())),
+            Some(_) => Err("unix: needs a path".into()),
+            None => s.parse().map(Upstream::Tcp).map_err(|e| format!("{s}: {e} (HOST:PORT or unix:PATH)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Tcp(a) => a.fmt(f),
+            Upstream::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 /// A TCP proxy on ringstage: each client's upstream connection is dialled from its worker.
 #[derive(clap::Parser, Debug)]
 #[command(name = "proxy", version)]
 struct Opts {
-    /// Where to forward each client's connection.
+    /// Where to forward each client's connection: HOST:PORT, or unix:PATH for a Unix domain
+    /// socket (unix:@name for an abstract one).
     #[arg(long)]
-    upstream: SocketAddr,
+    upstream: Upstream,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7100")]
     addr: SocketAddr,
@@ -232,10 +266,11 @@ fn main() -> std::io::Result<()> {
         .output_limit(limit)
         .backpressure(false);
     let (_, connector) = b.connector(dial, proxy);
+    let to = upstream.clone();
     b.handler(proxy, move |s| Proxy {
         net: Outbox::with_waker(s.sink(net), s.waker(proxy)),
         connector,
-        upstream,
+        upstream: to.clone(),
         ends: ConnMap::new(),
         dialing: slab::Slab::new(),
     });

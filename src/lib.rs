@@ -32,7 +32,8 @@ pub mod prelude {
     pub use crate::buf::{IoBuf, IoBufChain};
     pub use crate::metrics::{AppCounter, CounterId};
     pub use crate::net::{
-        Conn, ConnEvent, ConnMap, Decode, Decoder, Flow, Framer, ListenConfig, ListenerId, NetCmd, NetEvent,
+        Conn, ConnAddrs, ConnEvent, ConnMap, Decode, Decoder, Flow, Framer, ListenConfig, ListenerId, NetCmd, NetEvent,
+        Udp, UdpConfig, UdpId,
     };
     pub use crate::runtime::{Builder, Handle, Runtime, Setup};
     pub use crate::stage::{

@@ -97,6 +97,36 @@ fn a_client_closing_closes_its_upstream_connection() {
 }
 
 #[test]
+fn a_unix_domain_upstream_is_reached_both_ways_and_a_missing_one_closes_the_client() {
+    use std::os::unix::net::UnixListener;
+    let path = std::env::temp_dir().join(format!("rs-proxy-up-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let up = UnixListener::bind(&path).unwrap();
+    let proxy = example::start("proxy", &["--upstream", &format!("unix:{}", path.display())]);
+    let mut client = connect(proxy.addr);
+    client.write_all(b"hello").unwrap();
+    let (mut upstream, _) = up.accept().unwrap();
+    upstream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = [0; 5];
+    upstream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello");
+    upstream.write_all(b"world").unwrap();
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"world");
+    drop((client, upstream, up));
+    std::fs::remove_file(&path).unwrap();
+    drop(proxy);
+
+    // Nobody listens at the path any more: the client is closed at once.
+    let proxy = example::start("proxy", &["--upstream", &format!("unix:{}", path.display())]);
+    let mut client = connect(proxy.addr);
+    let t = Instant::now();
+    let mut buf = [0; 16];
+    assert_eq!(client.read(&mut buf).unwrap_or(0), 0, "no bytes, just the close");
+    assert!(t.elapsed() < Duration::from_secs(5), "closed after {:?}", t.elapsed());
+}
+
+#[test]
 fn an_unreachable_upstream_closes_the_client_at_once() {
     // A port that was just free: nothing listens there, so the connect is refused.
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();

@@ -618,7 +618,8 @@ impl Handler for Parse {
             NetEvent::Data { conn, data } => self.on_data(conn, data, self.now),
             NetEvent::Eof { conn } => self.on_eof(conn),
             NetEvent::Closed { conn } => {
-                if self.conns.remove(conn).is_some_and(|st| !st.held.is_empty() || st.resume) {
+                let waiting = self.conns.remove(conn).is_some_and(|st| !st.held.is_empty() || st.resume);
+                if waiting {
                     self.to.holding.retain(|&c| c != conn);
                 }
             }
@@ -638,8 +639,7 @@ impl Handler for Parse {
                     st.backlogged = true;
                 }
             }
-            // This stage opens no outbound connections.
-            NetEvent::Connected { .. } | NetEvent::ConnectFailed { .. } => {}
+            _ => {} // no connector, no UDP
         }
     }
 

@@ -229,10 +229,7 @@ impl Shard {
             }
             // This stage opens no outbound connections; a client that does not read its replies
             // is not read either (the listener's backpressure) until they drain.
-            NetEvent::Connected { .. }
-            | NetEvent::ConnectFailed { .. }
-            | NetEvent::Backlogged { .. }
-            | NetEvent::Drained { .. } => {}
+            _ => {} // no connector or UDP; backpressure is the listener's own
         }
     }
 

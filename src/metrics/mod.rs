@@ -122,6 +122,15 @@ pub(crate) struct WorkerCounters {
     pub zc_sends: Counter,
     /// Network events parked because their stage refused them (retried in order).
     pub parked: Counter,
+    /// UDP datagrams delivered.
+    pub udp_received: Counter,
+    /// UDP datagrams larger than a receive buffer, not delivered
+    /// ([`NetEvent::Truncated`](crate::net::NetEvent::Truncated)).
+    pub udp_truncated: Counter,
+    /// UDP sends the kernel completed (a GSO send counts once).
+    pub udp_sent: Counter,
+    /// UDP sends refused or failed ([`NetEvent::SendToFailed`](crate::net::NetEvent::SendToFailed)).
+    pub udp_send_failed: Counter,
     /// Gauge, refreshed every tick: receive buffers out of the pool (held by `IoBuf`s).
     pub buffers_out: Counter,
     /// Refreshed every tick: receive buffers given back to the pool since the start (each was
@@ -162,6 +171,10 @@ impl WorkerCounters {
             sends: Counter::default(),
             zc_sends: Counter::default(),
             parked: Counter::default(),
+            udp_received: Counter::default(),
+            udp_truncated: Counter::default(),
+            udp_sent: Counter::default(),
+            udp_send_failed: Counter::default(),
             buffers_out: Counter::default(),
             buffers_returned: Counter::default(),
             buffer_window: Counter::default(),
@@ -250,6 +263,14 @@ pub struct WorkerSnapshot {
     pub zc_sends: u64,
     /// Network events parked behind a refusing stage.
     pub parked: u64,
+    /// UDP datagrams delivered.
+    pub udp_received: u64,
+    /// UDP datagrams too large for a receive buffer (not delivered).
+    pub udp_truncated: u64,
+    /// UDP sends completed.
+    pub udp_sent: u64,
+    /// UDP sends refused or failed.
+    pub udp_send_failed: u64,
     /// Receive buffers out of the pool at the last tick.
     pub buffers_out: u64,
     /// Receive buffers given back to the pool, at the last tick.
@@ -345,6 +366,10 @@ impl Snapshot {
                 sends: w.sends.get(),
                 zc_sends: w.zc_sends.get(),
                 parked: w.parked.get(),
+                udp_received: w.udp_received.get(),
+                udp_truncated: w.udp_truncated.get(),
+                udp_sent: w.udp_sent.get(),
+                udp_send_failed: w.udp_send_failed.get(),
                 buffers_out: w.buffers_out.get(),
                 buffers_returned: w.buffers_returned.get(),
                 buffer_window: w.buffer_window.get(),
@@ -405,7 +430,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 21] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 25] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -446,6 +471,14 @@ impl Snapshot {
                 |w| w.sends,
             ),
             ("ringstage_worker_parked_total", "Network events parked behind a stage that refused them.", |w| w.parked),
+            ("ringstage_worker_udp_received_total", "UDP datagrams delivered.", |w| w.udp_received),
+            (
+                "ringstage_worker_udp_truncated_total",
+                "UDP datagrams larger than a receive buffer, not delivered.",
+                |w| w.udp_truncated,
+            ),
+            ("ringstage_worker_udp_sent_total", "UDP sends completed.", |w| w.udp_sent),
+            ("ringstage_worker_udp_send_failed_total", "UDP sends refused or failed.", |w| w.udp_send_failed),
             ("ringstage_worker_buffers_returned_total", "Receive buffers given back to the pool (at the last tick).", |w| {
                 w.buffers_returned
             }),

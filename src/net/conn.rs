@@ -182,6 +182,8 @@ pub(crate) struct ConnState {
     pub(crate) tx: SendSide,
     /// When an operation on it last completed (for the idle timeout).
     pub(crate) last_active: Instant,
+    /// Where the kernel writes the peer's address of an accepted connection (until `Opened`).
+    pub(crate) name: Option<Box<[u8; std::mem::size_of::<libc::sockaddr_in6>()]>>,
 }
 
 impl ConnState {

@@ -32,23 +32,27 @@
 //!   memory, not the answers to everything it sent. A proxy turns that off and pauses the
 //!   *other* side of the pair instead ([`NetCmd::PauseReads`] / [`NetCmd::ResumeReads`]).
 
+mod addrs;
 mod conn;
 mod conn_map;
 mod conn_outbox;
 mod driver;
 mod framing;
 mod pipe;
+mod udp;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use addrs::ConnAddrs;
 pub use conn_map::ConnMap;
 pub use conn_outbox::ConnOutbox;
-pub(crate) use driver::{Endpoint, Net};
+pub(crate) use driver::{Endpoint, Net, UdpSocket};
 pub use framing::{Decode, Decoder, Flow, FrameError, Framer};
 pub use pipe::SplicePipe;
+pub use udp::{Udp, UdpConfig, UdpId};
 
 use crate::buf::{IoBuf, IoBufChain};
 use crate::stage::{Context, Handler};
@@ -121,13 +125,13 @@ impl ConnEvent for NetEvent {
 
 /// Identifies a listener declared with [`crate::runtime::Builder::listen`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ListenerId(pub(crate) usize);
+pub struct ListenerId(pub(crate) u32);
 
 /// Identifies a connector declared with [`crate::runtime::Builder::connector`]: the stage that
 /// gets the events of the outbound connections opened with [`NetCmd::Connect`], and their
 /// options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnectorId(pub(crate) usize);
+pub struct ConnectorId(pub(crate) u32);
 
 /// What the network stage tells a handler stage.
 ///
@@ -155,7 +159,11 @@ pub struct ConnectorId(pub(crate) usize);
 ///     }
 /// }
 /// ```
+///
+/// New kinds of event may come in later versions (`#[non_exhaustive]`): a match on it ends
+/// with `_ => {}`.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum NetEvent {
     /// A connection was accepted.
     Opened {
@@ -163,6 +171,8 @@ pub enum NetEvent {
         conn: Conn,
         /// The listener that accepted it.
         listener: ListenerId,
+        /// Its peer's and local address.
+        addrs: ConnAddrs,
     },
     /// Bytes arrived. `data` is a view of the pool buffer the kernel wrote them into.
     Data {
@@ -193,6 +203,8 @@ pub enum NetEvent {
         connector: ConnectorId,
         /// The `tag` of the `Connect` command.
         tag: u64,
+        /// The address connected to, and the local one.
+        addrs: ConnAddrs,
     },
     /// The connection's unsent output went over its limit ([`ListenConfig::output_limit`]):
     /// the peer reads slower than it is answered. Unless [`ListenConfig::backpressure`] is off,
@@ -218,6 +230,39 @@ pub enum NetEvent {
         /// Why.
         error: std::io::Error,
     },
+    /// A datagram arrived on a UDP socket ([`Builder::udp`](crate::runtime::Builder::udp)).
+    /// `data` is a view of the pool buffer the kernel wrote it into.
+    Datagram {
+        /// The socket (answer through it: [`NetCmd::SendTo`]).
+        socket: Udp,
+        /// Its source.
+        from: SocketAddr,
+        /// Its payload, whole.
+        data: IoBuf,
+    },
+    /// A datagram was larger than a receive buffer: its tail was cut by the kernel, so it is
+    /// not delivered (counted in the worker's `udp_truncated`). Raise the buffer size
+    /// ([`Builder::buffers`](crate::runtime::Builder::buffers)) if such datagrams are expected.
+    Truncated {
+        /// The socket.
+        socket: Udp,
+        /// Its source.
+        from: SocketAddr,
+        /// Its full length.
+        len: usize,
+    },
+    /// A [`NetCmd::SendTo`] or [`NetCmd::SendSegments`] failed: an address the socket cannot
+    /// reach (another family, port 0), a datagram over the size limit, too many sends in
+    /// flight (`WouldBlock`), or an error the kernel reported (an ICMP unreachable from an
+    /// earlier datagram: `ConnectionRefused`).
+    SendToFailed {
+        /// The socket.
+        socket: Udp,
+        /// The destination.
+        to: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
 }
 
 impl NetEvent {
@@ -231,7 +276,10 @@ impl NetEvent {
             | NetEvent::Drained { conn }
             | NetEvent::Closed { conn }
             | NetEvent::Connected { conn, .. } => Some(*conn),
-            NetEvent::ConnectFailed { .. } => None,
+            NetEvent::ConnectFailed { .. }
+            | NetEvent::Datagram { .. }
+            | NetEvent::Truncated { .. }
+            | NetEvent::SendToFailed { .. } => None,
         }
     }
 }
@@ -338,6 +386,46 @@ pub enum NetCmd {
         /// Handed back in the resulting event, to tell attempts apart.
         tag: u64,
     },
+    /// Open a Unix domain stream connection to the socket at `path` (`@name`: the abstract
+    /// socket `name`), as [`NetCmd::Connect`] does over TCP: the connector's stage gets
+    /// [`NetEvent::Connected`] (with no IP addresses) or [`NetEvent::ConnectFailed`], with
+    /// `tag`. A path nobody listens on fails with `ConnectionRefused` or `NotFound`.
+    ConnectUnix {
+        /// The connector (the stage to tell, the connection's options).
+        connector: ConnectorId,
+        /// The socket's path.
+        path: std::sync::Arc<std::path::Path>,
+        /// The worker that will own the connection.
+        worker: usize,
+        /// Handed back in the resulting event.
+        tag: u64,
+    },
+    /// Send `data` as one datagram to `to` through a UDP socket (one `SENDMSG`; the view is
+    /// kept until the kernel has it, no copy). Failures come back as
+    /// [`NetEvent::SendToFailed`]. To send several parts as one datagram, join them first
+    /// ([`BufWriter`](crate::buf::BufWriter) or [`IoBuf::concat`]).
+    SendTo {
+        /// The socket (its worker sends).
+        socket: Udp,
+        /// The destination.
+        to: SocketAddr,
+        /// The payload.
+        data: IoBuf,
+    },
+    /// Send `data` to `to` as datagrams of `size` bytes each (the last may be shorter), in one
+    /// `SENDMSG` that the kernel segments (UDP GSO, `UDP_SEGMENT`): one trip through the stack
+    /// for up to 64 datagrams. Where the kernel lacks GSO the driver sends the segments one
+    /// by one. At most 64 segments, `size` at least 1.
+    SendSegments {
+        /// The socket (its worker sends).
+        socket: Udp,
+        /// The destination.
+        to: SocketAddr,
+        /// The datagrams, back to back.
+        data: IoBuf,
+        /// The size of each datagram.
+        size: u16,
+    },
 }
 
 impl NetCmd {
@@ -352,13 +440,17 @@ impl NetCmd {
             | NetCmd::Shutdown { conn }
             | NetCmd::PauseReads { conn }
             | NetCmd::ResumeReads { conn } => Some(*conn),
-            NetCmd::Connect { .. } => None,
+            NetCmd::Connect { .. }
+            | NetCmd::ConnectUnix { .. }
+            | NetCmd::SendTo { .. }
+            | NetCmd::SendSegments { .. } => None,
         }
     }
 
     pub(crate) fn route(cmd: &NetCmd) -> usize {
         match cmd {
-            NetCmd::Connect { worker, .. } => *worker,
+            NetCmd::Connect { worker, .. } | NetCmd::ConnectUnix { worker, .. } => *worker,
+            NetCmd::SendTo { socket, .. } | NetCmd::SendSegments { socket, .. } => socket.worker(),
             _ => cmd.conn().map_or(0, |c| c.worker()),
         }
     }
@@ -378,6 +470,8 @@ pub struct ListenConfig {
     pub(crate) output_limit: usize,
     pub(crate) backpressure: bool,
     pub(crate) coalesce_below: usize,
+    /// A Unix domain listener: its connections have no IP addresses.
+    pub(crate) unix: bool,
     /// A listening socket made elsewhere (socket activation, a Unix socket), instead of
     /// binding `addr`.
     pub(crate) inherited: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
@@ -409,6 +503,7 @@ impl ListenConfig {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut cfg = ListenConfig::new(unspecified, workers);
         cfg.nodelay = false; // a TCP option
+        cfg.unix = true;
         cfg.inherited = Some(std::sync::Arc::new(fd));
         Ok(cfg)
     }
@@ -462,6 +557,7 @@ impl ListenConfig {
             output_limit: 1 << 20,
             backpressure: true,
             coalesce_below: 512,
+            unix: false,
             inherited: None,
         }
     }

@@ -39,6 +39,12 @@ pub(crate) enum OpKind {
     Connect,
     /// A file operation of the fs stage.
     File,
+    /// A UDP socket's multishot `RECVMSG` (key: the socket's id).
+    UdpRecv,
+    /// A UDP `SENDMSG` (key: the socket's id above 16 bits, its send slot below).
+    UdpSend,
+    /// An accepted connection's `getsockopt(SO_PEERNAME)`.
+    PeerName,
 }
 
 impl OpKind {
@@ -57,6 +63,9 @@ impl OpKind {
             10 => Shutdown,
             11 => Connect,
             12 => File,
+            13 => UdpRecv,
+            14 => UdpSend,
+            15 => PeerName,
             _ => return None,
         })
     }
@@ -108,7 +117,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_generations_wrap_at_24_bits() {
-        for kind in [OpKind::Doorbell, OpKind::Recv, OpKind::File] {
+        for kind in [OpKind::Doorbell, OpKind::Recv, OpKind::File, OpKind::UdpRecv, OpKind::UdpSend] {
             for (key, gen) in [(0usize, 0u32), (u32::MAX as usize, GEN_MASK), (7, 1 << 24 | 5)] {
                 let t = Token::new(kind, key, gen);
                 assert_eq!(Token::decode(t.encode()), Some(t));

@@ -9,7 +9,9 @@ use super::plumbing::{Plumbing, TypedPlumbing};
 use super::{Factory, RingConfig, Setup};
 use crate::fs::{FilesId, FsCmd, FsEvent};
 use crate::metrics::CounterId;
-use crate::net::{Conn, ConnEvent, ConnectConfig, ConnectorId, ListenConfig, ListenerId, NetCmd, NetEvent, NetStage};
+use crate::net::{
+    Conn, ConnEvent, ConnectConfig, ConnectorId, ListenConfig, ListenerId, NetCmd, NetEvent, NetStage, UdpConfig, UdpId,
+};
 use crate::stage::{Handler, PanicKey, PanicPolicy, Replica, ReplicaDyn, StageConfig, StageId};
 use crate::Error;
 
@@ -27,6 +29,11 @@ pub(super) struct Decl {
 
 pub(super) struct ListenDecl {
     pub(super) cfg: Arc<ListenConfig>,
+    pub(super) deliver: usize,
+}
+
+pub(super) struct UdpDecl {
+    pub(super) cfg: UdpConfig,
     pub(super) deliver: usize,
 }
 
@@ -82,6 +89,7 @@ pub struct Builder {
     pub(super) decls: Vec<Decl>,
     pub(super) listeners: Vec<ListenDecl>,
     pub(super) connectors: Vec<ConnectorDecl>,
+    pub(super) udp: Vec<UdpDecl>,
     pub(super) files: Vec<FilesDecl>,
     pub(super) net: Option<StageId<NetCmd>>,
     fs: Option<StageId<FsCmd>>,
@@ -114,6 +122,7 @@ impl Builder {
             decls: Vec::new(),
             listeners: Vec::new(),
             connectors: Vec::new(),
+            udp: Vec::new(),
             files: Vec::new(),
             net: None,
             fs: None,
@@ -328,7 +337,7 @@ impl Builder {
         let net = self.net_stage();
         self.knows_conns(deliver);
         self.listeners.push(ListenDecl { cfg: Arc::new(cfg), deliver: deliver.idx });
-        (net, ListenerId(self.listeners.len() - 1))
+        (net, ListenerId((self.listeners.len() - 1) as u32))
     }
 
     /// Adds a connector: [`NetCmd::Connect`] with its id opens an outbound TCP connection on
@@ -339,7 +348,42 @@ impl Builder {
         let net = self.net_stage();
         self.knows_conns(deliver);
         self.connectors.push(ConnectorDecl { cfg: Arc::new(cfg.conn), timeout: cfg.timeout, deliver: deliver.idx });
-        (net, ConnectorId(self.connectors.len() - 1))
+        (net, ConnectorId((self.connectors.len() - 1) as u32))
+    }
+
+    /// Adds a UDP socket on each of the config's workers, whose datagrams
+    /// ([`NetEvent::Datagram`], [`NetEvent::Truncated`]) and send failures
+    /// ([`NetEvent::SendToFailed`]) go to stage `deliver`. Returns the network stage (to send
+    /// [`NetCmd::SendTo`] to) and the socket's id ([`Runtime::udp_addr`](super::Runtime::udp_addr)
+    /// tells the port bound). See [`crate::net::UdpConfig`].
+    ///
+    /// # Examples
+    ///
+    /// A UDP echo: each datagram goes back to its source, the received view uncopied.
+    ///
+    /// ```no_run
+    /// use ringstage::prelude::*;
+    ///
+    /// let mut b = Runtime::builder(1);
+    /// let echo = b.stage::<NetEvent>("echo", StageConfig::on([0]));
+    /// let (net, udp) = b.udp(UdpConfig::new("127.0.0.1:9000".parse().unwrap(), [0]), echo);
+    /// b.handler(echo, move |s| {
+    ///     let mut net = Outbox::with_waker(s.sink(net), s.waker(echo));
+    ///     handler_fn(move |ev: NetEvent, _cx: &mut Context<'_>| {
+    ///         if let NetEvent::Datagram { socket, from, data } = ev {
+    ///             net.send(NetCmd::SendTo { socket, to: from, data });
+    ///         }
+    ///     })
+    /// });
+    /// let rt = b.start()?;
+    /// println!("UDP on {}", rt.udp_addr(udp));
+    /// # Ok::<(), ringstage::Error>(())
+    /// ```
+    pub fn udp(&mut self, cfg: UdpConfig, deliver: StageId<NetEvent>) -> (StageId<NetCmd>, UdpId) {
+        let net = self.net_stage();
+        self.knows_conns(deliver);
+        self.udp.push(UdpDecl { cfg, deliver: deliver.idx });
+        (net, UdpId(self.udp.len() - 1))
     }
 
     /// A stage fed by the network knows each event's connection (unless told otherwise).
@@ -424,6 +468,17 @@ impl Builder {
                 return bad(format!(
                     "listener {} placed on workers {:?} of {}",
                     l.cfg.addr, l.cfg.workers, self.workers
+                ));
+            }
+        }
+        if self.udp.len() > usize::from(u16::MAX) {
+            return bad(format!("at most {} UDP sockets, got {}", u16::MAX, self.udp.len()));
+        }
+        for u in &self.udp {
+            if u.cfg.workers.is_empty() || u.cfg.workers.iter().any(|&w| w >= self.workers) {
+                return bad(format!(
+                    "UDP socket {} placed on workers {:?} of {}",
+                    u.cfg.addr, u.cfg.workers, self.workers
                 ));
             }
         }

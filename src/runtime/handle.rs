@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use super::{Builder, Shared};
 use crate::metrics::Snapshot;
-use crate::net::ListenerId;
+use crate::net::{ListenerId, UdpId};
 use crate::stage::injector::InjectTarget;
 use crate::stage::{Injector, StageId};
 use crate::Error;
@@ -18,6 +18,7 @@ pub struct Runtime {
     pub(super) shared: Arc<Shared>,
     pub(super) inject_targets: Vec<Box<dyn Any + Send + Sync>>,
     pub(super) addrs: Vec<SocketAddr>,
+    pub(super) udp_addrs: Vec<SocketAddr>,
     /// SIGINT and SIGTERM, blocked in every thread ([`Builder::signals`]).
     pub(super) signals: Option<ringstage_sys::signal::SignalFd>,
 }
@@ -58,7 +59,12 @@ impl Runtime {
 
     /// The address listener `id` is bound to (with the port chosen for port 0).
     pub fn local_addr(&self, id: ListenerId) -> SocketAddr {
-        self.addrs[id.0]
+        self.addrs[id.0 as usize]
+    }
+
+    /// The address UDP socket `id` is bound to (with the port chosen for port 0).
+    pub fn udp_addr(&self, id: UdpId) -> SocketAddr {
+        self.udp_addrs[id.0]
     }
 
     /// An injector into stage `id` for threads outside the runtime.

@@ -65,6 +65,27 @@ impl Builder {
             }
             addrs.push(addr);
         }
+        // UDP sockets: bound here, as listeners are, one per worker (SO_REUSEPORT when several).
+        let mut per_worker_udp: Vec<Vec<worker::UdpPlan>> = (0..self.workers).map(|_| Vec::new()).collect();
+        let mut udp_addrs = Vec::new();
+        for (id, u) in self.udp.iter().enumerate() {
+            let in_use = |addr, cause: std::io::Error| Error::Bind { addr, cause };
+            let first = ringstage_sys::udp::bind(u.cfg.addr, false).map_err(|e| in_use(u.cfg.addr, e))?;
+            let addr = ringstage_sys::socket::local_addr(first.as_raw_fd())?;
+            let mut fds = Vec::new();
+            if let [_] = u.cfg.workers[..] {
+                fds.push(first);
+            } else {
+                drop(first);
+                for _ in &u.cfg.workers {
+                    fds.push(ringstage_sys::udp::bind(addr, true).map_err(|e| in_use(addr, e))?);
+                }
+            }
+            for (&w, fd) in u.cfg.workers.iter().zip(fds) {
+                per_worker_udp[w].push(worker::UdpPlan { id, fd, local: addr, cfg: u.cfg.clone(), deliver: u.deliver });
+            }
+            udp_addrs.push(addr);
+        }
         // Connectors: on every worker, after its listeners, in id order.
         for (id, c) in self.connectors.iter().enumerate() {
             for plans in &mut per_worker_endpoints {
@@ -135,7 +156,8 @@ impl Builder {
         let ncpu = ringstage_sys::cpu::available();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
-        for (w, (parts, endpoints)) in parts.into_iter().zip(per_worker_endpoints).enumerate() {
+        let plans = parts.into_iter().zip(per_worker_endpoints).zip(per_worker_udp);
+        for (w, ((parts, endpoints), udp)) in plans.enumerate() {
             let blocking = self.blocking_worker(w);
             let cpu = match &self.cpus {
                 Some(c) if c.is_empty() => None,
@@ -158,6 +180,7 @@ impl Builder {
                 factories: factories.clone(),
                 parts,
                 endpoints,
+                udp,
                 shared: shared.clone(),
             };
             let tx = ready_tx.clone();
@@ -177,7 +200,7 @@ impl Builder {
                 }
             }
         }
-        let rt = Runtime { threads, shared, inject_targets, addrs, signals };
+        let rt = Runtime { threads, shared, inject_targets, addrs, udp_addrs, signals };
         if let Some(e) = first_err {
             rt.shutdown();
             let _ = rt.join();

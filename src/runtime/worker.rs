@@ -22,7 +22,7 @@ use super::builder::FilesDecl;
 use super::{Factory, Setup, Shared, StageMeta};
 use crate::buf::BufPool;
 use crate::fs::FsDriver;
-use crate::net::{Endpoint, ListenConfig, Net, NetCmd, NetEvent};
+use crate::net::{Endpoint, ListenConfig, Net, NetCmd, NetEvent, UdpSocket};
 use crate::reactor::{OpKind, Reactor, Token};
 use crate::stage::{panic_message, ReplicaDyn, StageId, StagePanic};
 use crate::Error;
@@ -45,6 +45,7 @@ pub(crate) struct Plan {
     pub(crate) factories: Arc<Vec<Factory>>,
     pub(crate) parts: Vec<Option<Box<dyn Any + Send>>>,
     pub(crate) endpoints: Vec<EndpointPlan>,
+    pub(crate) udp: Vec<UdpPlan>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -56,6 +57,16 @@ pub(crate) struct EndpointPlan {
     pub(crate) cfg: Arc<ListenConfig>,
     pub(crate) deliver: usize,
     pub(crate) connect_timeout: Option<Duration>,
+}
+
+/// A UDP socket of this worker: its declaration's id, the socket, the address it is bound to,
+/// its options and the stage to deliver to.
+pub(crate) struct UdpPlan {
+    pub(crate) id: usize,
+    pub(crate) fd: OwnedFd,
+    pub(crate) local: std::net::SocketAddr,
+    pub(crate) cfg: crate::net::UdpConfig,
+    pub(crate) deliver: usize,
 }
 
 /// How long a worker naps between retries of network events parked behind a full stage.
@@ -160,7 +171,7 @@ impl Worker {
         let nstages = plan.meta.len();
         // The drivers come first (the built-in stages' handlers hold them), their endpoints
         // and deliveries once the sinks can be made.
-        let net = Rc::new(RefCell::new(Net::new(Vec::new(), plan.ring.fixed_files)));
+        let net = Rc::new(RefCell::new(Net::new(Vec::new(), Vec::new(), plan.ring.fixed_files)));
         let fs = Rc::new(RefCell::new(FsDriver::new(Vec::new(), plan.file_timeout)));
         let mut setup = Setup {
             worker: plan.id,
@@ -195,7 +206,15 @@ impl Worker {
                 Endpoint::new(e.id, e.fd, e.cfg, sink, e.connect_timeout)
             })
             .collect();
-        *net.borrow_mut() = Net::new(endpoints, plan.ring.fixed_files);
+        let udp = plan
+            .udp
+            .into_iter()
+            .map(|u| {
+                let sink = setup.sink(StageId::<NetEvent>::new(u.deliver));
+                UdpSocket::new(u.id, plan.id, u.fd, u.local, &u.cfg, sink)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        *net.borrow_mut() = Net::new(endpoints, udp, plan.ring.fixed_files);
         let deliver = plan.files.iter().map(|make| make(&mut setup)).collect();
         *fs.borrow_mut() = FsDriver::new(deliver, plan.file_timeout);
         let r = Reactor {

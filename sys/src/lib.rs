@@ -1,7 +1,7 @@
 //! Raw Linux layer of ringstage.
 //!
 //! Everything here is mechanism, not policy: ring setup with a feature probe and clear errors,
-//! sockets, CPU pinning, provided-buffer-ring registration and eventfd doorbells. No threads are
+//! sockets (TCP, UDP, Unix), CPU pinning, provided-buffer-ring registration and eventfd doorbells. No threads are
 //! spawned and nothing on a hot path allocates.
 
 #![warn(missing_docs)]
@@ -32,6 +32,7 @@ pub mod ring;
 pub mod signal;
 pub mod socket;
 pub mod systemd;
+pub mod udp;
 pub mod unix;
 
 pub use bufring::BufRing;

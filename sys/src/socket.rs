@@ -64,6 +64,18 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     from_raw(&sa)
 }
 
+/// Converts the bytes of a socket address the kernel wrote (a `recvmsg` name) to a
+/// `SocketAddr`. Bytes past a `sockaddr_storage` are ignored; missing ones read as zero.
+pub fn from_bytes(name: &[u8]) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
+    let n = name.len().min(size_of::<libc::sockaddr_storage>());
+    // SAFETY: `n` bytes are readable from `name` and writable in `sa` (at most its size), and
+    // the two do not overlap (`sa` is a local).
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut sa as *mut libc::sockaddr_storage).cast::<u8>(), n) };
+    from_raw(&sa)
+}
+
 /// Converts a `SocketAddr` to a `sockaddr_storage` and its length.
 pub fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
@@ -132,6 +144,15 @@ mod tests {
             let a: SocketAddr = s.parse().unwrap();
             let (raw, _) = to_raw(&a);
             assert_eq!(from_raw(&raw).unwrap(), a);
+            // SAFETY: test only: the storage is plain data, viewed as its bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&raw as *const libc::sockaddr_storage).cast::<u8>(),
+                    size_of::<libc::sockaddr_in6>(),
+                )
+            };
+            assert_eq!(from_bytes(bytes).unwrap(), a);
         }
+        assert!(from_bytes(&[0xff, 0xff]).is_err(), "an unknown family is an error");
     }
 }

@@ -5,11 +5,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 
 use super::{more, Net};
-use crate::net::{ListenConfig, ListenerId, NetEvent};
-use crate::reactor::{OpKind, Reactor, Target, Token};
+use crate::net::{ConnAddrs, ListenConfig, ListenerId, NetEvent};
+use crate::reactor::{on_target, OpKind, Reactor, Target, Token};
 use crate::stage::Sink;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -40,6 +40,9 @@ pub(crate) struct Endpoint {
     backing_off: bool,
     backoff: Duration,
     pub(super) open: usize,
+    /// The address accepted connections have as theirs: the listener's, when it is bound to
+    /// one address (`None` for a wildcard one, a Unix one, a connector).
+    pub(super) local: Option<std::net::SocketAddr>,
     /// Stable home for the back-off timespec the kernel reads at submission.
     backoff_ts: Box<types::Timespec>,
 }
@@ -53,8 +56,15 @@ impl Endpoint {
         sink: Sink<NetEvent>,
         connect_timeout: Option<Duration>,
     ) -> Endpoint {
+        let local = match &fd {
+            Some(fd) if !cfg.unix => {
+                ringstage_sys::socket::local_addr(fd.as_raw_fd()).ok().filter(|a| !a.ip().is_unspecified())
+            }
+            _ => None,
+        };
         Endpoint {
             id,
+            local,
             fd,
             cfg,
             sink,
@@ -89,7 +99,7 @@ impl Net {
         for li in 0..self.endpoints.len() {
             self.arm_accept(r, li)?;
         }
-        Ok(())
+        self.start_udp(r)
     }
 
     /// Registers a sparse file table sized for this worker's listeners: their connection limits
@@ -245,6 +255,80 @@ impl Net {
             let _ = r.cancel(Token::new(OpKind::Accept, li, 0));
         }
         r.counters.accepted.add(1);
-        self.open_conn(r, li, target, |conn, id| NetEvent::Opened { conn, listener: ListenerId(id) });
+        if l.cfg.unix {
+            let addrs = ConnAddrs::default();
+            return self.open_conn(r, li, target, |conn, id| NetEvent::Opened {
+                conn,
+                listener: ListenerId(id as u32),
+                addrs,
+            });
+        }
+        let v4 = l.cfg.addr.is_ipv4();
+        let idx = self.insert_conn(r, li, target);
+        if self.ask_peer_name(r, idx, v4).is_err() {
+            self.announce_opened(r, idx, None);
+            if self.arm_recv(r, idx).is_err() {
+                self.begin_close(r, idx, false);
+            }
+        }
+    }
+
+    /// Reads the peer's address of accepted connection `idx` on the ring (`getsockopt
+    /// SO_PEERNAME` as a socket command, which works on a direct descriptor), with its first
+    /// receive linked behind it: the receive starts once the address is read, so `Opened`
+    /// (sent when it is) comes before any `Data`. A failed read cancels the receive, which
+    /// `on_recv` re-arms.
+    fn ask_peer_name(&mut self, r: &mut Reactor, idx: usize, v4: bool) -> std::io::Result<()> {
+        let mut name = self.names.pop().unwrap_or_default();
+        let len = if v4 { std::mem::size_of::<libc::sockaddr_in>() } else { std::mem::size_of::<libc::sockaddr_in6>() };
+        let ptr = name.as_mut_ptr();
+        let c = &mut self.conns[idx];
+        c.name = Some(name);
+        let (level, opt) = (libc::SOL_SOCKET as u32, libc::SO_PEERNAME as u32);
+        let ask = on_target!(c.target, |t| opcode::GetSockOpt::new(t, level, opt, ptr.cast(), len as u32).build())
+            .user_data(Token::new(OpKind::PeerName, idx, c.gen).encode())
+            .flags(squeue::Flags::IO_LINK);
+        let recv = self.recv_sqe(r, idx);
+        // SAFETY: the name buffer is boxed in the connection, which keeps it (and the socket)
+        // until this operation completes; the receive refers to no user memory.
+        match unsafe { r.push(&[ask, recv]) } {
+            Ok(()) => {
+                self.conns[idx].rx.armed = true;
+                r.counters.io_started.add(2);
+                Ok(())
+            }
+            Err(e) => {
+                let name = self.conns[idx].name.take();
+                self.names.extend(name);
+                Err(e)
+            }
+        }
+    }
+
+    /// The peer's address of accepted connection `idx` is read (or could not be): the stage
+    /// hears `Opened`.
+    pub(super) fn on_peer_name(&mut self, r: &mut Reactor, idx: usize, t: Token, res: i32) {
+        r.counters.io_finished.add(1);
+        let Some(c) = self.conn_for(idx, t) else { return };
+        let name = c.name.take();
+        let peer = match &name {
+            Some(buf) if res > 0 => ringstage_sys::socket::from_bytes(&buf[..(res as usize).min(buf.len())]).ok(),
+            _ => None,
+        };
+        self.names.extend(name);
+        self.announce_opened(r, idx, peer);
+    }
+
+    fn announce_opened(&mut self, r: &mut Reactor, idx: usize, peer: Option<std::net::SocketAddr>) {
+        let c = &self.conns[idx];
+        let e = &self.endpoints[c.endpoint];
+        let local = e.local.or_else(|| match c.target {
+            // A plain descriptor can be asked (`RingConfig::fixed_files` off).
+            Target::Fd(fd) => ringstage_sys::socket::local_addr(fd).ok(),
+            Target::Fixed(_) => None,
+        });
+        let addrs = ConnAddrs::new(peer, local);
+        let ev = NetEvent::Opened { conn: Self::conn_id(r, idx, c.gen), listener: ListenerId(e.id as u32), addrs };
+        self.announce(r, idx, ev);
     }
 }

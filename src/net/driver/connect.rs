@@ -1,4 +1,4 @@
-//! Connecting: an outbound TCP connect on the ring, bounded by a linked timeout.
+//! Connecting: an outbound TCP or Unix domain connect on the ring, bounded by a linked timeout.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
@@ -7,8 +7,14 @@ use io_uring::{opcode, types};
 
 use super::accept::timespec;
 use super::Net;
-use crate::net::{ConnectorId, NetEvent};
+use crate::net::{ConnAddrs, ConnectorId, NetEvent};
 use crate::reactor::{timed_out, OpKind, Reactor, Target, Token};
+
+/// Where a connect goes.
+pub(super) enum Dest {
+    Tcp(SocketAddr),
+    Unix(std::sync::Arc<std::path::Path>),
+}
 
 /// A connect in flight: what the kernel reads until it completes, kept at a stable address.
 pub(super) struct Connecting {
@@ -16,6 +22,8 @@ pub(super) struct Connecting {
     fd: OwnedFd,
     endpoint: usize,
     tag: u64,
+    /// The TCP address connected to (`None`: a Unix socket).
+    to: Option<SocketAddr>,
     /// The address and the time limit, read by the kernel (the limit at submission).
     addr: Box<libc::sockaddr_storage>,
     limit: Box<types::Timespec>,
@@ -25,9 +33,9 @@ impl Net {
     /// Starts an outbound connection of connector `id` (see
     /// [`NetCmd::Connect`](crate::net::NetCmd::Connect)): a plain socket, connected on the ring
     /// with the connector's time limit linked to the connect.
-    pub(super) fn connect(&mut self, r: &mut Reactor, id: ConnectorId, addr: SocketAddr, tag: u64) {
+    pub(super) fn connect(&mut self, r: &mut Reactor, id: ConnectorId, dest: Dest, tag: u64) {
         // Ids come from the builder; one from another runtime names nothing here.
-        let Some(&ei) = self.connectors.get(id.0) else { return };
+        let Some(&ei) = self.connectors.get(id.0 as usize) else { return };
         let e = &self.endpoints[ei];
         let (limit, timeout) = (e.cfg.max_connections, e.connect_timeout.unwrap_or_default());
         let socket = if r.draining {
@@ -35,18 +43,27 @@ impl Net {
         } else if e.open >= limit {
             Err(std::io::Error::other(format!("the connector has its limit of {limit} connections open")))
         } else {
-            ringstage_sys::socket::stream(&addr, e.cfg.nodelay)
+            match &dest {
+                Dest::Tcp(addr) => ringstage_sys::socket::stream(addr, e.cfg.nodelay)
+                    .map(|fd| (fd, ringstage_sys::socket::to_raw(addr))),
+                Dest::Unix(path) => {
+                    ringstage_sys::unix::sockaddr(path).and_then(|sa| Ok((ringstage_sys::unix::stream()?, sa)))
+                }
+            }
         };
-        let fd = match socket {
-            Ok(fd) => fd,
+        let (fd, (sa, len)) = match socket {
+            Ok(s) => s,
             Err(error) => return self.connect_failed(r, ei, tag, error),
         };
         self.endpoints[ei].open += 1;
-        let (sa, len) = ringstage_sys::socket::to_raw(&addr);
         let key = self.connecting.insert(Connecting {
             fd,
             endpoint: ei,
             tag,
+            to: match dest {
+                Dest::Tcp(addr) => Some(addr),
+                Dest::Unix(_) => None,
+            },
             addr: Box::new(sa),
             limit: Box::new(timespec(timeout)),
         });
@@ -77,7 +94,7 @@ impl Net {
     }
 
     fn connected(&mut self, r: &mut Reactor, c: Connecting, res: i32) {
-        let Connecting { fd, endpoint: ei, tag, .. } = c;
+        let Connecting { fd, endpoint: ei, tag, to, .. } = c;
         // While draining, a connect ends cancelled or, if it won the race, unused.
         let failed = if r.draining {
             Some(std::io::Error::new(std::io::ErrorKind::Interrupted, "the runtime is shutting down"))
@@ -94,14 +111,24 @@ impl Net {
             return self.connect_failed(r, ei, tag, error);
         }
         r.counters.connected.add(1);
+        // A plain descriptor: one getsockname for the port the kernel picked.
+        let addrs = match to {
+            Some(to) => ConnAddrs::new(Some(to), ringstage_sys::socket::local_addr(fd.as_raw_fd()).ok()),
+            None => ConnAddrs::default(),
+        };
         let target = Target::Fd(fd.into_raw_fd());
-        self.open_conn(r, ei, target, |conn, id| NetEvent::Connected { conn, connector: ConnectorId(id), tag });
+        self.open_conn(r, ei, target, |conn, id| NetEvent::Connected {
+            conn,
+            connector: ConnectorId(id as u32),
+            tag,
+            addrs,
+        });
     }
 
     fn connect_failed(&mut self, r: &mut Reactor, ei: usize, tag: u64, error: std::io::Error) {
         r.counters.connect_failed.add(1);
         let e = &self.endpoints[ei];
-        let ev = NetEvent::ConnectFailed { connector: ConnectorId(e.id), tag, error };
+        let ev = NetEvent::ConnectFailed { connector: ConnectorId(e.id as u32), tag, error };
         let replica = e.sink.pick(&ev) as u16;
         self.emit(r, ei, replica, ev);
     }

@@ -12,6 +12,7 @@ mod connect;
 mod recv;
 mod send;
 mod splice;
+mod udp;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -20,7 +21,8 @@ use io_uring::cqueue;
 use slab::Slab;
 
 pub(crate) use accept::Endpoint;
-use connect::Connecting;
+use connect::{Connecting, Dest};
+pub(crate) use udp::UdpSocket;
 
 use super::conn::{ConnState, Life, RecvSide, SendSide};
 use super::{Conn, NetCmd, NetEvent};
@@ -30,6 +32,10 @@ use crate::reactor::{OpKind, Reactor, Target, Token};
 /// This worker's listeners, connectors and connections.
 pub(crate) struct Net {
     pub(crate) endpoints: Vec<Endpoint>,
+    /// This worker's UDP sockets, by their declaration's id (`None`: on another worker).
+    udp: Vec<Option<UdpSocket>>,
+    /// UDP sockets whose receive ran out of buffers.
+    udp_starved: Vec<usize>,
     /// Per `ConnectorId`: its index in `endpoints`.
     connectors: Vec<usize>,
     /// Outbound connects in flight (cancelled when the runtime drains).
@@ -54,12 +60,29 @@ pub(crate) struct Net {
     zc_orphans: HashMap<u64, VecDeque<IoBufChain>>,
     /// Where small views of a send are copied together (see [`send`]).
     coalesce: BufWriter,
+    /// Peer-address buffers for accepted connections' `SO_PEERNAME` reads, reused. Boxed: a
+    /// connection holds one (at a stable address) while the kernel may write it.
+    #[allow(clippy::vec_box)]
+    names: Vec<Box<[u8; PEER_NAME_LEN]>>,
 }
 
+/// Room for an IPv4 or IPv6 peer address.
+const PEER_NAME_LEN: usize = std::mem::size_of::<libc::sockaddr_in6>();
+
 impl Net {
-    pub(crate) fn new(endpoints: Vec<Endpoint>, fixed_files: bool) -> Net {
+    pub(crate) fn new(endpoints: Vec<Endpoint>, sockets: Vec<UdpSocket>, fixed_files: bool) -> Net {
         let connectors = (0..endpoints.len()).filter(|&i| endpoints[i].is_connector()).collect();
+        let mut udp: Vec<Option<UdpSocket>> = Vec::new();
+        for s in sockets {
+            let id = s.id();
+            if udp.len() <= id {
+                udp.resize_with(id + 1, || None);
+            }
+            udp[id] = Some(s);
+        }
         Net {
+            udp,
+            udp_starved: Vec::new(),
             fixed: false,
             fixed_wanted: fixed_files,
             endpoints,
@@ -73,6 +96,7 @@ impl Net {
             last_sweep: Instant::now(),
             zc_orphans: HashMap::new(),
             coalesce: BufWriter::new(64 << 10),
+            names: Vec::new(),
         }
     }
 
@@ -83,7 +107,16 @@ impl Net {
 
     /// Connections waiting for buffers.
     pub(crate) fn has_starved(&self) -> bool {
-        !self.starved.is_empty()
+        !self.starved.is_empty() || !self.udp_starved.is_empty()
+    }
+
+    /// The stage events of `emit`'s index `ei` go to: an endpoint's, or past them a UDP
+    /// socket's.
+    fn sink(&self, ei: usize) -> &crate::stage::Sink<NetEvent> {
+        match self.endpoints.get(ei) {
+            Some(e) => &e.sink,
+            None => &self.udp[ei - self.endpoints.len()].as_ref().expect("events only of this worker's sockets").sink,
+        }
     }
 
     fn conn_id(r: &Reactor, idx: usize, gen: u32) -> Conn {
@@ -99,10 +132,20 @@ impl Net {
     /// gives the endpoint's stage its first event (`first` makes it from the connection's id and
     /// the endpoint's), choosing the replica all its events will go to, and starts receiving.
     fn open_conn(&mut self, r: &mut Reactor, ei: usize, target: Target, first: impl FnOnce(Conn, usize) -> NetEvent) {
+        let idx = self.insert_conn(r, ei, target);
+        let first = first(Self::conn_id(r, idx, self.conns[idx].gen), self.endpoints[ei].id);
+        self.announce(r, idx, first);
+        if self.arm_recv(r, idx).is_err() {
+            self.begin_close(r, idx, false);
+        }
+    }
+
+    /// Takes a new connection of endpoint `ei` into the table; returns its slot.
+    fn insert_conn(&mut self, r: &mut Reactor, ei: usize, target: Target) -> usize {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let cfg = self.endpoints[ei].cfg.clone();
-        let idx = self.conns.insert(ConnState {
+        self.conns.insert(ConnState {
             target,
             gen,
             endpoint: ei,
@@ -111,15 +154,17 @@ impl Net {
             rx: RecvSide::default(),
             tx: SendSide::new(cfg.output_limit as u64, cfg.backpressure, r.now),
             last_active: r.now,
-        });
-        let e = &self.endpoints[ei];
-        let first = first(Self::conn_id(r, idx, gen), e.id);
-        let replica = e.sink.pick(&first) as u16;
+            name: None,
+        })
+    }
+
+    /// Gives connection `idx`'s endpoint stage its first event, choosing from it the replica
+    /// all its events will go to.
+    fn announce(&mut self, r: &mut Reactor, idx: usize, first: NetEvent) {
+        let ei = self.conns[idx].endpoint;
+        let replica = self.endpoints[ei].sink.pick(&first) as u16;
         self.conns[idx].replica = replica;
         self.emit(r, ei, replica, first);
-        if self.arm_recv(r, idx).is_err() {
-            self.begin_close(r, idx, false);
-        }
     }
 
     /// Routes a network completion.
@@ -146,6 +191,15 @@ impl Net {
                 self.on_connect(r, idx, res);
                 Ok(())
             }
+            OpKind::PeerName => {
+                self.on_peer_name(r, idx, t, res);
+                Ok(())
+            }
+            OpKind::UdpRecv => self.on_udp_recv(r, idx, res, flags),
+            OpKind::UdpSend => {
+                self.on_udp_send(r, idx, res);
+                Ok(())
+            }
             OpKind::Doorbell | OpKind::Ignore | OpKind::File => Ok(()),
         };
         if let Err(e) = done {
@@ -158,8 +212,11 @@ impl Net {
     /// Executes a command from a handler stage.
     #[inline]
     pub(crate) fn command(&mut self, r: &mut Reactor, cmd: NetCmd) {
-        if let NetCmd::Connect { connector, addr, tag, .. } = cmd {
-            return self.connect(r, connector, addr, tag);
+        if matches!(
+            cmd,
+            NetCmd::Connect { .. } | NetCmd::ConnectUnix { .. } | NetCmd::SendTo { .. } | NetCmd::SendSegments { .. }
+        ) {
+            return self.unconnected(r, cmd);
         }
         let Some(conn) = cmd.conn() else { return }; // every other command names a connection
         let idx = conn.idx as usize;
@@ -184,12 +241,23 @@ impl Net {
         }
     }
 
+    /// The commands that name no connection: a connect, a datagram.
+    fn unconnected(&mut self, r: &mut Reactor, cmd: NetCmd) {
+        match cmd {
+            NetCmd::Connect { connector, addr, tag, .. } => self.connect(r, connector, Dest::Tcp(addr), tag),
+            NetCmd::ConnectUnix { connector, path, tag, .. } => self.connect(r, connector, Dest::Unix(path), tag),
+            NetCmd::SendTo { socket, to, data } => self.send_to(r, socket, to, data, 0),
+            NetCmd::SendSegments { socket, to, data, size } => self.send_to(r, socket, to, data, size.max(1)),
+            _ => {}
+        }
+    }
+
     /// Delivers an event to the connection's replica of the listener's stage, or parks it (in
     /// order) if refused.
     fn emit(&mut self, r: &mut Reactor, ei: usize, replica: u16, ev: NetEvent) {
         // Behind parked events, a new one parks too, so the stage sees them in order.
         let ev = if self.stalled.is_empty() {
-            match self.endpoints[ei].sink.try_enqueue_to(replica.into(), ev) {
+            match self.sink(ei).try_enqueue_to(replica.into(), ev) {
                 Ok(()) => return,
                 Err(ev) => ev,
             }
@@ -205,7 +273,7 @@ impl Net {
     pub(crate) fn flush_stalled(&mut self, r: &mut Reactor) -> usize {
         let mut n = 0;
         while let Some((ei, replica, ev)) = self.stalled.pop_front() {
-            if let Err(ev) = self.endpoints[ei].sink.try_enqueue_to(replica.into(), ev) {
+            if let Err(ev) = self.sink(ei).try_enqueue_to(replica.into(), ev) {
                 self.stalled.push_front((ei, replica, ev));
                 break;
             }
@@ -251,6 +319,7 @@ impl Net {
     pub(crate) fn begin_drain(&mut self, r: &mut Reactor) {
         self.stop_listeners(r);
         self.cancel_connects(r);
+        self.stop_udp(r);
         let recvs: Vec<(usize, u32)> = self.conns.iter().filter(|(_, c)| c.rx.armed).map(|(i, c)| (i, c.gen)).collect();
         for (idx, gen) in recvs {
             let _ = r.cancel(Token::new(OpKind::Recv, idx, gen));

@@ -8,11 +8,15 @@ use crate::net::NetEvent;
 use crate::reactor::{on_target, OpKind, Reactor, Token};
 
 impl Net {
-    pub(super) fn arm_recv(&mut self, r: &mut Reactor, idx: usize) -> std::io::Result<()> {
+    /// Connection `idx`'s multishot receive into the pool.
+    pub(super) fn recv_sqe(&self, r: &Reactor, idx: usize) -> io_uring::squeue::Entry {
         let c = &self.conns[idx];
-        let sqe = on_target!(c.target, |t| opcode::RecvMulti::new(t, r.pool.bgid()).build())
-            .user_data(Token::new(OpKind::Recv, idx, c.gen).encode());
-        r.push_plain(sqe)?;
+        on_target!(c.target, |t| opcode::RecvMulti::new(t, r.pool.bgid()).build())
+            .user_data(Token::new(OpKind::Recv, idx, c.gen).encode())
+    }
+
+    pub(super) fn arm_recv(&mut self, r: &mut Reactor, idx: usize) -> std::io::Result<()> {
+        r.push_plain(self.recv_sqe(r, idx))?;
         self.conns[idx].rx.armed = true;
         r.counters.io_started.add(1);
         Ok(())
@@ -85,7 +89,7 @@ impl Net {
     /// more than there are buffers would only have the rest fail again (with 4 buffers and
     /// many connections, re-arming them all made ENOBUFS completions by the million).
     pub(crate) fn rearm_starved(&mut self, r: &mut Reactor) {
-        let mut free = r.pool.available();
+        let mut free = self.rearm_udp_starved(r, r.pool.available());
         while free > 0 {
             let Some(idx) = self.starved.pop_front() else { break };
             let Some(c) = self.conns.get_mut(idx).filter(|c| c.rx.starved) else { continue };
@@ -98,7 +102,7 @@ impl Net {
                 free -= 1;
             }
         }
-        if self.starved.is_empty() {
+        if self.starved.is_empty() && self.udp_starved.is_empty() {
             r.pool.set_starved(false);
         }
     }

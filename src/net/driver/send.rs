@@ -72,6 +72,9 @@ impl Net {
             }
             // Not output: handled by `Net::command`.
             NetCmd::Connect { .. }
+            | NetCmd::ConnectUnix { .. }
+            | NetCmd::SendTo { .. }
+            | NetCmd::SendSegments { .. }
             | NetCmd::Close { .. }
             | NetCmd::Abort { .. }
             | NetCmd::PauseReads { .. }

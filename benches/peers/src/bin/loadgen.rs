@@ -5,6 +5,10 @@
 //! reported (`client_cpu_ns`), so a run can tell when the client, not the server, was the
 //! limit. Prints one JSON line.
 //!
+//! `--udp 1`: UDP echo: `--conns` sockets (each connected to the server), each with `--depth`
+//! datagrams of `--size` bytes in flight, each answered by `--replies` copies (default 1); a reply missing for 200 ms counts as an error and the
+//! socket goes on with its next round.
+//!
 //! `--idle N`: open N idle connections, print `ready`, hold them until stdin closes.
 //!
 //! `--resp get|set`: Redis protocol, one command in flight per connection, each connection on
@@ -44,10 +48,14 @@ struct Args {
     slow_every: u64,
     /// RESP mode: how long a slow command takes, in ms.
     slow_ms: f64,
+    /// UDP echo mode.
+    udp: bool,
+    /// UDP mode: datagrams the server answers each one with.
+    replies: usize,
 }
 
 fn parse() -> Args {
-    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0, http: None, rate: None, clients: None, resp: None, slow_every: 0, slow_ms: 5.0 };
+    let mut a = Args { addr: "127.0.0.1:7000".into(), conns: 64, size: 64, depth: 1, warmup: 1.0, secs: 5.0, server_pid: None, idle: 0, http: None, rate: None, clients: None, resp: None, slow_every: 0, slow_ms: 5.0, udp: false, replies: 1 };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -66,6 +74,8 @@ fn parse() -> Args {
             "--resp" => a.resp = Some(v),
             "--slow-every" => a.slow_every = v.parse().unwrap(),
             "--slow-ms" => a.slow_ms = v.parse().unwrap(),
+            "--udp" => a.udp = v == "1",
+            "--replies" => a.replies = v.parse().unwrap(),
             _ => panic!("unknown flag {k}"),
         }
     }
@@ -247,7 +257,7 @@ fn main() {
                     let mut first = true;
                     while !stop.get() {
                         n += 1;
-                        let is_slow = every > 0 && (n + c as u64) % every == 0;
+                        let is_slow = every > 0 && (n + c as u64).is_multiple_of(every);
                         let req = if first { &set } else if is_slow { &slow_cmd } else { &fast };
                         let t0 = Instant::now();
                         if s.write_all(req).await.is_err() {
@@ -298,7 +308,41 @@ fn main() {
                 }));
             }
         }
-        for c in 0..if a.http.is_some() || a.resp.is_some() { 0 } else { a.conns } {
+        for c in 0..if a.udp { a.conns } else { 0 } {
+            let (hist, count, measuring, stop, errors) = (hist.clone(), count.clone(), measuring.clone(), stop.clone(), errors.clone());
+            let (addr, size, depth, expect) = (a.addr.clone(), a.size, a.depth, a.depth * a.replies);
+            tasks.push(tokio::task::spawn_local(async move {
+                let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                s.connect(&addr).await.expect("connect");
+                let msg: Vec<u8> = (0..size).map(|i| (i + c) as u8).collect();
+                let mut back = vec![0u8; size + 1];
+                while !stop.get() {
+                    let t0 = Instant::now();
+                    for _ in 0..depth {
+                        s.send(&msg).await.expect("send");
+                    }
+                    let mut got = 0;
+                    while got < expect {
+                        match tokio::time::timeout(Duration::from_millis(200), s.recv(&mut back)).await {
+                            Ok(Ok(n)) if back[..n] == msg[..] => got += 1,
+                            Ok(Ok(_)) => panic!("udp echo mismatch"),
+                            Ok(Err(e)) => panic!("udp recv: {e}"),
+                            Err(_) => break, // lost: counted below
+                        }
+                    }
+                    if measuring.get() {
+                        errors.set(errors.get() + (expect - got) as u64);
+                        let ns = t0.elapsed().as_nanos() as u64;
+                        let mut h = hist.borrow_mut();
+                        for _ in 0..got {
+                            h.record(ns.max(100)).unwrap();
+                        }
+                        count.set(count.get() + got as u64);
+                    }
+                }
+            }));
+        }
+        for c in 0..if a.http.is_some() || a.resp.is_some() || a.udp { 0 } else { a.conns } {
             let (hist, count, measuring, stop) = (hist.clone(), count.clone(), measuring.clone(), stop.clone());
             let (addr, size, depth) = (a.addr.clone(), a.size, a.depth);
             tasks.push(tokio::task::spawn_local(async move {
