@@ -37,6 +37,12 @@ udp:   the UDP echo example (examples/udp_echo.rs: multishot RECVMSG, one SENDMS
        client on CPU 1: 32 sockets x 4 datagrams of 64 B in flight; datagrams/s, p99 and server
        CPU per datagram. Then GSO: each 1200 B datagram answered with 8 copies, as 8 sends or one
        UDP GSO send (NetCmd::SendSegments): server CPU per datagram sent.
+https: the HTTP example with --tls-cert/--tls-key vs nginx (ssl, one worker), both pinned to CPU 0
+       with the same self-signed P-256 certificate, TLS 1.3 and the suite both pick
+       (TLS_AES_256_GCM_SHA384, X25519): keep-alive 1 KiB file (wrk -c64, https) req/s and
+       server CPU per request; then a full handshake per request (ab -c16, no keep-alive):
+       handshakes/s and server CPU per handshake. Target (issue 22): CPU per request and per
+       handshake >= 1.0x nginx (nginx's CPU / ringstage's).
 queue: SPSC push+pop cost in ns and cycles (single and batches of 32) next to crossbeam.
 """
 import argparse
@@ -1296,6 +1302,131 @@ def bench_udp(a):
     publish("udp", "\n".join(lines), {"rows": rows})
 
 
+def tls_files():
+    d = os.path.join(OUT, "tls")
+    os.makedirs(d, exist_ok=True)
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    if not (os.path.exists(cert) and os.path.exists(key)):
+        sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost"], stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+def nginx_tls_conf(port, cert, key):
+    tmp = os.path.join(OUT, "nginx-tls")
+    os.makedirs(tmp, exist_ok=True)
+    conf = nginx_main(tmp) + f"""http {{
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout 65; keepalive_requests 100000000;
+  open_file_cache max=1000 inactive=60s; open_file_cache_valid 5s;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  types {{ text/html html; text/css css; text/plain txt; application/octet-stream bin; }}
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{port} ssl backlog=4096;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.3; ssl_session_tickets on;
+    root {WWW};
+  }}
+}}
+"""
+    path = os.path.join(tmp, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def bench_https(a):
+    sh(["cargo", "build", "--release", "--quiet", "--example", "http"])
+    cert, key = tls_files()
+
+    def start(name):
+        if name == "ringstage":
+            port = 8210
+            argv = [os.path.join(ROOT, "target/release/examples/http"), "--addr", f"127.0.0.1:{port}", "--cpu", "0",
+                    "--keepalive-requests", "100000000", "--tls-cert", cert, "--tls-key", key]
+        else:
+            port = 8211
+            argv = ["nginx", "-e", "stderr", "-c", nginx_tls_conf(port, cert, key)]
+        wait_port_free(port)
+        proc = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, proc)
+        return proc, port
+
+    def keepalive(port, pid):
+        c0 = cpu_ns(pid)
+        r = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{max(1, round(a.secs))}s", "--latency",
+                            f"https://127.0.0.1:{port}/files/1k.txt"], capture_output=True, text=True, timeout=a.secs + 60)
+        cpu = cpu_ns(pid) - c0
+        total, rate, p99 = 0, 0.0, float("nan")
+        unit = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+        for line in r.stdout.splitlines():
+            t = line.split()
+            if "requests in" in line:
+                total = int(t[0])
+            elif line.startswith("Requests/sec:"):
+                rate = float(t[1])
+            elif t[:1] == ["99%"]:
+                num = t[1].rstrip("usm")
+                p99 = float(num) * unit[t[1][len(num):]]
+        return {"rate": rate, "p99_us": p99, "cpu_us_per_req": cpu / 1000 / total if total else float("nan")}
+
+    def handshakes(port, pid, n=3000):
+        c0 = cpu_ns(pid)
+        r = subprocess.run(["taskset", "-c", "1", "ab", "-q", "-n", str(n), "-c", "16", "-f", "TLS1.3",
+                            f"https://127.0.0.1:{port}/files/1k.txt"], capture_output=True, text=True, timeout=300)
+        cpu = cpu_ns(pid) - c0
+        done, failed, rate, proto = 0, 0, 0.0, ""
+        for line in r.stdout.splitlines():
+            if line.startswith("Complete requests:"):
+                done = int(line.split()[2])
+            elif line.startswith("Failed requests:"):
+                failed = int(line.split()[2])
+            elif line.startswith("Requests per second:"):
+                rate = float(line.split()[3])
+            elif line.startswith("SSL/TLS Protocol:"):
+                proto = line.split(":", 1)[1].strip()
+        return {"rate": rate, "failed": failed, "proto": proto, "cpu_us_per_req": cpu / 1000 / done if done else float("nan")}
+
+    names = ["ringstage", "nginx"]
+    runs = {(n, k): [] for n in names for k in ("keepalive", "handshake")}
+    for r in range(a.rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            proc, port = start(n)
+            try:
+                ka = keepalive(port, proc.pid)
+                hs = handshakes(port, proc.pid)
+            finally:
+                stop_server(proc)
+            runs[(n, "keepalive")].append(ka)
+            runs[(n, "handshake")].append(hs)
+            print(f"round {r + 1} {n:<10} keep-alive {ka['rate']:>9.0f} req/s {ka['cpu_us_per_req']:6.2f} us/req  "
+                  f"handshakes {hs['rate']:>7.0f}/s {hs['cpu_us_per_req']:7.1f} us each  {hs['proto']}  failed {hs['failed']}", flush=True)
+
+    def med(n, k, key):
+        return median([x[key] for x in runs[(n, k)]])
+
+    def ratio(k, key):
+        return median([y[key] / x[key] for x, y in zip(runs[("ringstage", k)], runs[("nginx", k)]) if x[key]])
+
+    lines = [f"https: one server core each, same certificate (P-256), TLS 1.3; median of {a.rounds} interleaved rounds"]
+    lines.append(f"{'server':<11}{'1 KiB req/s':>12}{'p99 us':>9}{'us/req':>8}{'handshakes/s':>14}{'us/handshake':>14}  suite")
+    for n in names:
+        proto = runs[(n, "handshake")][-1]["proto"] if runs[(n, "handshake")] else ""
+        lines.append(f"{n:<11}{med(n, 'keepalive', 'rate'):>12.0f}{med(n, 'keepalive', 'p99_us'):>9.0f}"
+                     f"{med(n, 'keepalive', 'cpu_us_per_req'):>8.2f}{med(n, 'handshake', 'rate'):>14.0f}"
+                     f"{med(n, 'handshake', 'cpu_us_per_req'):>14.1f}  {proto}")
+    lines.append("")
+    lines.append("ringstage vs nginx (nginx's server CPU / ringstage's; target >= 1.0):")
+    lines.append(f"  keep-alive 1 KiB: cpu per request {ratio('keepalive', 'cpu_us_per_req'):6.3f}   "
+                 f"req/s {1 / ratio('keepalive', 'rate'):6.3f}x")
+    lines.append(f"  full handshake per request: cpu per handshake {ratio('handshake', 'cpu_us_per_req'):6.3f}   "
+                 f"handshakes/s {1 / ratio('handshake', 'rate'):6.3f}x")
+    publish("https", "\n".join(lines), {"runs": {f"{n}/{k}": v for (n, k), v in runs.items()}})
+
+
 def bench_queue(a):
     r = subprocess.run(["cargo", "bench", "--quiet", "--features", "internals", "--bench", "queue_cycles"], cwd=ROOT, capture_output=True, text=True, check=True)
     cases = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
@@ -1316,7 +1447,7 @@ def bench_queue(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "kv", "cache", "overload", "proxy", "udp", "queue", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["echo", "http", "https", "kv", "cache", "overload", "proxy", "udp", "queue", "all"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--secs", type=float, default=4.0)
     p.add_argument("--idle", type=int, default=10000)
@@ -1340,6 +1471,8 @@ def main():
         bench_proxy(a)
     if a.what in ("udp", "all"):
         bench_udp(a)
+    if a.what in ("https", "all"):
+        bench_https(a)
 
 
 if __name__ == "__main__":

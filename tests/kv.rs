@@ -455,6 +455,29 @@ fn blocking_pops_time_limits_are_bounded_and_freed_when_served() {
 }
 
 #[test]
+fn redis_cli_over_tls_works_against_it() {
+    if !installed("redis-cli") {
+        return;
+    }
+    let s = server(&["--tls-self-signed"]);
+    let port = s.addr.port().to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port, "--tls", "--insecure"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["set", "greeting", "hello over tls"]), "OK\n");
+    assert_eq!(cli(&["get", "greeting"]), "hello over tls\n");
+    // A plaintext client on the TLS port is not understood: no reply, the connection closed.
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port, "ping"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PONG"));
+}
+
+#[test]
 fn redis_cli_and_redis_benchmark_work_against_it() {
     if !installed("redis-cli") {
         return;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example http -- [--addr 127.0.0.1:8080] [--root DIR] [--workers N]
+//!     [--tls-cert FILE --tls-key FILE | --tls-self-signed]
 //! cargo run --release --example http -- --help     # every limit and option
 //! ```
 //!
@@ -17,6 +18,8 @@ mod dynamic;
 mod files;
 mod parse;
 mod proto;
+#[path = "../common/tls.rs"]
+mod tls;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -100,6 +103,15 @@ struct Opts {
     /// Poll this long for work before sleeping.
     #[arg(long, value_name = "US", default_value_t = 0)]
     spin_us: u64,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve HTTPS with a self-signed certificate for localhost made at start.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
 }
 
 /// `--keepalive-requests`' default, as nginx's `keepalive_requests`.
@@ -157,9 +169,14 @@ fn run(o: Opts) -> std::io::Result<()> {
         Some((fd, _name)) => ListenConfig::inherited(fd, all)?,
         None => ListenConfig::new(o.addr, all),
     };
-    let listen = listen
+    let mut listen = listen
         .idle_timeout(Duration::from_secs(o.idle_timeout_s))
         .send_timeout(Duration::from_millis(o.send_timeout_ms));
+    let tls = tls::server_config(o.tls_cert.as_deref(), o.tls_key.as_deref(), o.tls_self_signed, &[b"http/1.1"])?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(cfg) = tls {
+        listen = listen.tls(cfg);
+    }
     let (net, listener) = b.listen(listen, parse);
     let classes = Responses::CLASSES
         .map(|c| b.counter(&format!("http_responses_total{{class=\"{c}\"}}"), "Responses sent, by status class."));
@@ -182,7 +199,7 @@ fn run(o: Opts) -> std::io::Result<()> {
         undelivered: VecDeque::new(),
     });
     let rt = b.start()?;
-    println!("http listening on {} serving {} ({} worker(s))", rt.local_addr(listener), o.root, o.workers);
+    println!("http listening on {} serving {} ({} worker(s), {scheme})", rt.local_addr(listener), o.root, o.workers);
     let (sig, m) = rt.run_until_signal()?;
     eprintln!("signal {sig}: shut down");
     for s in &m.stages {

@@ -27,6 +27,8 @@ mod resp;
 mod shard;
 mod slow;
 mod store;
+#[path = "../common/tls.rs"]
+mod tls;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -73,6 +75,16 @@ struct Opts {
     /// maxmemory-clients).
     #[arg(long, value_name = "MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_clients_input_mb: u64,
+    /// Speak TLS with this certificate chain (PEM), as `redis-server --tls-port`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Speak TLS with a self-signed certificate for localhost made at start
+    /// (`redis-cli --tls --insecure`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
 }
 
 fn main() {
@@ -95,7 +107,10 @@ fn run(o: Opts) -> std::io::Result<()> {
     let unblock = b.stage::<BlockTimeout>("unblock", StageConfig::on([0]).timers(o.max_blocked as usize));
     // A blocking stage (SEDA's thread-pool stage): alone on its worker, one command per visit.
     let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).blocking().capacity(o.slow_capacity as usize));
-    let listen = ListenConfig::new(o.addr, [0]).idle_timeout(Duration::from_secs(o.idle_timeout_s));
+    let mut listen = ListenConfig::new(o.addr, [0]).idle_timeout(Duration::from_secs(o.idle_timeout_s));
+    if let Some(cfg) = tls::server_config(o.tls_cert.as_deref(), o.tls_key.as_deref(), o.tls_self_signed, &[])? {
+        listen = listen.tls(cfg);
+    }
     let (net, listener) = b.listen(listen, command);
     let limits = Limits { max_bulk: (o.max_bulk_mb as usize) << 20, ..Limits::default() };
     let (max_input, evicted) = (

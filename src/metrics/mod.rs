@@ -131,6 +131,18 @@ pub(crate) struct WorkerCounters {
     pub udp_sent: Counter,
     /// UDP sends refused or failed ([`NetEvent::SendToFailed`](crate::net::NetEvent::SendToFailed)).
     pub udp_send_failed: Counter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: Counter,
+    /// TLS handshakes that failed (bad input, an untrusted certificate, no common suite, the peer gone).
+    pub tls_handshake_failed: Counter,
+    /// TLS handshakes aborted at the listener's handshake timeout.
+    pub tls_handshake_timeouts: Counter,
+    /// Connections closed at accept: over the listener's TLS handshake rate.
+    pub tls_handshakes_refused: Counter,
+    /// TLS connections closed for a bad record after the handshake.
+    pub tls_errors: Counter,
+    /// TLS connections whose peer ended the stream without close_notify.
+    pub tls_truncated: Counter,
     /// Gauge, refreshed every tick: receive buffers out of the pool (held by `IoBuf`s).
     pub buffers_out: Counter,
     /// Refreshed every tick: receive buffers given back to the pool since the start (each was
@@ -175,6 +187,12 @@ impl WorkerCounters {
             udp_truncated: Counter::default(),
             udp_sent: Counter::default(),
             udp_send_failed: Counter::default(),
+            tls_handshakes: Counter::default(),
+            tls_handshake_failed: Counter::default(),
+            tls_handshake_timeouts: Counter::default(),
+            tls_handshakes_refused: Counter::default(),
+            tls_errors: Counter::default(),
+            tls_truncated: Counter::default(),
             buffers_out: Counter::default(),
             buffers_returned: Counter::default(),
             buffer_window: Counter::default(),
@@ -271,6 +289,18 @@ pub struct WorkerSnapshot {
     pub udp_sent: u64,
     /// UDP sends refused or failed.
     pub udp_send_failed: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (bad input, an untrusted certificate, no common suite, the peer gone).
+    pub tls_handshake_failed: u64,
+    /// TLS handshakes aborted at the listener's handshake timeout.
+    pub tls_handshake_timeouts: u64,
+    /// Connections closed at accept: over the listener's TLS handshake rate.
+    pub tls_handshakes_refused: u64,
+    /// TLS connections closed for a bad record after the handshake.
+    pub tls_errors: u64,
+    /// TLS connections whose peer ended the stream without close_notify.
+    pub tls_truncated: u64,
     /// Receive buffers out of the pool at the last tick.
     pub buffers_out: u64,
     /// Receive buffers given back to the pool, at the last tick.
@@ -370,6 +400,12 @@ impl Snapshot {
                 udp_truncated: w.udp_truncated.get(),
                 udp_sent: w.udp_sent.get(),
                 udp_send_failed: w.udp_send_failed.get(),
+                tls_handshakes: w.tls_handshakes.get(),
+                tls_handshake_failed: w.tls_handshake_failed.get(),
+                tls_handshake_timeouts: w.tls_handshake_timeouts.get(),
+                tls_handshakes_refused: w.tls_handshakes_refused.get(),
+                tls_errors: w.tls_errors.get(),
+                tls_truncated: w.tls_truncated.get(),
                 buffers_out: w.buffers_out.get(),
                 buffers_returned: w.buffers_returned.get(),
                 buffer_window: w.buffer_window.get(),
@@ -430,7 +466,7 @@ impl Snapshot {
                 let _ = writeln!(o, "{name}_count{{stage=\"{}\"}} {}", s.name, h.count());
             }
         }
-        let worker_counters: [Metric<WorkerSnapshot>; 25] = [
+        let worker_counters: [Metric<WorkerSnapshot>; 31] = [
             ("ringstage_worker_loops_total", "Event-loop iterations.", |w| w.loops),
             ("ringstage_worker_enters_total", "io_uring_enter calls.", |w| w.enters),
             ("ringstage_worker_completions_total", "Completions reaped.", |w| w.cqes),
@@ -479,6 +515,12 @@ impl Snapshot {
             ),
             ("ringstage_worker_udp_sent_total", "UDP sends completed.", |w| w.udp_sent),
             ("ringstage_worker_udp_send_failed_total", "UDP sends refused or failed.", |w| w.udp_send_failed),
+            ("ringstage_worker_tls_handshakes_total", "TLS handshakes completed.", |w| w.tls_handshakes),
+            ("ringstage_worker_tls_handshake_failed_total", "TLS handshakes that failed (bad input, an untrusted certificate, no common suite, the peer gone).", |w| w.tls_handshake_failed),
+            ("ringstage_worker_tls_handshake_timeouts_total", "TLS handshakes aborted at the listener's handshake timeout.", |w| w.tls_handshake_timeouts),
+            ("ringstage_worker_tls_handshakes_refused_total", "Connections closed at accept: over the listener's TLS handshake rate.", |w| w.tls_handshakes_refused),
+            ("ringstage_worker_tls_errors_total", "TLS connections closed for a bad record after the handshake.", |w| w.tls_errors),
+            ("ringstage_worker_tls_truncated_total", "TLS connections whose peer ended the stream without close_notify.", |w| w.tls_truncated),
             ("ringstage_worker_buffers_returned_total", "Receive buffers given back to the pool (at the last tick).", |w| {
                 w.buffers_returned
             }),

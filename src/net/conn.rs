@@ -184,6 +184,8 @@ pub(crate) struct ConnState {
     pub(crate) last_active: Instant,
     /// Where the kernel writes the peer's address of an accepted connection (until `Opened`).
     pub(crate) name: Option<Box<[u8; std::mem::size_of::<libc::sockaddr_in6>()]>>,
+    /// The TLS session of a TLS listener's or connector's connection.
+    pub(crate) tls: Option<Box<super::driver::TlsConn>>,
 }
 
 impl ConnState {

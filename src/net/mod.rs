@@ -39,6 +39,7 @@ mod conn_outbox;
 mod driver;
 mod framing;
 mod pipe;
+pub mod tls;
 mod udp;
 
 use std::cell::RefCell;
@@ -251,6 +252,14 @@ pub enum NetEvent {
         /// Its full length.
         len: usize,
     },
+    /// A TLS connection's handshake is done ([`ListenConfig::tls`], [`ConnectConfig::tls`]):
+    /// right after its `Opened` or `Connected`, before any `Data`. What was agreed.
+    Secured {
+        /// The connection.
+        conn: Conn,
+        /// The protocol (ALPN), server name (SNI), version, suite and resumption.
+        info: Box<tls::TlsInfo>,
+    },
     /// A [`NetCmd::SendTo`] or [`NetCmd::SendSegments`] failed: an address the socket cannot
     /// reach (another family, port 0), a datagram over the size limit, too many sends in
     /// flight (`WouldBlock`), or an error the kernel reported (an ICMP unreachable from an
@@ -275,6 +284,7 @@ impl NetEvent {
             | NetEvent::Backlogged { conn }
             | NetEvent::Drained { conn }
             | NetEvent::Closed { conn }
+            | NetEvent::Secured { conn, .. }
             | NetEvent::Connected { conn, .. } => Some(*conn),
             NetEvent::ConnectFailed { .. }
             | NetEvent::Datagram { .. }
@@ -472,6 +482,9 @@ pub struct ListenConfig {
     pub(crate) coalesce_below: usize,
     /// A Unix domain listener: its connections have no IP addresses.
     pub(crate) unix: bool,
+    pub(crate) tls: Option<tls::TlsSetup>,
+    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) tls_handshakes_per_sec: Option<u32>,
     /// A listening socket made elsewhere (socket activation, a Unix socket), instead of
     /// binding `addr`.
     pub(crate) inherited: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
@@ -558,6 +571,9 @@ impl ListenConfig {
             backpressure: true,
             coalesce_below: 512,
             unix: false,
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            tls_handshakes_per_sec: None,
             inherited: None,
         }
     }
@@ -570,6 +586,49 @@ impl ListenConfig {
     /// received buffer) are joined without a copy whatever their size.
     pub fn coalesce_below(mut self, bytes: usize) -> Self {
         self.coalesce_below = bytes;
+        self
+    }
+
+    /// Speak TLS on the accepted connections (rustls; see [`tls`]): each handshake runs on the
+    /// connection's worker before the stage hears [`NetEvent::Opened`], followed by
+    /// [`NetEvent::Secured`]; `Data` and sends are plaintext.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use ringstage::net::tls::rustls;
+    /// use ringstage::prelude::*;
+    ///
+    /// # fn certs() -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) { unimplemented!() }
+    /// let (chain, key) = certs(); // from PEM files, e.g. with rustls-pemfile
+    /// let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    ///     .with_safe_default_protocol_versions()
+    ///     .unwrap()
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(chain, key)
+    ///     .unwrap();
+    /// let cfg = ListenConfig::new("0.0.0.0:443".parse().unwrap(), [0]).tls(Arc::new(config));
+    /// ```
+    pub fn tls(mut self, config: std::sync::Arc<tls::rustls::ServerConfig>) -> Self {
+        self.tls = Some(tls::TlsSetup::Server(config));
+        self
+    }
+
+    /// A TLS handshake not done within `d` (default 10 s) is aborted and counted
+    /// (`tls_handshake_timeouts`): a client that opens a connection and stalls holds it no
+    /// longer. Checked by the worker's 100 ms sweep.
+    pub fn tls_handshake_timeout(mut self, d: Duration) -> Self {
+        self.tls_handshake_timeout = d;
+        self
+    }
+
+    /// At most `n` new TLS handshakes per second per worker (a token bucket holding one
+    /// second's worth); a connection accepted past it is closed at once and counted
+    /// (`tls_handshakes_refused`), so a flood of handshakes, each costing a signature, cannot
+    /// starve the established connections. Default: no limit.
+    pub fn tls_handshakes_per_sec(mut self, n: u32) -> Self {
+        self.tls_handshakes_per_sec = Some(n.max(1));
         self
     }
 
@@ -720,6 +779,19 @@ impl ConnectConfig {
     /// As [`ListenConfig::backpressure`].
     pub fn backpressure(mut self, on: bool) -> Self {
         self.conn = self.conn.backpressure(on);
+        self
+    }
+
+    /// Speak TLS to the servers connected to, verifying them as `config` says for the name
+    /// `server_name` (sent as SNI). The stage hears [`NetEvent::Connected`] once the handshake
+    /// is done, then [`NetEvent::Secured`]; a failed handshake (an untrusted or expired
+    /// certificate, a wrong name) closes the connection, counted in `tls_handshake_failed`.
+    pub fn tls(
+        mut self,
+        config: std::sync::Arc<tls::rustls::ClientConfig>,
+        server_name: tls::rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        self.conn.tls = Some(tls::TlsSetup::Client(config, server_name));
         self
     }
 }

@@ -63,3 +63,22 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
     }
 }
+
+/// Reads into all of `buf` from `offset` of `fd` (a regular file), retrying short reads;
+/// returns the bytes read, fewer than `buf.len()` only at the end of the file.
+pub fn pread_exact(fd: std::os::fd::RawFd, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes.
+        let n =
+            unsafe { syscall!(pread(fd, rest.as_mut_ptr().cast(), rest.len(), (offset + done as u64) as libc::off_t)) };
+        match n {
+            Ok(0) => break,
+            Ok(n) => done += n as usize,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

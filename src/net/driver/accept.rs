@@ -45,6 +45,10 @@ pub(crate) struct Endpoint {
     pub(super) local: Option<std::net::SocketAddr>,
     /// Stable home for the back-off timespec the kernel reads at submission.
     backoff_ts: Box<types::Timespec>,
+    /// The TLS handshake budget ([`ListenConfig::tls_handshakes_per_sec`]): tokens, and when
+    /// they were last refilled.
+    tls_tokens: f64,
+    tls_refilled: std::time::Instant,
 }
 
 impl Endpoint {
@@ -62,6 +66,7 @@ impl Endpoint {
             }
             _ => None,
         };
+        let tls_tokens = f64::from(cfg.tls_handshakes_per_sec.unwrap_or(0));
         Endpoint {
             id,
             local,
@@ -75,6 +80,8 @@ impl Endpoint {
             backoff: BACKOFF_MIN,
             open: 0,
             backoff_ts: Box::new(timespec(BACKOFF_MIN)),
+            tls_tokens,
+            tls_refilled: std::time::Instant::now(),
         }
     }
 
@@ -237,16 +244,19 @@ impl Net {
     fn accepted(&mut self, r: &mut Reactor, li: usize, fd: i32) {
         let target = if self.fixed { Target::Fixed(fd as u32) } else { Target::Fd(fd) };
         if r.draining {
-            // Refused: nothing was started on it. A table slot is emptied on the ring (the
-            // completion needs no action); a descriptor is closed at once.
-            if let Target::Fixed(slot) = target {
-                let sqe = opcode::Close::new(types::Fixed(slot)).build();
-                if r.push_plain(sqe.user_data(Token::IGNORE.encode())).is_ok() {
-                    return;
-                }
+            return self.refuse(r, target);
+        }
+        let l = &mut self.endpoints[li];
+        if let Some(rate) = l.cfg.tls_handshakes_per_sec.filter(|_| l.cfg.tls.is_some()) {
+            // A token bucket holding one second of handshakes.
+            let rate = f64::from(rate);
+            l.tls_tokens = (l.tls_tokens + r.now.duration_since(l.tls_refilled).as_secs_f64() * rate).min(rate);
+            l.tls_refilled = r.now;
+            if l.tls_tokens < 1.0 {
+                r.counters.tls_handshakes_refused.add(1);
+                return self.refuse(r, target);
             }
-            r.close_now(target);
-            return;
+            l.tls_tokens -= 1.0;
         }
         let l = &mut self.endpoints[li];
         l.open += 1;
@@ -264,13 +274,25 @@ impl Net {
             });
         }
         let v4 = l.cfg.addr.is_ipv4();
-        let idx = self.insert_conn(r, li, target);
+        let idx = self.insert_conn_tls(r, li, target);
         if self.ask_peer_name(r, idx, v4).is_err() {
             self.announce_opened(r, idx, None);
             if self.arm_recv(r, idx).is_err() {
                 self.begin_close(r, idx, false);
             }
         }
+    }
+
+    /// Closes an accepted socket nothing was started on: a table slot is emptied on the ring
+    /// (the completion needs no action); a descriptor is closed at once.
+    fn refuse(&mut self, r: &mut Reactor, target: Target) {
+        if let Target::Fixed(slot) = target {
+            let sqe = opcode::Close::new(types::Fixed(slot)).build();
+            if r.push_plain(sqe.user_data(Token::IGNORE.encode())).is_ok() {
+                return;
+            }
+        }
+        r.close_now(target);
     }
 
     /// Reads the peer's address of accepted connection `idx` on the ring (`getsockopt

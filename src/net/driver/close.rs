@@ -34,6 +34,10 @@ impl Net {
             }
             _ => {}
         }
+        if graceful && matches!(c.life, Life::Open) && c.tls.is_some() {
+            self.tls_close_notify(r, idx);
+        }
+        let c = &mut self.conns[idx];
         let tx = &mut c.tx;
         // An abort that loses output resets (see `Life::Closing`).
         let reset = reset || !graceful && (tx.has_output() || tx.sending || tx.splicing > 0);
@@ -129,6 +133,9 @@ impl Net {
         }
         self.endpoint_closed(r, c.endpoint);
         r.counters.closed.add(1);
+        if self.tls_unannounced(r, c.endpoint, c.tls.take()) {
+            return; // its stage never heard of it
+        }
         let conn = Self::conn_id(r, idx, c.gen);
         self.emit(r, c.endpoint, c.replica, NetEvent::Closed { conn });
     }

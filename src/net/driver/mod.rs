@@ -12,6 +12,7 @@ mod connect;
 mod recv;
 mod send;
 mod splice;
+mod tls;
 mod udp;
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +23,7 @@ use slab::Slab;
 
 pub(crate) use accept::Endpoint;
 use connect::{Connecting, Dest};
+pub(crate) use tls::TlsConn;
 pub(crate) use udp::UdpSocket;
 
 use super::conn::{ConnState, Life, RecvSide, SendSide};
@@ -64,6 +66,8 @@ pub(crate) struct Net {
     /// connection holds one (at a stable address) while the kernel may write it.
     #[allow(clippy::vec_box)]
     names: Vec<Box<[u8; PEER_NAME_LEN]>>,
+    /// Where a TLS send's plaintext pieces are joined before they are encrypted.
+    tls_scratch: Vec<u8>,
 }
 
 /// Room for an IPv4 or IPv6 peer address.
@@ -97,6 +101,7 @@ impl Net {
             zc_orphans: HashMap::new(),
             coalesce: BufWriter::new(64 << 10),
             names: Vec::new(),
+            tls_scratch: Vec::new(),
         }
     }
 
@@ -132,7 +137,7 @@ impl Net {
     /// gives the endpoint's stage its first event (`first` makes it from the connection's id and
     /// the endpoint's), choosing the replica all its events will go to, and starts receiving.
     fn open_conn(&mut self, r: &mut Reactor, ei: usize, target: Target, first: impl FnOnce(Conn, usize) -> NetEvent) {
-        let idx = self.insert_conn(r, ei, target);
+        let idx = self.insert_conn_tls(r, ei, target);
         let first = first(Self::conn_id(r, idx, self.conns[idx].gen), self.endpoints[ei].id);
         self.announce(r, idx, first);
         if self.arm_recv(r, idx).is_err() {
@@ -155,12 +160,31 @@ impl Net {
             tx: SendSide::new(cfg.output_limit as u64, cfg.backpressure, r.now),
             last_active: r.now,
             name: None,
+            tls: None,
         })
+    }
+
+    /// Takes a new connection into the table as [`Net::insert_conn`] does, with a TLS session
+    /// when its endpoint speaks TLS (when that session cannot be made, the connection is
+    /// closed at once).
+    fn insert_conn_tls(&mut self, r: &mut Reactor, ei: usize, target: Target) -> usize {
+        let idx = self.insert_conn(r, ei, target);
+        if let Some(setup) = &self.endpoints[ei].cfg.tls {
+            match tls::TlsConn::new(setup, r.now) {
+                Ok(t) => self.conns[idx].tls = Some(t),
+                Err(e) => {
+                    log::warn!("ringstage: worker {}: TLS session not made: {e}", r.worker);
+                    self.begin_close(r, idx, false);
+                }
+            }
+        }
+        idx
     }
 
     /// Gives connection `idx`'s endpoint stage its first event, choosing from it the replica
     /// all its events will go to.
     fn announce(&mut self, r: &mut Reactor, idx: usize, first: NetEvent) {
+        let Some(first) = self.hold_for_handshake(r, idx, first) else { return };
         let ei = self.conns[idx].endpoint;
         let replica = self.endpoints[ei].sink.pick(&first) as u16;
         self.conns[idx].replica = replica;
@@ -294,7 +318,11 @@ impl Net {
         }
         self.last_sweep = now;
         self.rearm_listeners(r);
-        if self.endpoints.iter().all(|l| l.cfg.idle_timeout.is_none() && l.cfg.send_timeout.is_none()) {
+        if self
+            .endpoints
+            .iter()
+            .all(|l| l.cfg.idle_timeout.is_none() && l.cfg.send_timeout.is_none() && l.cfg.tls.is_none())
+        {
             return;
         }
         let expired: Vec<usize> = self
@@ -306,13 +334,28 @@ impl Net {
                 let stuck = c.tx.busy()
                     && !c.aborting()
                     && cfg.send_timeout.is_some_and(|d| now.duration_since(c.tx.since) >= d);
-                idle || stuck
+                idle || stuck || Self::handshake_late(c, cfg, now)
             })
             .map(|(i, _)| i)
             .collect();
         for idx in expired {
+            let cfg = &self.endpoints[self.conns[idx].endpoint].cfg;
+            if Self::handshake_late(&self.conns[idx], cfg, now) {
+                r.counters.tls_handshake_timeouts.add(1);
+                if let Some(t) = self.conns[idx].tls.as_mut() {
+                    t.timed_out();
+                }
+            }
             self.begin_close(r, idx, false);
         }
+    }
+
+    /// Whether connection `c`'s TLS handshake has run past its endpoint's limit.
+    fn handshake_late(c: &ConnState, cfg: &crate::net::ListenConfig, now: Instant) -> bool {
+        !c.closing()
+            && c.tls
+                .as_ref()
+                .is_some_and(|t| t.handshaking() && now.duration_since(t.started()) >= cfg.tls_handshake_timeout)
     }
 
     /// Shutdown, phase one: stop accepting, connecting and reading; queued sends still finish.

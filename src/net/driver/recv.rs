@@ -47,19 +47,28 @@ impl Net {
         let (closing, ei, replica, gen) = (c.closing(), c.endpoint, c.replica, c.gen);
         match res {
             n if n > 0 => {
+                let mut rearm = rearm;
                 if !closing {
                     let data = data.expect("recv with data carries a buffer");
-                    self.emit(r, ei, replica, NetEvent::Data { conn: Self::conn_id(r, idx, gen), data });
+                    if self.conns[idx].tls.is_some() {
+                        self.tls_input(r, idx, data);
+                        rearm &= !self.conns[idx].closing();
+                    } else {
+                        self.emit(r, ei, replica, NetEvent::Data { conn: Self::conn_id(r, idx, gen), data });
+                    }
                 }
                 if rearm {
                     self.arm_recv(r, idx)?;
                 }
             }
             // Peer finished sending (the multishot recv ended; none is re-armed): tell the
-            // stage after its data; the handler closes.
+            // stage after its data; the handler closes. (A TLS stream must have ended with
+            // `close_notify`, which told the stage already.)
             0 if !closing => {
-                self.conns[idx].rx.eof = true;
-                self.emit(r, ei, replica, NetEvent::Eof { conn: Self::conn_id(r, idx, gen) });
+                if self.tls_eof(r, idx) && !self.conns[idx].rx.eof {
+                    self.conns[idx].rx.eof = true;
+                    self.emit(r, ei, replica, NetEvent::Eof { conn: Self::conn_id(r, idx, gen) });
+                }
             }
             0 => self.begin_close(r, idx, true),
             e if -e == libc::ENOBUFS => {

@@ -26,6 +26,15 @@ impl Net {
     /// connection `idx`, to be sent when the batch ends.
     #[inline(always)] // one caller, per command: the hot path of every send
     pub(super) fn queue_output(&mut self, r: &mut Reactor, idx: usize, cmd: NetCmd) {
+        if self.conns[idx].tls.is_some() {
+            return self.queue_tls(r, idx, cmd); // encrypted first
+        }
+        self.queue_plain(r, idx, cmd);
+    }
+
+    /// [`Net::queue_output`] of bytes to send as they are.
+    #[inline(always)]
+    pub(super) fn queue_plain(&mut self, r: &mut Reactor, idx: usize, cmd: NetCmd) {
         let c = &mut self.conns[idx];
         let closing = c.closing();
         let tx = &mut c.tx;
