@@ -439,7 +439,7 @@ pub enum NetCmd {
 }
 
 impl NetCmd {
-    /// The connection the command is for (`None` for [`NetCmd::Connect`]).
+    /// The connection the command is for (`None` for a connect or a datagram).
     pub fn conn(&self) -> Option<Conn> {
         match self {
             NetCmd::Send { conn, .. }
@@ -457,11 +457,20 @@ impl NetCmd {
         }
     }
 
+    /// The worker a command goes to. One match: it runs on every command.
+    #[inline]
     pub(crate) fn route(cmd: &NetCmd) -> usize {
         match cmd {
+            NetCmd::Send { conn, .. }
+            | NetCmd::SendChain { conn, .. }
+            | NetCmd::SendFile { conn, .. }
+            | NetCmd::Close { conn }
+            | NetCmd::Abort { conn }
+            | NetCmd::Shutdown { conn }
+            | NetCmd::PauseReads { conn }
+            | NetCmd::ResumeReads { conn } => conn.worker(),
             NetCmd::Connect { worker, .. } | NetCmd::ConnectUnix { worker, .. } => *worker,
             NetCmd::SendTo { socket, .. } | NetCmd::SendSegments { socket, .. } => socket.worker(),
-            _ => cmd.conn().map_or(0, |c| c.worker()),
         }
     }
 }

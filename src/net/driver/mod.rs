@@ -66,8 +66,6 @@ pub(crate) struct Net {
     /// connection holds one (at a stable address) while the kernel may write it.
     #[allow(clippy::vec_box)]
     names: Vec<Box<[u8; PEER_NAME_LEN]>>,
-    /// Where a TLS send's plaintext pieces are joined before they are encrypted.
-    tls_scratch: Vec<u8>,
 }
 
 /// Room for an IPv4 or IPv6 peer address.
@@ -101,7 +99,6 @@ impl Net {
             zc_orphans: HashMap::new(),
             coalesce: BufWriter::new(64 << 10),
             names: Vec::new(),
-            tls_scratch: Vec::new(),
         }
     }
 
@@ -236,13 +233,7 @@ impl Net {
     /// Executes a command from a handler stage.
     #[inline]
     pub(crate) fn command(&mut self, r: &mut Reactor, cmd: NetCmd) {
-        if matches!(
-            cmd,
-            NetCmd::Connect { .. } | NetCmd::ConnectUnix { .. } | NetCmd::SendTo { .. } | NetCmd::SendSegments { .. }
-        ) {
-            return self.unconnected(r, cmd);
-        }
-        let Some(conn) = cmd.conn() else { return }; // every other command names a connection
+        let Some(conn) = cmd.conn() else { return self.unconnected(r, cmd) };
         let idx = conn.idx as usize;
         let live =
             self.conns.get(idx).is_some_and(|c| c.gen == conn.gen && !matches!(c.life, Life::Closed) && !c.aborting());
@@ -266,6 +257,8 @@ impl Net {
     }
 
     /// The commands that name no connection: a connect, a datagram.
+    #[cold]
+    #[inline(never)]
     fn unconnected(&mut self, r: &mut Reactor, cmd: NetCmd) {
         match cmd {
             NetCmd::Connect { connector, addr, tag, .. } => self.connect(r, connector, Dest::Tcp(addr), tag),

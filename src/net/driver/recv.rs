@@ -44,13 +44,13 @@ impl Net {
         // A multishot that ended (on its own, or cancelled by a pause since lifted) restarts
         // if the connection still wants reads.
         let rearm = !more && c.wants_reads() && !r.draining;
-        let (closing, ei, replica, gen) = (c.closing(), c.endpoint, c.replica, c.gen);
+        let (closing, ei, replica, gen, tls) = (c.closing(), c.endpoint, c.replica, c.gen, c.tls.is_some());
         match res {
             n if n > 0 => {
                 let mut rearm = rearm;
                 if !closing {
                     let data = data.expect("recv with data carries a buffer");
-                    if self.conns[idx].tls.is_some() {
+                    if tls {
                         self.tls_input(r, idx, data);
                         rearm &= !self.conns[idx].closing();
                     } else {
