@@ -9,9 +9,9 @@
 //! goes back at once); a send's plaintext views are joined and encrypted into one ciphertext
 //! buffer, which is what the kernel sends. Decrypting in place in the pool buffer (rustls's
 //! unbuffered API) would save the first copy; this is not done yet. Files sent on a TLS
-//! connection (`NetCmd::SendFile`) are read into memory with `pread` on the worker (fast from
-//! the page cache, a stall on a cold disk) and encrypted, since only kernel TLS
-//! (`CONFIG_TLS`) could splice them; see [`ktls_available`].
+//! connection (`NetCmd::SendFile`) are read 256 KiB at a time with `pread` on the worker (fast
+//! from the page cache, a stall on a cold disk) and encrypted, one chunk in memory at a time,
+//! since only kernel TLS (`CONFIG_TLS`) could splice them; see [`ktls_available`].
 //!
 //! Failures, each ending the connection with a counted reason and never reaching the handler
 //! as data:

@@ -161,6 +161,13 @@ impl Net {
                 return self.submit_send(r, idx);
             }
             if c.tx.file.is_some() {
+                if c.tls.is_some() {
+                    // Encrypted in user space, a chunk at a time, then sent as buffers.
+                    if !self.tls_file_chunk(r, idx) {
+                        return;
+                    }
+                    continue;
+                }
                 if self.submit_splice(r, idx) {
                     return;
                 }

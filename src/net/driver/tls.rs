@@ -107,14 +107,6 @@ impl TlsConn {
         }
         self.take_output()
     }
-
-    /// Encrypts large pieces as they are (each makes whole 16 KiB records).
-    fn encrypt_each(&mut self, pieces: &[Vec<u8>]) -> Option<IoBuf> {
-        for p in pieces {
-            let _ = self.conn.writer().write_all(p);
-        }
-        self.take_output()
-    }
 }
 
 impl Net {
@@ -218,14 +210,8 @@ impl Net {
         let records = match cmd {
             NetCmd::Send { data, .. } => t.encrypt(std::iter::once(&data[..])),
             NetCmd::SendChain { data, .. } => t.encrypt(data.iter().map(|b| &b[..])),
-            NetCmd::SendFile { file, offset, len, .. } => match read_file(&file, offset, len) {
-                Ok(chunks) => t.encrypt_each(&chunks),
-                Err(e) => {
-                    // As for a splice that fails after its head went out: reset.
-                    log::debug!("ringstage: worker {}: TLS file send: {e}", r.worker);
-                    return self.begin_close_with(r, idx, false, true);
-                }
-            },
+            // Read and encrypted a chunk at a time as the send side gets to it (`tls_file_chunk`).
+            cmd @ NetCmd::SendFile { .. } => return self.queue_plain(r, idx, cmd),
             NetCmd::Shutdown { .. } => {
                 t.conn.send_close_notify();
                 if let Some(out) = t.take_output() {
@@ -238,6 +224,46 @@ impl Net {
         if let Some(data) = records {
             self.queue_plain(r, idx, NetCmd::Send { conn, data });
         }
+    }
+
+    /// The next piece of TLS connection `idx`'s file transfer: up to 256 KiB read from the
+    /// file (`pread`: files sent on a TLS connection are encrypted in user space) and
+    /// encrypted into the connection's output, so one chunk at a time is in memory. Returns
+    /// false when the transfer failed (a read error, a file shorter than announced): the
+    /// connection is then reset, as for a splice that fails after its head went out.
+    pub(super) fn tls_file_chunk(&mut self, r: &mut Reactor, idx: usize) -> bool {
+        use std::os::fd::AsRawFd;
+        let c = &mut self.conns[idx];
+        let Some(f) = c.tx.file.as_mut() else { return true };
+        if f.remaining == 0 {
+            c.tx.file = None;
+            return true;
+        }
+        let n = (f.remaining as usize).min(FILE_CHUNK);
+        let mut buf = vec![0u8; n];
+        let read = ringstage_sys::fd::pread_exact(f.file.as_raw_fd(), &mut buf, f.offset);
+        let failed = match read {
+            Ok(got) if got == n => None,
+            Ok(_) => Some("the file is shorter than announced".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            log::debug!("ringstage: worker {}: TLS file send: {why}", r.worker);
+            c.tx.file = None;
+            self.begin_close_with(r, idx, false, true);
+            return false;
+        }
+        f.offset += n as u64;
+        f.remaining -= n as u64;
+        let records = c.tls.as_mut().and_then(|t| t.encrypt(std::iter::once(&buf[..])));
+        // The plaintext is counted out, the records in (sent and counted out as buffers).
+        c.tx.unsent = c.tx.unsent.saturating_sub(n as u64);
+        if let Some(records) = records {
+            c.tx.unsent += records.len() as u64;
+            c.tx.views += 1;
+            c.tx.out.push(records);
+        }
+        true
     }
 
     /// A graceful close of TLS connection `idx`: `close_notify` goes out after the queued
@@ -288,23 +314,4 @@ impl Net {
             None => false,
         }
     }
-}
-
-/// Reads `len` bytes of `file` from `offset`, in chunks. Files sent on a TLS connection are
-/// encrypted in user space, so they are read into memory; a short file is an error.
-fn read_file(file: &std::os::fd::OwnedFd, offset: u64, len: u64) -> std::io::Result<Vec<Vec<u8>>> {
-    use std::os::fd::AsRawFd;
-    let mut chunks = Vec::new();
-    let mut at = 0u64;
-    while at < len {
-        let n = ((len - at) as usize).min(FILE_CHUNK);
-        let mut buf = vec![0u8; n];
-        let got = ringstage_sys::fd::pread_exact(file.as_raw_fd(), &mut buf, offset + at)?;
-        if got < n {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than announced"));
-        }
-        chunks.push(buf);
-        at += n as u64;
-    }
-    Ok(chunks)
 }
