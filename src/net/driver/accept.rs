@@ -274,7 +274,7 @@ impl Net {
             });
         }
         let v4 = l.cfg.addr.is_ipv4();
-        let idx = self.insert_conn_tls(r, li, target);
+        let Some(idx) = self.insert_conn_tls(r, li, target) else { return };
         if self.ask_peer_name(r, idx, v4).is_err() {
             self.announce_opened(r, idx, None);
             if self.arm_recv(r, idx).is_err() {
@@ -312,7 +312,10 @@ impl Net {
             .flags(squeue::Flags::IO_LINK);
         let recv = self.recv_sqe(r, idx);
         // SAFETY: the name buffer is boxed in the connection, which keeps it (and the socket)
-        // until this operation completes; the receive refers to no user memory.
+        // until `on_peer_name` takes it back: nothing closes a connection its stage has not
+        // heard of before that completion (it completes inline at submission; only the
+        // worker's teardown, after the ring's last submission, drops connections unasked).
+        // The receive refers to no user memory.
         match unsafe { r.push(&[ask, recv]) } {
             Ok(()) => {
                 self.conns[idx].rx.armed = true;

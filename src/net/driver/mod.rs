@@ -134,7 +134,7 @@ impl Net {
     /// gives the endpoint's stage its first event (`first` makes it from the connection's id and
     /// the endpoint's), choosing the replica all its events will go to, and starts receiving.
     fn open_conn(&mut self, r: &mut Reactor, ei: usize, target: Target, first: impl FnOnce(Conn, usize) -> NetEvent) {
-        let idx = self.insert_conn_tls(r, ei, target);
+        let Some(idx) = self.insert_conn_tls(r, ei, target) else { return };
         let first = first(Self::conn_id(r, idx, self.conns[idx].gen), self.endpoints[ei].id);
         self.announce(r, idx, first);
         if self.arm_recv(r, idx).is_err() {
@@ -162,9 +162,9 @@ impl Net {
     }
 
     /// Takes a new connection into the table as [`Net::insert_conn`] does, with a TLS session
-    /// when its endpoint speaks TLS (when that session cannot be made, the connection is
-    /// closed at once).
-    fn insert_conn_tls(&mut self, r: &mut Reactor, ei: usize, target: Target) -> usize {
+    /// when its endpoint speaks TLS. `None` when that session cannot be made: the connection
+    /// is then closed at once, before anything is started on it.
+    fn insert_conn_tls(&mut self, r: &mut Reactor, ei: usize, target: Target) -> Option<usize> {
         let idx = self.insert_conn(r, ei, target);
         if let Some(setup) = &self.endpoints[ei].cfg.tls {
             match tls::TlsConn::new(setup, r.now) {
@@ -172,10 +172,11 @@ impl Net {
                 Err(e) => {
                     log::warn!("ringstage: worker {}: TLS session not made: {e}", r.worker);
                     self.begin_close(r, idx, false);
+                    return None;
                 }
             }
         }
-        idx
+        Some(idx)
     }
 
     /// Gives connection `idx`'s endpoint stage its first event, choosing from it the replica
