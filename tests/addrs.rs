@@ -95,14 +95,17 @@ fn accepted_and_outbound_connections_know_both_their_addresses() {
 }
 
 #[test]
-fn a_wildcard_listener_knows_the_local_address_only_from_a_plain_descriptor() {
-    for fixed in [true, false] {
-        let (rt, addr, rx, _) = server(ListenConfig::new("0.0.0.0:0".parse().unwrap(), [0]), fixed);
-        let c = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
+fn a_wildcard_listener_knows_the_local_address_from_a_plain_descriptor_or_when_asked() {
+    for (fixed, asked) in [(true, false), (false, false), (true, true)] {
+        let cfg = ListenConfig::new("0.0.0.0:0".parse().unwrap(), [0]).local_addrs(asked);
+        let (rt, addr, rx, _) = server(cfg, fixed);
+        let mut c = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
+        std::io::Write::write_all(&mut c, b"hi").unwrap();
         let a = opened(&rx);
         assert_eq!(a.peer(), Some(c.local_addr().unwrap()));
-        let expect = if fixed { None } else { Some(c.peer_addr().unwrap()) };
-        assert_eq!(a.local(), expect, "fixed files: {fixed}");
+        let expect = if fixed && !asked { None } else { Some(c.peer_addr().unwrap()) };
+        assert_eq!(a.local(), expect, "fixed files: {fixed}, local_addrs: {asked}");
+        assert!(matches!(next(&rx), Seen::Data), "the data follows the opening");
         rt.shutdown();
         rt.join().unwrap();
     }

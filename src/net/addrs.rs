@@ -11,10 +11,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// - **Accepted**: the peer is read on the ring (`getsockopt(SO_PEERNAME)`, as a command on
 ///   the direct descriptor, linked before the first receive); the local address is the
 ///   listener's when it is bound to one address. For a listener on a wildcard address the
-///   local address is `None`: Linux before 6.19 cannot tell a direct descriptor's local
-///   address, and a `getsockname` per accept would cost a syscall (with
-///   [`RingConfig::fixed_files`](crate::runtime::RingConfig) off, it is read that way).
-///   Unix domain connections have neither.
+///   local address is `None` unless asked for with
+///   [`ListenConfig::local_addrs`](super::ListenConfig::local_addrs) (Linux before 6.19
+///   cannot read a direct descriptor's local address; that option pays an operation and
+///   three syscalls per connection for it), or read with a `getsockname` when
+///   [`RingConfig::fixed_files`](crate::runtime::RingConfig) is off. Unix domain connections
+///   have neither.
 /// - **Connected**: the peer is the address connected to, the local one is read once the
 ///   connect succeeded.
 ///

@@ -494,6 +494,7 @@ pub struct ListenConfig {
     pub(crate) tls: Option<tls::TlsSetup>,
     pub(crate) tls_handshake_timeout: Duration,
     pub(crate) tls_handshakes_per_sec: Option<u32>,
+    pub(crate) local_addrs: bool,
     /// A listening socket made elsewhere (socket activation, a Unix socket), instead of
     /// binding `addr`.
     pub(crate) inherited: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
@@ -583,6 +584,7 @@ impl ListenConfig {
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
             tls_handshakes_per_sec: None,
+            local_addrs: false,
             inherited: None,
         }
     }
@@ -638,6 +640,18 @@ impl ListenConfig {
     /// starve the established connections. Default: no limit.
     pub fn tls_handshakes_per_sec(mut self, n: u32) -> Self {
         self.tls_handshakes_per_sec = Some(n.max(1));
+        self
+    }
+
+    /// For a listener on a wildcard address (`0.0.0.0`, `[::]`), read each accepted
+    /// connection's local address too ([`ConnAddrs::local`]), which tells which of the host's
+    /// addresses the client connected to (default off: `None`). Linux before 6.19 cannot read
+    /// it from a direct descriptor, so each accept then also installs the descriptor in the
+    /// process's table for a moment (`IORING_OP_FIXED_FD_INSTALL`, Linux 6.8) and asks it with
+    /// `getpeername` and `getsockname`, then closes it: one operation and three syscalls per
+    /// connection. A listener bound to one address has its local address for free.
+    pub fn local_addrs(mut self, on: bool) -> Self {
+        self.local_addrs = on;
         self
     }
 

@@ -45,6 +45,9 @@ pub(crate) enum OpKind {
     UdpSend,
     /// An accepted connection's `getsockopt(SO_PEERNAME)`.
     PeerName,
+    /// An accepted connection's direct descriptor installed in the process's table, to read
+    /// its local address.
+    FdInstall,
 }
 
 impl OpKind {
@@ -66,6 +69,7 @@ impl OpKind {
             13 => UdpRecv,
             14 => UdpSend,
             15 => PeerName,
+            16 => FdInstall,
             _ => return None,
         })
     }

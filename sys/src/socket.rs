@@ -64,6 +64,16 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     from_raw(&sa)
 }
 
+/// The address `fd` is connected to.
+pub fn peer_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `sa` is a live sockaddr_storage and `len` holds its size.
+    unsafe { syscall!(getpeername(fd, (&mut sa as *mut libc::sockaddr_storage).cast(), &mut len)) }?;
+    from_raw(&sa)
+}
+
 /// Converts the bytes of a socket address the kernel wrote (a `recvmsg` name) to a
 /// `SocketAddr`. Bytes past a `sockaddr_storage` are ignored; missing ones read as zero.
 pub fn from_bytes(name: &[u8]) -> io::Result<SocketAddr> {

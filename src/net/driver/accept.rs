@@ -274,8 +274,10 @@ impl Net {
             });
         }
         let v4 = l.cfg.addr.is_ipv4();
+        let installed = l.cfg.local_addrs && l.local.is_none() && self.fixed;
         let Some(idx) = self.insert_conn_tls(r, li, target) else { return };
-        if self.ask_peer_name(r, idx, v4).is_err() {
+        let asked = if installed { self.ask_names_installed(r, idx) } else { self.ask_peer_name(r, idx, v4) };
+        if asked.is_err() {
             self.announce_opened(r, idx, None);
             if self.arm_recv(r, idx).is_err() {
                 self.begin_close(r, idx, false);
@@ -330,6 +332,42 @@ impl Net {
         }
     }
 
+    /// Reads both addresses of accepted connection `idx` (a direct descriptor of a wildcard
+    /// listener with [`ListenConfig::local_addrs`]): the descriptor is installed in the
+    /// process's table on the ring, its first receive linked behind, and `on_installed` asks
+    /// the installed copy for both names and closes it.
+    fn ask_names_installed(&mut self, r: &mut Reactor, idx: usize) -> std::io::Result<()> {
+        let c = &self.conns[idx];
+        let Target::Fixed(slot) = c.target else { return Err(std::io::ErrorKind::Unsupported.into()) };
+        let install = opcode::FixedFdInstall::new(types::Fixed(slot), 0)
+            .build()
+            .user_data(Token::new(OpKind::FdInstall, idx, c.gen).encode())
+            .flags(squeue::Flags::IO_LINK);
+        let recv = self.recv_sqe(r, idx);
+        // SAFETY: neither operation refers to user memory.
+        unsafe { r.push(&[install, recv]) }?;
+        self.conns[idx].rx.armed = true;
+        r.counters.io_started.add(2);
+        Ok(())
+    }
+
+    /// The installed copy of accepted connection `idx`'s descriptor (`res`), or why there is
+    /// none: read both names from it, close it, and tell the stage `Opened`.
+    pub(super) fn on_installed(&mut self, r: &mut Reactor, idx: usize, t: Token, res: i32) {
+        r.counters.io_finished.add(1);
+        if res >= 0 {
+            let peer = ringstage_sys::socket::peer_addr(res).ok();
+            let local = ringstage_sys::socket::local_addr(res).ok();
+            // The copy is this function's: the connection keeps its direct descriptor.
+            ringstage_sys::fd::close(res);
+            if self.conn_for(idx, t).is_some() {
+                self.announce_opened_with(r, idx, peer, local);
+            }
+        } else if self.conn_for(idx, t).is_some() {
+            self.announce_opened(r, idx, None);
+        }
+    }
+
     /// The peer's address of accepted connection `idx` is read (or could not be): the stage
     /// hears `Opened`.
     pub(super) fn on_peer_name(&mut self, r: &mut Reactor, idx: usize, t: Token, res: i32) {
@@ -346,12 +384,23 @@ impl Net {
 
     fn announce_opened(&mut self, r: &mut Reactor, idx: usize, peer: Option<std::net::SocketAddr>) {
         let c = &self.conns[idx];
-        let e = &self.endpoints[c.endpoint];
-        let local = e.local.or_else(|| match c.target {
+        let local = self.endpoints[c.endpoint].local.or_else(|| match c.target {
             // A plain descriptor can be asked (`RingConfig::fixed_files` off).
             Target::Fd(fd) => ringstage_sys::socket::local_addr(fd).ok(),
             Target::Fixed(_) => None,
         });
+        self.announce_opened_with(r, idx, peer, local);
+    }
+
+    fn announce_opened_with(
+        &mut self,
+        r: &mut Reactor,
+        idx: usize,
+        peer: Option<std::net::SocketAddr>,
+        local: Option<std::net::SocketAddr>,
+    ) {
+        let c = &self.conns[idx];
+        let e = &self.endpoints[c.endpoint];
         let addrs = ConnAddrs::new(peer, local);
         let ev = NetEvent::Opened { conn: Self::conn_id(r, idx, c.gen), listener: ListenerId(e.id as u32), addrs };
         self.announce(r, idx, ev);

@@ -217,6 +217,10 @@ impl Net {
                 self.on_peer_name(r, idx, t, res);
                 Ok(())
             }
+            OpKind::FdInstall => {
+                self.on_installed(r, idx, t, res);
+                Ok(())
+            }
             OpKind::UdpRecv => self.on_udp_recv(r, idx, res, flags),
             OpKind::UdpSend => {
                 self.on_udp_send(r, idx, res);
