@@ -39,7 +39,15 @@ mod conn_outbox;
 mod driver;
 mod framing;
 mod pipe;
+#[cfg(feature = "tls")]
 pub mod tls;
+/// Without the `tls` feature: no TLS setup can exist.
+#[cfg(not(feature = "tls"))]
+mod tls {
+    /// Uninhabited: no listener or connector has TLS.
+    #[derive(Clone, Debug)]
+    pub(crate) enum TlsSetup {}
+}
 mod udp;
 
 use std::cell::RefCell;
@@ -252,6 +260,7 @@ pub enum NetEvent {
         /// Its full length.
         len: usize,
     },
+    #[cfg(feature = "tls")]
     /// A TLS connection's handshake is done ([`ListenConfig::tls`], [`ConnectConfig::tls`]):
     /// right after its `Opened` or `Connected`, before any `Data`. What was agreed.
     Secured {
@@ -284,8 +293,9 @@ impl NetEvent {
             | NetEvent::Backlogged { conn }
             | NetEvent::Drained { conn }
             | NetEvent::Closed { conn }
-            | NetEvent::Secured { conn, .. }
             | NetEvent::Connected { conn, .. } => Some(*conn),
+            #[cfg(feature = "tls")]
+            NetEvent::Secured { conn, .. } => Some(*conn),
             NetEvent::ConnectFailed { .. }
             | NetEvent::Datagram { .. }
             | NetEvent::Truncated { .. }
@@ -621,6 +631,7 @@ impl ListenConfig {
     ///     .unwrap();
     /// let cfg = ListenConfig::new("0.0.0.0:443".parse().unwrap(), [0]).tls(Arc::new(config));
     /// ```
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, config: std::sync::Arc<tls::rustls::ServerConfig>) -> Self {
         self.tls = Some(tls::TlsSetup::Server(config));
         self
@@ -629,6 +640,7 @@ impl ListenConfig {
     /// A TLS handshake not done within `d` (default 10 s) is aborted and counted
     /// (`tls_handshake_timeouts`): a client that opens a connection and stalls holds it no
     /// longer. Checked by the worker's 100 ms sweep.
+    #[cfg(feature = "tls")]
     pub fn tls_handshake_timeout(mut self, d: Duration) -> Self {
         self.tls_handshake_timeout = d;
         self
@@ -638,6 +650,7 @@ impl ListenConfig {
     /// second's worth); a connection accepted past it is closed at once and counted
     /// (`tls_handshakes_refused`), so a flood of handshakes, each costing a signature, cannot
     /// starve the established connections. Default: no limit.
+    #[cfg(feature = "tls")]
     pub fn tls_handshakes_per_sec(mut self, n: u32) -> Self {
         self.tls_handshakes_per_sec = Some(n.max(1));
         self
@@ -809,6 +822,7 @@ impl ConnectConfig {
     /// `server_name` (sent as SNI). The stage hears [`NetEvent::Connected`] once the handshake
     /// is done, then [`NetEvent::Secured`]; a failed handshake (an untrusted or expired
     /// certificate, a wrong name) closes the connection, counted in `tls_handshake_failed`.
+    #[cfg(feature = "tls")]
     pub fn tls(
         mut self,
         config: std::sync::Arc<tls::rustls::ClientConfig>,

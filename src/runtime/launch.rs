@@ -86,14 +86,17 @@ impl Builder {
             }
             udp_addrs.push(addr);
         }
-        let mut configs = self.listeners.iter().map(|l| &l.cfg).chain(self.connectors.iter().map(|c| &c.cfg));
-        if configs.any(|c| c.tls.is_some()) {
-            let kernel = if crate::net::tls::ktls_available() {
-                "offered by this kernel, not used yet"
-            } else {
-                "unavailable (no tls ULP: CONFIG_TLS)"
-            };
-            log::info!("ringstage: TLS in user space (rustls); kernel TLS {kernel}");
+        #[cfg(feature = "tls")]
+        {
+            let mut configs = self.listeners.iter().map(|l| &l.cfg).chain(self.connectors.iter().map(|c| &c.cfg));
+            if configs.any(|c| c.tls.is_some()) {
+                let kernel = if crate::net::tls::ktls_available() {
+                    "offered by this kernel, not used yet"
+                } else {
+                    "unavailable (no tls ULP: CONFIG_TLS)"
+                };
+                log::info!("ringstage: TLS in user space (rustls); kernel TLS {kernel}");
+            }
         }
         // Connectors: on every worker, after its listeners, in id order.
         for (id, c) in self.connectors.iter().enumerate() {

@@ -12,6 +12,10 @@ mod connect;
 mod recv;
 mod send;
 mod splice;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
 mod tls;
 mod udp;
 
