@@ -293,9 +293,15 @@ events {{ worker_connections 8192; }}
 """
 
 
-def nginx_conf(port):
-    tmp = os.path.join(OUT, "nginx")
+def nginx_conf(port, tls=None, name="nginx"):
+    """nginx's static-file config on `port`, with TLS 1.3 on (cert, key) when `tls` is given."""
+    tmp = os.path.join(OUT, name)
     os.makedirs(tmp, exist_ok=True)
+    listen = f"listen 127.0.0.1:{port} backlog=4096;"
+    if tls:
+        cert, key = tls
+        listen = (f"listen 127.0.0.1:{port} ssl backlog=4096;\n    ssl_certificate {cert}; ssl_certificate_key {key};\n"
+                  f"    ssl_protocols TLSv1.3; ssl_session_tickets on;")
     conf = nginx_main(tmp) + f"""http {{
   access_log off;
   sendfile on; tcp_nopush on; tcp_nodelay on;
@@ -306,7 +312,7 @@ def nginx_conf(port):
   types {{ text/html html; text/css css; text/plain txt; application/octet-stream bin; }}
   default_type application/octet-stream;
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    {listen}
     root {WWW};
     location = /plaintext {{ default_type text/plain; return 200 "Hello, World!"; }}
   }}
@@ -1312,32 +1318,6 @@ def tls_files():
     return cert, key
 
 
-def nginx_tls_conf(port, cert, key):
-    tmp = os.path.join(OUT, "nginx-tls")
-    os.makedirs(tmp, exist_ok=True)
-    conf = nginx_main(tmp) + f"""http {{
-  access_log off;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_timeout 65; keepalive_requests 100000000;
-  open_file_cache max=1000 inactive=60s; open_file_cache_valid 5s;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
-  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  types {{ text/html html; text/css css; text/plain txt; application/octet-stream bin; }}
-  default_type application/octet-stream;
-  server {{
-    listen 127.0.0.1:{port} ssl backlog=4096;
-    ssl_certificate {cert}; ssl_certificate_key {key};
-    ssl_protocols TLSv1.3; ssl_session_tickets on;
-    root {WWW};
-  }}
-}}
-"""
-    path = os.path.join(tmp, "nginx.conf")
-    with open(path, "w") as f:
-        f.write(conf)
-    return path
-
-
 def bench_https(a):
     sh(["cargo", "build", "--release", "--quiet", "--example", "http"])
     cert, key = tls_files()
@@ -1349,7 +1329,7 @@ def bench_https(a):
                     "--keepalive-requests", "100000000", "--tls-cert", cert, "--tls-key", key]
         else:
             port = 8211
-            argv = ["nginx", "-e", "stderr", "-c", nginx_tls_conf(port, cert, key)]
+            argv = ["nginx", "-e", "stderr", "-c", nginx_conf(port, tls=(cert, key), name="nginx-tls")]
         wait_port_free(port)
         proc = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port, proc)

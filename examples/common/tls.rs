@@ -7,8 +7,30 @@ use std::sync::Arc;
 
 use ringstage::net::tls::{self, rustls};
 
+/// The TLS options of an example's command line (`#[command(flatten)]`).
+#[derive(clap::Args, Debug)]
+pub struct TlsArgs {
+    /// Speak TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Speak TLS with a self-signed certificate for localhost made at start (clients must be
+    /// told to trust it: `curl -k`, `redis-cli --tls --insecure`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+}
+
+impl TlsArgs {
+    /// The server config, `None` when no TLS was asked for; the protocols offered by ALPN.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
+        server_config(self.tls_cert.as_deref(), self.tls_key.as_deref(), self.tls_self_signed, alpn)
+    }
+}
+
 /// The server config, `None` when no TLS was asked for.
-pub fn server_config(
+fn server_config(
     cert: Option<&Path>,
     key: Option<&Path>,
     self_signed: bool,

@@ -103,15 +103,9 @@ struct Opts {
     /// Poll this long for work before sleeping.
     #[arg(long, value_name = "US", default_value_t = 0)]
     spin_us: u64,
-    /// Serve HTTPS with this certificate chain (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
-    /// Serve HTTPS with a self-signed certificate for localhost made at start.
-    #[arg(long, conflicts_with = "tls_cert")]
-    tls_self_signed: bool,
+    /// HTTPS.
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 /// `--keepalive-requests`' default, as nginx's `keepalive_requests`.
@@ -172,7 +166,7 @@ fn run(o: Opts) -> std::io::Result<()> {
     let mut listen = listen
         .idle_timeout(Duration::from_secs(o.idle_timeout_s))
         .send_timeout(Duration::from_millis(o.send_timeout_ms));
-    let tls = tls::server_config(o.tls_cert.as_deref(), o.tls_key.as_deref(), o.tls_self_signed, &[b"http/1.1"])?;
+    let tls = o.tls.server_config(&[b"http/1.1"])?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     if let Some(cfg) = tls {
         listen = listen.tls(cfg);

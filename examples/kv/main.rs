@@ -75,16 +75,9 @@ struct Opts {
     /// maxmemory-clients).
     #[arg(long, value_name = "MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_clients_input_mb: u64,
-    /// Speak TLS with this certificate chain (PEM), as `redis-server --tls-port`.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
-    /// Speak TLS with a self-signed certificate for localhost made at start
-    /// (`redis-cli --tls --insecure`).
-    #[arg(long, conflicts_with = "tls_cert")]
-    tls_self_signed: bool,
+    /// TLS, as `redis-server --tls-port`.
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 fn main() {
@@ -108,7 +101,7 @@ fn run(o: Opts) -> std::io::Result<()> {
     // A blocking stage (SEDA's thread-pool stage): alone on its worker, one command per visit.
     let slow = b.stage::<SlowReq>("slow", StageConfig::on([1]).blocking().capacity(o.slow_capacity as usize));
     let mut listen = ListenConfig::new(o.addr, [0]).idle_timeout(Duration::from_secs(o.idle_timeout_s));
-    if let Some(cfg) = tls::server_config(o.tls_cert.as_deref(), o.tls_key.as_deref(), o.tls_self_signed, &[])? {
+    if let Some(cfg) = o.tls.server_config(&[])? {
         listen = listen.tls(cfg);
     }
     let (net, listener) = b.listen(listen, command);

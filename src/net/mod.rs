@@ -467,7 +467,8 @@ impl NetCmd {
         }
     }
 
-    /// The worker a command goes to. One match: it runs on every command.
+    /// The worker a command goes to. It runs on every command, so it is one match (the
+    /// connection's variants are listed as in `conn`, rather than `conn` called first).
     #[inline]
     pub(crate) fn route(cmd: &NetCmd) -> usize {
         match cmd {
