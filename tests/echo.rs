@@ -836,6 +836,13 @@ fn a_handler_keeping_ten_times_the_pool_of_views_does_not_stall_other_connection
         assert!(Instant::now() < deadline, "the pool grew past its first {POOL} buffers: {} out", out());
         std::thread::sleep(Duration::from_millis(10));
     }
+    // And the age of the views held longest shows it: kept, not passed on, they age with the
+    // clock (the gauge is refreshed every 50 ms tick).
+    let oldest = || rt.metrics().workers[0].buffer_oldest_ms;
+    let before = oldest();
+    std::thread::sleep(Duration::from_millis(400));
+    let after = oldest();
+    assert!(after >= before + 300, "the oldest held buffer aged from {before} to {after} ms");
     rt.shutdown();
     rt.join().unwrap();
 }

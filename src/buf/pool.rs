@@ -126,6 +126,10 @@ struct Home {
     live: usize,
     /// The `BufPool` handle was dropped: releases on the home thread go the other threads' way.
     orphaned: bool,
+    /// The clock [`BufPool::oldest_held_ms`] reads ages by, in ms (`BufPool::set_clock_ms`).
+    now_ms: u32,
+    /// Per buffer: `now_ms` when it was last taken.
+    taken_at: Vec<u32>,
     /// The ring's contents in order, as the kernel would take them (tests play the kernel).
     #[cfg(test)]
     shadow: std::collections::VecDeque<u16>,
@@ -345,6 +349,8 @@ impl BufPool {
                     returned_home: 0,
                     live: 0,
                     orphaned: false,
+                    now_ms: 0,
+                    taken_at: vec![0; per],
                     #[cfg(test)]
                     shadow: std::collections::VecDeque::new(),
                 }),
@@ -387,6 +393,7 @@ impl BufPool {
             home.spare.push(bid as u16);
         }
         home.total += per;
+        home.taken_at.resize(home.total, home.now_ms);
         log::info!("ringstage: receive buffers all held; the pool grew to {} buffers", home.total);
         true
     }
@@ -446,6 +453,7 @@ impl BufPool {
         home.outstanding += 1;
         home.live += 1;
         home.taken += 1;
+        home.taken_at[bid as usize] = home.now_ms;
         debug_assert!(home.in_ring > 0, "buffer {bid} taken from an empty ring");
         home.in_ring = home.in_ring.saturating_sub(1);
         #[cfg(test)]
@@ -523,6 +531,27 @@ impl BufPool {
     pub fn available(&self) -> usize {
         let home = self.home();
         home.total - home.outstanding
+    }
+
+    /// Sets the clock, in ms, that takes are stamped with and [`BufPool::oldest_held_ms`]
+    /// measures by (the worker sets it every tick).
+    pub fn set_clock_ms(&self, ms: u32) {
+        self.home().now_ms = ms;
+    }
+
+    /// How long the buffer held longest by views has been out, in ms of the pool's clock
+    /// (0 when none is out): what tells a handler that stores received views from one that
+    /// passes them on. O(buffers): one load of each buffer's count; the worker calls it once
+    /// per tick.
+    pub fn oldest_held_ms(&self) -> u32 {
+        let home = self.home();
+        let mut oldest = 0;
+        for (bid, &at) in home.taken_at.iter().enumerate() {
+            if self.shared.header(bid as u16).refs.load(Ordering::Relaxed) > 0 {
+                oldest = oldest.max(home.now_ms.wrapping_sub(at));
+            }
+        }
+        oldest
     }
 
     /// Counters.
@@ -631,6 +660,32 @@ mod tests {
         pool.set_starved(true);
         assert_eq!(pool.stats().buffers, 4);
         drop(one);
+    }
+
+    #[test]
+    fn the_oldest_held_buffer_is_timed_by_the_pool_clock() {
+        let pool = BufPool::with_growth(2, 4, 64, 1).unwrap();
+        assert_eq!(pool.oldest_held_ms(), 0, "nothing out");
+        pool.set_clock_ms(100);
+        let old = recv(&pool, 0, b"kept");
+        pool.set_clock_ms(300);
+        let young = recv(&pool, 1, b"passed on");
+        pool.set_clock_ms(350);
+        assert_eq!(pool.oldest_held_ms(), 250, "the view taken at 100 is 250 ms old");
+        drop(old);
+        assert_eq!(pool.oldest_held_ms(), 50);
+        // Buffers of a region made later are timed too.
+        let other = recv(&pool, next_in_ring(&pool), b"held");
+        pool.set_starved(true);
+        pool.drain_returns();
+        let bid = next_in_ring(&pool);
+        assert!(bid >= 2, "a buffer of the second region");
+        let grown = recv(&pool, bid, b"grown");
+        drop((young, other));
+        pool.set_clock_ms(1350);
+        assert_eq!(pool.oldest_held_ms(), 1000, "the grown buffer, taken at 350");
+        drop(grown);
+        assert_eq!(pool.oldest_held_ms(), 0);
     }
 
     #[test]

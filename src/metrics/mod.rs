@@ -145,6 +145,9 @@ pub(crate) struct WorkerCounters {
     pub tls_truncated: Counter,
     /// Gauge, refreshed every tick: receive buffers out of the pool (held by `IoBuf`s).
     pub buffers_out: Counter,
+    /// Gauge, refreshed every tick: how long the receive buffer held longest by views has
+    /// been out, ms (a handler storing received views shows here; copy out to store).
+    pub buffer_oldest_ms: Counter,
     /// Refreshed every tick: receive buffers given back to the pool since the start (each was
     /// filled by one receive).
     pub buffers_returned: Counter,
@@ -194,6 +197,7 @@ impl WorkerCounters {
             tls_errors: Counter::default(),
             tls_truncated: Counter::default(),
             buffers_out: Counter::default(),
+            buffer_oldest_ms: Counter::default(),
             buffers_returned: Counter::default(),
             buffer_window: Counter::default(),
             io_started: Counter::default(),
@@ -303,6 +307,8 @@ pub struct WorkerSnapshot {
     pub tls_truncated: u64,
     /// Receive buffers out of the pool at the last tick.
     pub buffers_out: u64,
+    /// How long the buffer held longest has been out, ms (at the last tick).
+    pub buffer_oldest_ms: u64,
     /// Receive buffers given back to the pool, at the last tick.
     pub buffers_returned: u64,
     /// The provided ring's window at the last tick.
@@ -407,6 +413,7 @@ impl Snapshot {
                 tls_errors: w.tls_errors.get(),
                 tls_truncated: w.tls_truncated.get(),
                 buffers_out: w.buffers_out.get(),
+                buffer_oldest_ms: w.buffer_oldest_ms.get(),
                 buffers_returned: w.buffers_returned.get(),
                 buffer_window: w.buffer_window.get(),
             })
@@ -525,11 +532,16 @@ impl Snapshot {
                 w.buffers_returned
             }),
         ];
-        let worker_gauges: [Metric<WorkerSnapshot>; 3] = [
+        let worker_gauges: [Metric<WorkerSnapshot>; 4] = [
             ("ringstage_worker_cq_dropped", "Completions the kernel dropped (it could not hold them back).", |w| {
                 w.cq_dropped
             }),
             ("ringstage_worker_buffers_out", "Receive buffers held by IoBufs (at the last tick).", |w| w.buffers_out),
+            (
+                "ringstage_worker_buffer_oldest_ms",
+                "How long the receive buffer held longest by IoBufs has been out, ms (at the last tick).",
+                |w| w.buffer_oldest_ms,
+            ),
             ("ringstage_worker_buffer_ring_window", "Buffers the provided ring is kept at.", |w| w.buffer_window),
         ];
         for (name, help, f) in worker_gauges {

@@ -164,6 +164,7 @@ impl Worker {
             .map_err(|e| Error::ring("io_uring_register (IORING_REGISTER_PBUF_RING)", e, needed))?;
         let bell = plan.shared.bells[plan.id].clone();
         pool.set_waker(bell.clone());
+        pool.set_clock_ms(Instant::now().duration_since(plan.shared.epoch).as_millis() as u32);
         let counters = plan.shared.counters[plan.id].clone();
         let wake = Rc::new(Cell::new(0u64));
         let clock = Rc::new(Cell::new(0u32));
@@ -296,6 +297,9 @@ impl Worker {
                     rep.tick(&mut self.r);
                 }
                 let pool = self.r.pool.stats();
+                let ms = self.r.now.duration_since(self.shared.epoch).as_millis() as u32;
+                self.r.pool.set_clock_ms(ms);
+                self.r.counters.buffer_oldest_ms.set(u64::from(self.r.pool.oldest_held_ms()));
                 self.r.counters.buffers_out.set(pool.outstanding as u64);
                 self.r.counters.buffers_returned.set(pool.returned_home + pool.returned_remote);
                 self.r.counters.buffer_window.set(pool.window as u64);
