@@ -179,7 +179,9 @@ impl Net {
             .flags(libc::MSG_TRUNC as u32)
             .build()
             .user_data(Token::new(OpKind::UdpRecv, id, 0).encode());
-        r.push_plain(sqe)?;
+        // SAFETY: the message header is boxed in the socket, which lives as long as the
+        // worker's ring; the kernel reads only its name and control room.
+        unsafe { r.push(&[sqe]) }?;
         s.armed = true;
         r.counters.io_started.add(1);
         Ok(())
@@ -199,9 +201,9 @@ impl Net {
         let socket = s.udp();
         let mut event = None;
         match res {
-            n if n >= 0 => {
-                let Some(buf) = buf else { return Ok(()) };
-                match types::RecvMsgOut::parse(&buf, &s.rx_hdr) {
+            n if n >= 0 => match buf {
+                None => {} // a completion without a buffer carries nothing
+                Some(buf) => match types::RecvMsgOut::parse(&buf, &s.rx_hdr) {
                     Ok(out) => match source(out.name_data()) {
                         Ok(from) if out.is_payload_truncated() => {
                             r.counters.udp_truncated.add(1);
@@ -219,8 +221,8 @@ impl Net {
                         }
                     },
                     Err(()) => log::warn!("ringstage: worker {}: UDP receive shorter than its header", r.worker),
-                }
-            }
+                },
+            },
             e if -e == libc::ENOBUFS => {
                 r.counters.enobufs.add(1);
                 if !r.draining {
@@ -345,7 +347,10 @@ impl Net {
         let sqe = opcode::SendMsg::new(types::Fd(fd), &p.hdr)
             .build()
             .user_data(Token::new(OpKind::UdpSend, id << 16 | slot, 0).encode());
-        match r.push_plain(sqe) {
+        // SAFETY: the header, address, iovec and control message are in this slot, boxed (it
+        // stays put as slots are added) and not reused until this send's completion frees it;
+        // the slot keeps the view the iovec points into until then.
+        match unsafe { r.push(&[sqe]) } {
             Ok(()) => r.counters.io_started.add(1),
             Err(e) => {
                 p.data = None;
