@@ -49,21 +49,6 @@ pub fn duplicate(fd: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_read_and_directories_open() {
-        assert!(nofile_limit().unwrap() > 0);
-        memlock_limit().unwrap();
-        let d = open_dir(Path::new("/")).unwrap();
-        drop(d);
-        let e = open_dir(Path::new("/proc/self/status")).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
-    }
-}
-
 /// Reads into all of `buf` from `offset` of `fd` (a regular file), retrying short reads;
 /// returns the bytes read, fewer than `buf.len()` only at the end of the file.
 pub fn pread_exact(fd: std::os::fd::RawFd, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -81,4 +66,19 @@ pub fn pread_exact(fd: std::os::fd::RawFd, buf: &mut [u8], offset: u64) -> std::
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_read_and_directories_open() {
+        assert!(nofile_limit().unwrap() > 0);
+        memlock_limit().unwrap();
+        let d = open_dir(Path::new("/")).unwrap();
+        drop(d);
+        let e = open_dir(Path::new("/proc/self/status")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    }
 }
