@@ -445,6 +445,16 @@ fn a_blocking_stage_sharing_a_worker_is_refused_at_start() {
     assert!(matches!(err, ringstage::Error::InvalidConfig(_)), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("'slow' may block") && text.contains("'fast' is on worker 1"), "{text}");
+
+    // Nor beside a UDP socket, whose datagrams its worker's ring receives.
+    let mut b = Runtime::builder(2).cpus([]);
+    let app = b.stage::<NetEvent>("app", StageConfig::on([0]));
+    let slow = b.stage::<u32>("slow", StageConfig::on([1]).blocking());
+    let _ = b.udp(UdpConfig::new("127.0.0.1:0".parse().unwrap(), [1]), app);
+    b.handler(app, |_| handler_fn(|_: NetEvent, _: &mut Context<'_>| {}));
+    b.handler(slow, |_| handler_fn(|_: u32, _: &mut Context<'_>| {}));
+    let Err(err) = b.start() else { panic!("a blocking stage beside a UDP socket started") };
+    assert!(err.to_string().contains("UDP socket 127.0.0.1:0 is on worker 1"), "{err}");
 }
 
 #[test]

@@ -270,9 +270,9 @@ pub enum NetEvent {
         info: Box<tls::TlsInfo>,
     },
     /// A [`NetCmd::SendTo`] or [`NetCmd::SendSegments`] failed: an address the socket cannot
-    /// reach (another family, port 0), a datagram over the size limit, too many sends in
-    /// flight (`WouldBlock`), or an error the kernel reported (an ICMP unreachable from an
-    /// earlier datagram: `ConnectionRefused`).
+    /// reach (another family, port 0), more than 64 segments, too many sends in flight
+    /// (`WouldBlock`), or an error the kernel reported (a datagram too large: `EMSGSIZE`; no
+    /// route to the destination).
     SendToFailed {
         /// The socket.
         socket: Udp,

@@ -6,7 +6,7 @@
 //!
 //! - **Receive**: one multishot `RECVMSG` per socket into the worker's provided buffers; the
 //!   kernel's `io_uring_recvmsg_out` header gives the source, the payload and the truncation
-//!   flag. A datagram larger than a pool buffer (less 64 bytes of header and address) is
+//!   flag. A datagram larger than a pool buffer (less 44 bytes of header and address) is
 //!   counted and reported ([`NetEvent::Truncated`](super::NetEvent::Truncated)), never
 //!   delivered as if whole. When the pool is empty the receive waits for buffers (datagrams
 //!   wait in the socket's kernel buffer, dropped by the kernel only when that is full).

@@ -504,6 +504,12 @@ impl Builder {
                         d.name, l.cfg.addr
                     ));
                 }
+                if let Some(u) = self.udp.iter().find(|u| u.cfg.workers.contains(&w)) {
+                    return bad(format!(
+                        "stage '{}' may block, so it runs alone on its workers, but UDP socket {} is on worker {w} too",
+                        d.name, u.cfg.addr
+                    ));
+                }
             }
         }
         Ok(())
