@@ -23,13 +23,14 @@
 //! on connect.
 
 mod cmd;
-mod resp;
 mod shard;
 mod slow;
 mod store;
 #[path = "../common/tls.rs"]
 mod tls;
 
+/// RESP2 framing and replies: the `ringstage-resp` crate.
+use ringstage_resp as resp;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;

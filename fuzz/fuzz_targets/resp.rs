@@ -1,12 +1,10 @@
-//! The kv example's RESP request parser: never panics, stays inside its input, and parses a
+//! ringstage-resp's request parser: never panics, stays inside its input, and parses a
 //! command the same whether it arrives whole or cut anywhere (as the server's stash sees it).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../examples/kv/resp.rs"]
-mod resp;
-
+use ringstage_resp as resp;
 use resp::{Frame, Limits};
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,6 @@
-//! RESP2 request framing (what `redis-cli` and `redis-benchmark` send) and reply encoding.
+//! RESP2, the Redis protocol, for ringstage: request framing (what `redis-cli` and
+//! `redis-benchmark` send) as a [`Decoder`](ringstage::net::Decoder) for the framing layer,
+//! and reply encoding into `IoBuf`s. The key-value example serves Redis clients with it.
 //!
 //! A request is a multibulk array of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) or an
 //! inline command (`GET k\r\n`, whitespace separated, as typed into `telnet`). Parsing works on
