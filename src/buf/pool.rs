@@ -545,6 +545,9 @@ impl BufPool {
     /// per tick.
     pub fn oldest_held_ms(&self) -> u32 {
         let home = self.home();
+        if home.outstanding == 0 {
+            return 0; // an idle worker scans nothing
+        }
         let mut oldest = 0;
         for (bid, &at) in home.taken_at.iter().enumerate() {
             if self.shared.header(bid as u16).refs.load(Ordering::Relaxed) > 0 {

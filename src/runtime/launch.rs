@@ -2,6 +2,7 @@
 //! starting the worker threads.
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,6 @@ impl Builder {
         let mut per_worker_endpoints: Vec<Vec<worker::EndpointPlan>> = (0..self.workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for (id, l) in self.listeners.iter().enumerate() {
-            let in_use = |addr, cause: std::io::Error| Error::Bind { addr, cause };
             // One listening socket for worker `w`. Accepted sockets inherit TCP_NODELAY from
             // the listener: no setsockopt per connection.
             let mut plan = |w: usize, fd: OwnedFd| -> std::io::Result<()> {
@@ -49,19 +49,12 @@ impl Builder {
                 addrs.push(l.cfg.addr);
                 continue;
             }
-            // Bind exclusively first, so that an address held by another process (even one using
-            // SO_REUSEPORT) is an error rather than a silent split of the incoming connections.
-            let first =
-                ringstage_sys::socket::listen(l.cfg.addr, l.cfg.backlog, false).map_err(|e| in_use(l.cfg.addr, e))?;
-            let addr = ringstage_sys::socket::local_addr(first.as_raw_fd())?;
-            if let [w] = l.cfg.workers[..] {
-                plan(w, first)?;
-            } else {
-                // Several workers: one SO_REUSEPORT socket each, on the port just proven free.
-                drop(first);
-                for &w in &l.cfg.workers {
-                    plan(w, ringstage_sys::socket::listen(addr, l.cfg.backlog, true).map_err(|e| in_use(addr, e))?)?;
-                }
+            let backlog = l.cfg.backlog;
+            let (addr, fds) = bind_per_worker(l.cfg.addr, l.cfg.workers.len(), |a, reuse| {
+                ringstage_sys::socket::listen(a, backlog, reuse)
+            })?;
+            for (&w, fd) in l.cfg.workers.iter().zip(fds) {
+                plan(w, fd)?;
             }
             addrs.push(addr);
         }
@@ -69,18 +62,7 @@ impl Builder {
         let mut per_worker_udp: Vec<Vec<worker::UdpPlan>> = (0..self.workers).map(|_| Vec::new()).collect();
         let mut udp_addrs = Vec::new();
         for (id, u) in self.udp.iter().enumerate() {
-            let in_use = |addr, cause: std::io::Error| Error::Bind { addr, cause };
-            let first = ringstage_sys::udp::bind(u.cfg.addr, false).map_err(|e| in_use(u.cfg.addr, e))?;
-            let addr = ringstage_sys::socket::local_addr(first.as_raw_fd())?;
-            let mut fds = Vec::new();
-            if let [_] = u.cfg.workers[..] {
-                fds.push(first);
-            } else {
-                drop(first);
-                for _ in &u.cfg.workers {
-                    fds.push(ringstage_sys::udp::bind(addr, true).map_err(|e| in_use(addr, e))?);
-                }
-            }
+            let (addr, fds) = bind_per_worker(u.cfg.addr, u.cfg.workers.len(), ringstage_sys::udp::bind)?;
             for (&w, fd) in u.cfg.workers.iter().zip(fds) {
                 per_worker_udp[w].push(worker::UdpPlan { id, fd, local: addr, cfg: u.cfg.clone(), deliver: u.deliver });
             }
@@ -221,4 +203,25 @@ impl Builder {
         super::systemd::tell("READY=1");
         Ok(rt)
     }
+}
+
+/// The sockets of a listener or UDP declaration on `n` workers, made by `bind(addr, reuseport)`,
+/// and the address they are bound to (the port chosen for port 0). The first is bound
+/// exclusively, so that an address held by another process (even one using SO_REUSEPORT) is
+/// an error naming it rather than a silent split of the traffic; with several workers it is
+/// then replaced by one SO_REUSEPORT socket each, on the port just proven free.
+fn bind_per_worker(
+    addr: SocketAddr,
+    n: usize,
+    bind: impl Fn(SocketAddr, bool) -> std::io::Result<OwnedFd>,
+) -> Result<(SocketAddr, Vec<OwnedFd>), Error> {
+    let in_use = |addr, cause: std::io::Error| Error::Bind { addr, cause };
+    let first = bind(addr, false).map_err(|e| in_use(addr, e))?;
+    let bound = ringstage_sys::socket::local_addr(first.as_raw_fd())?;
+    if n == 1 {
+        return Ok((bound, vec![first]));
+    }
+    drop(first);
+    let fds = (0..n).map(|_| bind(bound, true).map_err(|e| in_use(bound, e))).collect::<Result<_, _>>()?;
+    Ok((bound, fds))
 }
