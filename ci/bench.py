@@ -111,14 +111,18 @@ SERVERS = {
 }
 
 
-def wait_port_free(port, timeout=15):
-    """Waits until `port` can be bound again: an io_uring server's ring (and the listener its
-    multishot accept holds) is torn down asynchronously after the process exits."""
+def wait_port_free(port, timeout=15, udp=False):
+    """Waits until `port` (TCP, or UDP with `udp`) can be bound again: an io_uring server's ring
+    (and the socket its multishot accept or receive holds) is torn down asynchronously after the
+    process exits."""
     import socket
     t0 = time.time()
     while True:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if udp:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        else:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return
@@ -371,12 +375,12 @@ def cpu_ns(pid):
     return total
 
 
-def wrk(port, path, conns, secs, pid=None, depth=1):
+def wrk(port, path, conns, secs, pid=None, depth=1, scheme="http"):
     """wrk -t1 on CPU 1; `depth` > 1 pipelines that many requests per write (ci/pipeline.lua)."""
     c0 = cpu_ns(pid) if pid else 0
     script = ["-s", os.path.join(ROOT, "ci", "pipeline.lua")] if depth > 1 else []
     argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(secs))}s", "--latency", *script,
-            f"http://127.0.0.1:{port}{path}"]
+            f"{scheme}://127.0.0.1:{port}{path}"]
     if depth > 1:
         argv += ["--", str(depth)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
@@ -1241,23 +1245,8 @@ def bench_udp(a):
     sh(["cargo", "build", "--release", "--quiet", "--example", "udp_echo"])
     sh(["cargo", "build", "--release", "--quiet", "--manifest-path", "benches/peers/Cargo.toml"])
 
-    def wait_udp_free(port, timeout=15):
-        import socket
-        t0 = time.time()
-        while True:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                s.bind(("127.0.0.1", port))
-                return
-            except OSError:
-                if time.time() - t0 > timeout:
-                    raise
-                time.sleep(0.05)
-            finally:
-                s.close()
-
     def run(name, port, extra, lg):
-        wait_udp_free(port)
+        wait_port_free(port, udp=True)
         proc = subprocess.Popen(["taskset", "-c", "0"] + UDP_SERVERS[name](port, extra), stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         try:
@@ -1335,24 +1324,6 @@ def bench_https(a):
         wait_port(port, proc)
         return proc, port
 
-    def keepalive(port, pid):
-        c0 = cpu_ns(pid)
-        r = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{max(1, round(a.secs))}s", "--latency",
-                            f"https://127.0.0.1:{port}/files/1k.txt"], capture_output=True, text=True, timeout=a.secs + 60)
-        cpu = cpu_ns(pid) - c0
-        total, rate, p99 = 0, 0.0, float("nan")
-        unit = {"us": 1.0, "ms": 1000.0, "s": 1e6}
-        for line in r.stdout.splitlines():
-            t = line.split()
-            if "requests in" in line:
-                total = int(t[0])
-            elif line.startswith("Requests/sec:"):
-                rate = float(t[1])
-            elif t[:1] == ["99%"]:
-                num = t[1].rstrip("usm")
-                p99 = float(num) * unit[t[1][len(num):]]
-        return {"rate": rate, "p99_us": p99, "cpu_us_per_req": cpu / 1000 / total if total else float("nan")}
-
     def handshakes(port, pid, n=3000):
         c0 = cpu_ns(pid)
         r = subprocess.run(["taskset", "-c", "1", "ab", "-q", "-n", str(n), "-c", "16", "-f", "TLS1.3",
@@ -1376,7 +1347,7 @@ def bench_https(a):
         for n in (names if r % 2 == 0 else names[::-1]):
             proc, port = start(n)
             try:
-                ka = keepalive(port, proc.pid)
+                ka = wrk(port, "/files/1k.txt", 64, a.secs, proc.pid, scheme="https")
                 hs = handshakes(port, proc.pid)
             finally:
                 stop_server(proc)

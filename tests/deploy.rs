@@ -4,15 +4,11 @@
 mod example;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The HAProxy configuration of docs/deploy.md, with `front` and the copies' ports in place of
 /// 8080, 8081 and 8082.
@@ -52,7 +48,7 @@ fn two_copies_behind_haproxy_lose_no_request_when_one_stops() {
     assert!(found.is_ok_and(|o| o.status.success()), "haproxy is required (ci/test installs it)");
     let copy_a = example::start("http", &[]);
     let copy_b = example::start("http", &[]);
-    let (pa, pb, front) = (copy_a.addr.port(), copy_b.addr.port(), free_port());
+    let (pa, pb, front) = (copy_a.addr.port(), copy_b.addr.port(), example::free_port());
     let dir = std::env::temp_dir().join(format!("rs-deploy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("haproxy.cfg");

@@ -10,10 +10,6 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn activator() -> Command {
     let found = Command::new("systemd-socket-activate").arg("--version").output();
     assert!(found.is_ok_and(|o| o.status.success()), "systemd-socket-activate is required (ci/test installs systemd)");
@@ -40,7 +36,7 @@ fn the_http_example_serves_an_activated_socket_and_notifies_the_manager() {
     let _ = std::fs::remove_file(&path);
     let manager = UnixDatagram::bind(&path).unwrap();
     manager.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let port = free_port();
+    let port = example::free_port();
     // `--addr` names a port nobody listens on: the example must serve the activated socket.
     // The activator gives its child only the variables it is told to (`-E`).
     let mut child = activator()
@@ -75,7 +71,7 @@ fn the_http_example_serves_an_activated_socket_and_notifies_the_manager() {
 
 #[test]
 fn an_activated_socket_of_the_wrong_kind_is_refused_with_a_clear_error() {
-    let port = free_port();
+    let port = example::free_port();
     let mut child = activator()
         .args(["--datagram", "-l", &format!("127.0.0.1:{port}")])
         .arg(example::example_binary("http"))

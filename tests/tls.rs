@@ -2,11 +2,14 @@
 //! `Secured`, resumption, `close_notify`; bad input, a stalled handshake, a wrong certificate,
 //! a truncated stream and a handshake flood each end the connection with a counted reason.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use common::eventually;
 use ringstage::net::tls::{rustls, TlsInfo};
 use ringstage::net::ConnectConfig;
 use ringstage::prelude::*;
@@ -125,14 +128,6 @@ fn worker(rt: &Runtime) -> ringstage::metrics::WorkerSnapshot {
     rt.metrics().workers[0].clone()
 }
 
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_tls_echo_speaks_plaintext_to_the_handler_resumes_and_closes_with_close_notify() {
     let (server_cfg, client_cfg) = certs();
@@ -190,7 +185,7 @@ fn garbage_a_stall_and_a_truncated_stream_end_connections_with_counted_reasons()
     let mut reply = Vec::new();
     let _ = g.read_to_end(&mut reply);
     assert_eq!(reply.first(), Some(&21), "a TLS alert record comes back: {reply:?}");
-    eventually("the failure is counted", || worker(&rt).tls_handshake_failed == 1);
+    eventually("the failure is counted", Duration::from_secs(10), || worker(&rt).tls_handshake_failed == 1);
 
     // A record header announcing more than a record may hold (2^14 + 256): refused the same way.
     let mut big = TcpStream::connect(addr).unwrap();
@@ -199,7 +194,7 @@ fn garbage_a_stall_and_a_truncated_stream_end_connections_with_counted_reasons()
     let mut reply = Vec::new();
     let _ = big.read_to_end(&mut reply);
     assert_eq!(reply.first(), Some(&21), "an alert: {reply:?}");
-    eventually("the failure is counted", || worker(&rt).tls_handshake_failed == 2);
+    eventually("the failure is counted", Duration::from_secs(10), || worker(&rt).tls_handshake_failed == 2);
 
     // A client that connects and says nothing: cut at the handshake timeout.
     let mut stall = TcpStream::connect(addr).unwrap();
@@ -208,7 +203,7 @@ fn garbage_a_stall_and_a_truncated_stream_end_connections_with_counted_reasons()
     let mut buf = [0u8; 16];
     assert_eq!(stall.read(&mut buf).unwrap_or(0), 0, "closed");
     assert!(t.elapsed() < Duration::from_secs(3), "cut after {:?}", t.elapsed());
-    eventually("the timeout is counted", || worker(&rt).tls_handshake_timeouts == 1);
+    eventually("the timeout is counted", Duration::from_secs(10), || worker(&rt).tls_handshake_timeouts == 1);
 
     // A peer that ends the stream without close_notify after its data: the data is
     // delivered, but no Eof: the connection is closed and counted.
@@ -261,7 +256,7 @@ fn a_connector_speaks_tls_and_refuses_a_certificate_for_another_name() {
         }
     };
     assert!(failed.contains("TLS") && failed.to_lowercase().contains("certificate"), "{failed}");
-    eventually("counted", || worker(&rt).tls_handshake_failed >= 1);
+    eventually("counted", Duration::from_secs(10), || worker(&rt).tls_handshake_failed >= 1);
     rt.shutdown();
     rt.join().unwrap();
 }

@@ -2,11 +2,14 @@
 //! and never delivered, IPv6 and dual stack, bad destinations refused with clear errors, GSO
 //! segments, an address in use.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::eventually;
 use ringstage::prelude::*;
 
 /// What the server's handler saw besides datagrams it echoed.
@@ -78,16 +81,6 @@ fn client(bind: &str) -> UdpSocket {
     c
 }
 
-/// Waits up to 5 s for `cond` (the server counts a send when its completion is reaped, which
-/// may come after the peer has the datagram).
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn recv(c: &UdpSocket) -> Vec<u8> {
     let mut buf = vec![0u8; 70_000];
     let (n, _) = c.recv_from(&mut buf).expect("a reply within 5 s");
@@ -133,7 +126,7 @@ fn an_echo_on_two_workers_loses_nothing_under_a_bounded_load() {
     let total = CLIENTS as u64 * u64::from(EACH);
     let m = rt.metrics();
     assert_eq!(m.workers.iter().map(|w| w.udp_received).sum::<u64>(), total);
-    eventually("every answer's send completed", || {
+    eventually("every answer's send completed", Duration::from_secs(5), || {
         rt.metrics().workers.iter().map(|w| w.udp_sent).sum::<u64>() == total
     });
     let seen = seen.lock().unwrap();
@@ -235,7 +228,7 @@ fn destinations_a_socket_cannot_reach_fail_with_errors_that_name_them() {
         c.send_to(format!("to {to}").as_bytes(), addr).unwrap();
         assert_eq!(recv(&c), b"sent", "the socket goes on serving");
     }
-    eventually("both failures reported", || seen.lock().unwrap().failed.len() == 2);
+    eventually("both failures reported", Duration::from_secs(5), || seen.lock().unwrap().failed.len() == 2);
     let seen = seen.lock().unwrap();
     let failed: Vec<_> = seen.failed.iter().map(|(to, e)| (to.to_string(), e.kind(), e.to_string())).collect();
     assert_eq!(failed.len(), 2, "{failed:?}");
@@ -263,11 +256,11 @@ fn segments_leave_as_datagrams_of_their_size() {
         assert_eq!(d, body[i * 100..end], "segment {i}");
     }
     // One send carried them all (the kernel has GSO).
-    eventually("the send completed", || rt.metrics().workers[0].udp_sent > before);
+    eventually("the send completed", Duration::from_secs(5), || rt.metrics().workers[0].udp_sent > before);
     assert_eq!(rt.metrics().workers[0].udp_sent - before, 1);
     // More than 64 segments is refused, by name.
     c.send_to(b"seg 10 1000", addr).unwrap();
-    eventually("the refusal reported", || !seen.lock().unwrap().failed.is_empty());
+    eventually("the refusal reported", Duration::from_secs(5), || !seen.lock().unwrap().failed.is_empty());
     let seen = seen.lock().unwrap();
     assert_eq!(seen.failed.len(), 1);
     assert!(seen.failed[0].1.to_string().contains("100 datagrams"), "{}", seen.failed[0].1);

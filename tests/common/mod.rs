@@ -1,8 +1,9 @@
 //! Shared helpers for loopback integration tests.
+#![allow(dead_code)] // each test binary uses its own part
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringstage::prelude::*;
 
@@ -27,7 +28,6 @@ impl Handler for Echo {
 
 /// A server on loopback: the net stage on worker 0 delivering to stage `name` (placed by
 /// `stage`), whose handler `make` builds from the net stage's sink.
-#[allow(dead_code)] // not every test binary uses it
 pub fn serve<H: Handler<Event = NetEvent>>(
     b: Builder,
     name: &str,
@@ -45,7 +45,6 @@ pub fn serve<H: Handler<Event = NetEvent>>(
 }
 
 /// An echo server: the net stage on worker 0 and the echo stage on `echo_worker`.
-#[allow(dead_code)] // not every test binary uses it
 pub fn echo_server(
     b: Builder,
     echo_worker: usize,
@@ -77,7 +76,6 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Sends `msg` (in `chunk`-sized writes from a writer thread) and reads back exactly as many
 /// bytes, asserting they match.
-#[allow(dead_code)] // not every test binary uses it
 pub fn roundtrip(addr: SocketAddr, msg: Vec<u8>, chunk: usize) {
     let mut s = connect(addr);
     let mut w = s.try_clone().unwrap();
@@ -92,4 +90,14 @@ pub fn roundtrip(addr: SocketAddr, msg: Vec<u8>, chunk: usize) {
     s.read_exact(&mut got).expect("echo returns every byte");
     writer.join().unwrap();
     assert!(got == expect, "echoed bytes differ");
+}
+
+/// Waits up to `within` for `cond`, failing with `what`: for what a server counts or reports
+/// a moment after the peer saw its effect (a send is counted when its completion is reaped).
+pub fn eventually(what: &str, within: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

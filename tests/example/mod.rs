@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -108,4 +108,9 @@ pub fn cmd(words: &[&[u8]]) -> Vec<u8> {
         m.extend_from_slice(b"\r\n");
     }
     m
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
